@@ -1,0 +1,13 @@
+//! `aya::Pod` for the types userspace reads from or writes to maps and globals.
+use crate::{event::FileId, maps::*, offsets::Offsets};
+
+// SAFETY: all are #[repr(C)], Copy, contain only integers and byte arrays, and have explicit
+// padding fields, so every bit pattern is valid.
+unsafe impl aya::Pod for FileId {}
+unsafe impl aya::Pod for WatchedFile {}
+unsafe impl aya::Pod for FdKey {}
+unsafe impl aya::Pod for TrackedFd {}
+unsafe impl aya::Pod for SendKey {}
+unsafe impl aya::Pod for SendStats {}
+unsafe impl aya::Pod for Settings {}
+unsafe impl aya::Pod for Offsets {}

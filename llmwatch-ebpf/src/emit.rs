@@ -1,0 +1,42 @@
+//! Ring-buffer records: reserve (counting every failure), fill the common header, submit.
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    },
+    maps::ring_buf::RingBufEntry,
+};
+use llmwatch_common::{event::EventHeader, maps::stat};
+
+use crate::maps::{EVENTS, stat_inc};
+
+/// Reserves a record of type `T` (which starts with an `EventHeader`) and fills the header.
+/// A full ring buffer is counted per kind in `STATS`, so the agent can report the loss.
+#[inline(always)]
+pub fn reserve<T: 'static>(kind: u32) -> Option<RingBufEntry<T>> {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        stat_inc(stat::RINGBUF_DROPS_BASE + (kind & 15));
+        return None;
+    };
+    let hdr = entry.as_mut_ptr() as *mut EventHeader;
+    unsafe {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        (*hdr).ts_ns = bpf_ktime_get_boot_ns();
+        (*hdr).cgroup_id = bpf_get_current_cgroup_id();
+        (*hdr).kind = kind;
+        (*hdr).pid = (pid_tgid >> 32) as u32;
+        (*hdr).tid = pid_tgid as u32;
+        (*hdr).uid = uid_gid as u32;
+        (*hdr).gid = (uid_gid >> 32) as u32;
+        (*hdr)._pad = 0;
+        bpf_get_current_comm((*hdr).comm.as_mut_ptr() as *mut _, 16);
+    }
+    Some(entry)
+}
+
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>, kind: u32) {
+    entry.submit(0);
+    stat_inc(stat::EVENTS_BASE + (kind & 15));
+}

@@ -1,0 +1,377 @@
+//! Weight-file access: classify at open, count bytes actually returned, report mmaps and changes.
+use aya_ebpf::helpers::generated::bpf_probe_read_user_str;
+use llmwatch_common::{
+    event::{
+        FileId, FileMmapEvent, FileOpenDeniedEvent, FileOpenEvent, FileReadEvent, FileTamperEvent,
+        GpuOpenEvent, PATH_LEN, kind, read_reason, tamper_op,
+    },
+    maps::{FdKey, TrackedFd, name_hash, stat},
+    syscalls as nr,
+};
+
+use crate::{
+    emit,
+    kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
+    maps::{
+        GPU_MAJORS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
+        stat_inc,
+    },
+};
+
+const EACCES: i64 = 13;
+const EPERM: i64 = 1;
+const AT_FDCWD: i32 = -100;
+
+#[inline(always)]
+fn tracked(fd: u64) -> Option<(FdKey, *mut TrackedFd)> {
+    let (pid, _) = kernel::current_pid_tgid();
+    let key = FdKey { pid, fd: fd as u32 };
+    TRACKED_FDS.get_ptr_mut(&key).map(|p| (key, p))
+}
+
+/// open/openat/openat2/creat returned: classify the new descriptor once.
+#[inline(always)]
+pub fn on_open(regs: u64, sysno: u64, ret: i64) {
+    if ret == -EACCES || ret == -EPERM {
+        on_open_denied(regs, sysno, ret);
+        return;
+    }
+    if ret < 0 {
+        return;
+    }
+    let Some(file) = kernel::fd_file(ret as u64) else { return };
+    let Some(inode) = kernel::file_inode(file) else { return };
+    let fmt = inode.mode & S_IFMT;
+    if fmt == S_IFCHR {
+        on_char_open(file, &inode, ret);
+        return;
+    }
+    if fmt != S_IFREG {
+        return;
+    }
+    let id = FileId { dev: inode.dev, _pad: 0, ino: inode.ino };
+    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
+        return;
+    }
+    let (pid, _) = kernel::current_pid_tgid();
+    if pid == agent_pid() {
+        return;
+    }
+    let key = FdKey { pid, fd: ret as u32 };
+    let value = TrackedFd { file: id, file_ptr: file, bytes: 0, reported: 0, size: inode.size, written: 0 };
+    if TRACKED_FDS.insert(&key, &value, 0).is_err() {
+        stat_inc(stat::TRACKED_FDS_FULL);
+    }
+    let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
+    let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else { return };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).file = id;
+        (*ev).size = inode.size;
+        (*ev).fd = ret as i32;
+        (*ev).flags = flags;
+        (*ev).syscall = sysno as u32;
+        (*ev)._pad = 0;
+    }
+    emit::submit(entry, kind::FILE_OPEN);
+}
+
+#[inline(always)]
+fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
+    let major = inode.rdev >> 20;
+    if unsafe { GPU_MAJORS.get(&major) }.is_none() {
+        return;
+    }
+    let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
+    let Some(mut entry) = emit::reserve::<GpuOpenEvent>(kind::GPU_OPEN) else { return };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).major = major;
+        (*ev).minor = inode.rdev & ((1 << 20) - 1);
+        (*ev).fd = fd as i32;
+        (*ev).flags = flags;
+    }
+    emit::submit(entry, kind::GPU_OPEN);
+}
+
+/// A refused open: the kernel never resolved a file for us, so report the path as passed and
+/// let the agent match it against the watched set.
+#[inline(always)]
+fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
+    let (path, dirfd, flags) = match sysno {
+        nr::OPEN => (kernel::regs_arg(regs, 0), AT_FDCWD, kernel::regs_arg(regs, 1) as u32),
+        nr::CREAT => (kernel::regs_arg(regs, 0), AT_FDCWD, 0o1101),
+        nr::OPENAT2 => {
+            let how: u64 = kernel::regs_arg(regs, 2);
+            let flags = kernel::read_user::<u64>(how).unwrap_or(0) as u32;
+            (kernel::regs_arg(regs, 1), kernel::regs_arg(regs, 0) as i32, flags)
+        }
+        _ => (
+            kernel::regs_arg(regs, 1),
+            kernel::regs_arg(regs, 0) as i32,
+            kernel::regs_arg(regs, 2) as u32,
+        ),
+    };
+    let Some(mut entry) = emit::reserve::<FileOpenDeniedEvent>(kind::FILE_OPEN_DENIED) else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).ret = ret as i32;
+        (*ev).flags = flags;
+        (*ev).dirfd = dirfd;
+        (*ev).syscall = sysno as u32;
+        read_path((*ev).path.as_mut_ptr(), path);
+    }
+    emit::submit(entry, kind::FILE_OPEN_DENIED);
+}
+
+#[inline(always)]
+unsafe fn read_path(dst: *mut u8, src: u64) -> i64 {
+    let n = unsafe { bpf_probe_read_user_str(dst as *mut _, PATH_LEN as u32, src as *const _) };
+    if n < 0 {
+        unsafe { *dst = 0 };
+    }
+    n
+}
+
+/// Bytes came out of `fd` (read family, sendfile/splice/copy_file_range source).
+#[inline(always)]
+pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let Some((key, entry)) = tracked(fd) else { return };
+    let bytes = ret as u64;
+    // Aggregate in the kernel: userspace hears about the first bytes and then every
+    // `read_report_bytes`, not every syscall.
+    crate::kernel::atomic_add(unsafe { &raw mut (*entry).bytes }, bytes);
+    let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
+    let reason = if reported == 0 && total == bytes {
+        read_reason::FIRST
+    } else if total.wrapping_sub(reported) >= settings_read_report() {
+        read_reason::PROGRESS
+    } else {
+        return;
+    };
+    // Only when reporting, check the slot still holds the file we classified: close_range or
+    // exec may have closed it without a close() we saw, and the number been reused.
+    let file_ptr = unsafe { (*entry).file_ptr };
+    if kernel::fd_file(fd) != Some(file_ptr) {
+        let _ = TRACKED_FDS.remove(&key);
+        return;
+    }
+    unsafe { (*entry).reported = total };
+    report_read(entry, fd as i32, sysno as u32, total - reported, total, reason);
+}
+
+#[inline(always)]
+fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total: u64, reason: u32) {
+    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).file = (*entry).file;
+        (*ev).bytes = bytes;
+        (*ev).total = total;
+        (*ev).fd = fd;
+        (*ev).syscall = syscall;
+        (*ev).reason = reason;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::FILE_READ);
+}
+
+#[inline(always)]
+pub fn on_close(fd: u64, ret: i64) {
+    if ret != 0 {
+        return;
+    }
+    let Some((key, entry)) = tracked(fd) else { return };
+    let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
+    if total > reported {
+        report_read(entry, fd as i32, nr::CLOSE as u32, total - reported, total, read_reason::CLOSE);
+    }
+    let _ = TRACKED_FDS.remove(&key);
+}
+
+/// dup/dup2/dup3/fcntl(F_DUPFD): the new descriptor refers to the same watched file.
+#[inline(always)]
+pub fn on_dup(old_fd: u64, ret: i64) {
+    if ret < 0 || ret as u64 == old_fd {
+        return;
+    }
+    let Some((key, entry)) = tracked(old_fd) else { return };
+    let mut copy = unsafe { *entry };
+    copy.bytes = 0;
+    copy.reported = 0;
+    copy.written = 0;
+    let new_key = FdKey { pid: key.pid, fd: ret as u32 };
+    if TRACKED_FDS.insert(&new_key, &copy, 0).is_err() {
+        stat_inc(stat::TRACKED_FDS_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn on_mmap(regs: u64, ret: i64) {
+    // Errors come back as -4095..-1.
+    if (ret as u64) >= (-4095i64) as u64 {
+        return;
+    }
+    let fd = kernel::regs_arg(regs, 4) as i64;
+    if fd < 0 {
+        return;
+    }
+    let Some((_, entry)) = tracked(fd as u64) else { return };
+    let Some(mut rec) = emit::reserve::<FileMmapEvent>(kind::FILE_MMAP) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).file = (*entry).file;
+        (*ev).addr = ret as u64;
+        (*ev).len = kernel::regs_arg(regs, 1);
+        (*ev).prot = kernel::regs_arg(regs, 2) as u32;
+        (*ev).flags = kernel::regs_arg(regs, 3) as u32;
+        (*ev).offset = kernel::regs_arg(regs, 5);
+        (*ev).size = (*entry).size;
+        (*ev).fd = fd as i32;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::FILE_MMAP);
+}
+
+/// Bytes written into a watched file: reported on the first write through each descriptor.
+#[inline(always)]
+pub fn on_write(sysno: u64, fd: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let Some((_, entry)) = tracked(fd) else { return };
+    let before = unsafe { (*entry).written };
+    unsafe { (*entry).written = before + ret as u64 };
+    if before == 0 {
+        tamper_fd(entry, tamper_op::WRITE, fd as i32, sysno, ret as u64);
+    }
+}
+
+#[inline(always)]
+pub fn on_ftruncate(fd: u64, ret: i64) {
+    if ret != 0 {
+        return;
+    }
+    let Some((_, entry)) = tracked(fd) else { return };
+    tamper_fd(entry, tamper_op::TRUNCATE, fd as i32, nr::FTRUNCATE, 0);
+}
+
+#[inline(always)]
+fn tamper_fd(entry: *const TrackedFd, op: u32, fd: i32, sysno: u64, bytes: u64) {
+    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).file = (*entry).file;
+        (*ev).bytes = bytes;
+        (*ev).op = op;
+        (*ev).fd = fd;
+        (*ev).dirfd = AT_FDCWD;
+        (*ev).syscall = sysno as u32;
+        (*ev).path[0] = 0;
+    }
+    emit::submit(rec, kind::FILE_TAMPER);
+}
+
+/// truncate/unlink/rename succeeded on some path. Only names whose basename hash is in
+/// `WATCHED_NAMES` are reported; the agent resolves the path.
+#[inline(always)]
+pub fn on_path_change(regs: u64, sysno: u64, ret: i64) {
+    if ret != 0 {
+        return;
+    }
+    let a0 = kernel::regs_arg(regs, 0);
+    let a1 = kernel::regs_arg(regs, 1);
+    match sysno {
+        nr::TRUNCATE => tamper_path(a0, AT_FDCWD, tamper_op::TRUNCATE, sysno),
+        nr::UNLINK => tamper_path(a0, AT_FDCWD, tamper_op::UNLINK, sysno),
+        nr::UNLINKAT => tamper_path(a1, a0 as i32, tamper_op::UNLINK, sysno),
+        nr::RENAME => {
+            tamper_path(a0, AT_FDCWD, tamper_op::RENAME_FROM, sysno);
+            tamper_path(a1, AT_FDCWD, tamper_op::RENAME_TO, sysno);
+        }
+        _ => {
+            // renameat/renameat2(olddirfd, oldpath, newdirfd, newpath, ...)
+            tamper_path(a1, a0 as i32, tamper_op::RENAME_FROM, sysno);
+            let newdirfd = kernel::regs_arg(regs, 2) as i32;
+            tamper_path(kernel::regs_arg(regs, 3), newdirfd, tamper_op::RENAME_TO, sysno);
+        }
+    }
+}
+
+#[inline(always)]
+fn tamper_path(path: u64, dirfd: i32, op: u32, sysno: u64) {
+    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else { return };
+    let ev = rec.as_mut_ptr();
+    let n = unsafe { read_path((*ev).path.as_mut_ptr(), path) };
+    if n <= 0 || !basename_watched(unsafe { &(*ev).path }) {
+        rec.discard(0);
+        return;
+    }
+    unsafe {
+        (*ev).file = FileId::default();
+        (*ev).bytes = 0;
+        (*ev).op = op;
+        (*ev).fd = -1;
+        (*ev).dirfd = dirfd;
+        (*ev).syscall = sysno as u32;
+    }
+    emit::submit(rec, kind::FILE_TAMPER);
+}
+
+/// FNV-1a of the last path component (restarting at every '/'), looked up in `WATCHED_NAMES`.
+#[inline(always)]
+fn basename_watched(path: &[u8; PATH_LEN]) -> bool {
+    const BASIS: u64 = name_hash(b"");
+    let mut h = BASIS;
+    let mut i = 0;
+    while i < PATH_LEN {
+        let b = path[i];
+        if b == 0 {
+            break;
+        }
+        if b == b'/' {
+            h = BASIS;
+        } else {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        i += 1;
+    }
+    unsafe { WATCHED_NAMES.get(&h) }.is_some()
+}
+
+/// io_uring read completions on watched files (no syscall returns the bytes for these).
+#[inline(always)]
+pub fn on_io_uring_complete(req: u64, cqe: u64) {
+    // IORING_OP_READV = 1, READ_FIXED = 4, READ = 22, READ_MULTISHOT = 49
+    let Some(opcode) = read::<u8>(req, off!(req_opcode)) else { return };
+    if !(opcode == 1 || opcode == 4 || opcode == 22 || opcode == 49) {
+        return;
+    }
+    let Some(res) = read::<i32>(cqe, off!(cqe_res)) else { return };
+    if res <= 0 {
+        return;
+    }
+    let Some(file) = read::<u64>(req, off!(req_file)) else { return };
+    let Some(inode) = kernel::file_inode(file) else { return };
+    let id = FileId { dev: inode.dev, _pad: 0, ino: inode.ino };
+    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
+        return;
+    }
+    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).file = id;
+        (*ev).bytes = res as u64;
+        (*ev).total = res as u64;
+        (*ev).fd = -1;
+        (*ev).syscall = opcode as u32;
+        (*ev).reason = read_reason::IO_URING;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::FILE_READ);
+}

@@ -1,0 +1,82 @@
+//! Process lifecycle from the sched tracepoints. Parent and arguments are captured here, at
+//! event time, so short-lived processes are attributed even after they are gone.
+use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
+use llmwatch_common::event::{
+    ARGS_LEN, PATH_LEN, ProcExecEvent, ProcExitEvent, ProcForkEvent, kind,
+};
+
+use crate::{
+    emit,
+    kernel::{self, off, read},
+};
+
+#[inline(always)]
+pub fn on_exec(task: u64, bprm: u64) {
+    let Some(mut rec) = emit::reserve::<ProcExecEvent>(kind::PROC_EXEC) else { return };
+    let ev = rec.as_mut_ptr();
+    let parent: u64 = read(task, off!(task_real_parent)).unwrap_or(0);
+    let ppid: u32 = read(parent, off!(task_tgid)).unwrap_or(0);
+    let filename: u64 = read(bprm, off!(bprm_filename)).unwrap_or(0);
+    let mm: u64 = read(task, off!(task_mm)).unwrap_or(0);
+    let start: u64 = read(mm, off!(mm_arg_start)).unwrap_or(0);
+    let end: u64 = read(mm, off!(mm_arg_end)).unwrap_or(0);
+    // Read exactly argv: the environment follows it in memory and may hold secrets.
+    let mut len = end.wrapping_sub(start);
+    if start == 0 || len > (1 << 20) {
+        len = 0;
+    }
+    if len > ARGS_LEN as u64 {
+        len = ARGS_LEN as u64;
+    }
+    unsafe {
+        (*ev).ppid = ppid;
+        (*ev).filename[0] = 0;
+        if filename != 0 {
+            bpf_probe_read_kernel_str(
+                (*ev).filename.as_mut_ptr() as *mut _,
+                PATH_LEN as u32,
+                filename as *const _,
+            );
+        }
+        let n = len as u32;
+        if n > 0 && n <= ARGS_LEN as u32 {
+            if bpf_probe_read_user((*ev).args.as_mut_ptr() as *mut _, n, start as *const _) < 0 {
+                len = 0;
+            }
+        }
+        (*ev).args_len = len as u32;
+    }
+    emit::submit(rec, kind::PROC_EXEC);
+}
+
+#[inline(always)]
+pub fn on_fork(child: u64) {
+    let Some(child_pid) = read::<u32>(child, off!(task_pid)) else { return };
+    let Some(child_tgid) = read::<u32>(child, off!(task_tgid)) else { return };
+    if child_pid != child_tgid {
+        return; // a new thread, not a new process
+    }
+    let Some(mut rec) = emit::reserve::<ProcForkEvent>(kind::PROC_FORK) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).child_pid = child_pid;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::PROC_FORK);
+}
+
+#[inline(always)]
+pub fn on_exit(task: u64) {
+    let (pid, tid) = kernel::current_pid_tgid();
+    if pid != tid {
+        return; // a thread other than the leader
+    }
+    let exit_code: u32 = read(task, off!(task_exit_code)).unwrap_or(0);
+    let Some(mut rec) = emit::reserve::<ProcExitEvent>(kind::PROC_EXIT) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).exit_code = exit_code;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::PROC_EXIT);
+}

@@ -1,0 +1,428 @@
+//! The running agent: kernel events in, enriched events out.
+//!
+//! One task owns all state, so nothing is locked: it drains the ring buffer when it is
+//! readable, rescans model directories when `notify` says they changed, and on a timer sweeps
+//! the in-kernel byte counters of live processes (the kernel only reports on thresholds).
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use llmwatch_common::{
+    event::FileId,
+    maps::{FdKey, SendKey, Settings},
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    config::{self, Config},
+    enrich::{self, Enriched},
+    events::{self, Event, EventKind, ReadReason, Task},
+    probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
+    state::{
+        files::{RootWatcher, ScanReport, WatchedSet},
+        process::ProcessTable,
+    },
+};
+
+/// What the agent writes: enriched events and its own status lines.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Output<'a> {
+    Event(&'a Enriched),
+    Status(Status<'a>),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Status<'a> {
+    /// Probes attached and the watched set is in the kernel: events from now on are seen.
+    AgentReady {
+        hooks: &'a [HookStatus],
+        missing_offsets: &'a [&'static str],
+        tracefs: &'a probes::tracefs::TracefsState,
+        watched_files: usize,
+        watched_bytes: u64,
+        roots: &'a [std::path::PathBuf],
+        scan: &'a ScanReport,
+        processes: usize,
+    },
+    /// The watched set changed after a rescan.
+    WatchUpdate { added: Vec<&'a std::path::Path>, removed: Vec<&'a std::path::Path>, watched_files: usize, scan: &'a ScanReport },
+    /// The kernel dropped events (ring buffer full); alerts overlapping this are incomplete.
+    AgentEventLoss { dropped: u64, total_dropped: u64, stats: &'a KernelStats },
+    /// A record the agent could not decode.
+    AgentDecodeError { error: String },
+}
+
+pub trait Sink {
+    fn emit(&mut self, out: Output<'_>);
+    /// Called after each batch so buffered sinks can flush.
+    fn flush(&mut self) {}
+}
+
+pub struct Agent {
+    cfg: Config,
+    probes: Probes,
+    maps: KernelMaps,
+    files: WatchedSet,
+    procs: ProcessTable,
+    tracefs: probes::tracefs::TracefsState,
+    in_kernel: HashSet<FileId>,
+    names_in_kernel: HashSet<u64>,
+    /// Last cumulative byte count passed on per descriptor / destination; deltas are derived
+    /// from the kernel's running totals so a report is never counted twice.
+    fd_totals: HashMap<FdKey, u64>,
+    send_totals: HashMap<SendKey, u64>,
+    gpu_seen: HashSet<(u32, u32, u32)>,
+    drops_seen: u64,
+}
+
+impl Agent {
+    /// Loads and attaches the probes and fills the kernel maps; nothing is read yet.
+    pub fn start(cfg: Config) -> anyhow::Result<Self> {
+        let tracefs = probes::tracefs::ensure_mounted();
+        let settings = Settings {
+            read_report_bytes: cfg.read_report_bytes,
+            send_report_bytes: cfg.send_report_bytes,
+            agent_pid: std::process::id(),
+            _pad: 0,
+        };
+        let mut probes = Probes::load(settings).context("starting kernel probes")?;
+        for h in &probes.hooks {
+            if h.attached {
+                log::info!("hook {} attached ({})", h.hook, h.purpose);
+            } else {
+                log::warn!("hook {} NOT attached, losing {}: {}", h.hook, h.purpose, h.error.as_deref().unwrap_or("?"));
+            }
+        }
+        let mut maps = probes.take_maps()?;
+        let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+        for major in config::gpu_majors(&devices, &cfg.extra_gpu_majors) {
+            maps.gpu_majors.insert(major, 1, 0).context("filling GPU_MAJORS")?;
+        }
+        for port in &cfg.inference_ports {
+            maps.inference_ports.insert(port, 1, 0).context("filling INFERENCE_PORTS")?;
+        }
+        let mut procs = ProcessTable::new();
+        procs.scan_proc();
+        Ok(Agent {
+            files: WatchedSet::new(cfg.model_dirs.clone()),
+            cfg,
+            probes,
+            maps,
+            procs,
+            tracefs,
+            in_kernel: HashSet::new(),
+            names_in_kernel: HashSet::new(),
+            fd_totals: HashMap::new(),
+            send_totals: HashMap::new(),
+            gpu_seen: HashSet::new(),
+            drops_seen: 0,
+        })
+    }
+
+    pub fn hooks(&self) -> &[HookStatus] {
+        &self.probes.hooks
+    }
+
+    /// Rescans the model directories and makes the kernel's watched set match.
+    fn rescan(&mut self) -> anyhow::Result<(crate::state::files::Diff, ScanReport)> {
+        let (diff, report) = self.files.rescan();
+        let want: HashSet<FileId> = self.files.iter().map(|f| f.id).collect();
+        self.maps.sync_watched(&want, &mut self.in_kernel)?;
+        let names = self.files.name_hashes();
+        self.maps.sync_names(&names, &mut self.names_in_kernel)?;
+        Ok((diff, report))
+    }
+
+    /// Runs until SIGINT/SIGTERM.
+    pub async fn run(mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+        let mut ring = unsafe { AsyncFd::register(self.probes.take_events()?) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let (_, report) = self.rescan()?;
+        let (rescan_tx, mut rescan_rx) = tokio::sync::mpsc::channel(4);
+        let _watcher = match RootWatcher::start(self.files.roots(), rescan_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("not watching model directories for changes ({e}); new files are picked up on restart");
+                None
+            }
+        };
+        sink.emit(Output::Status(Status::AgentReady {
+            hooks: &self.probes.hooks,
+            missing_offsets: &self.probes.missing_offsets,
+            tracefs: &self.tracefs,
+            watched_files: self.files.len(),
+            watched_bytes: self.files.total_bytes(),
+            roots: self.files.roots(),
+            scan: &report,
+            processes: self.procs.len(),
+        }));
+        sink.flush();
+        log::info!("ready: {} weight files ({} bytes) watched under {} roots", self.files.len(), self.files.total_bytes(), self.files.roots().len());
+
+        let mut flush = tokio::time::interval(self.cfg.flush_interval);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let rb: &mut RingBuf<MapData> = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        batch.push(events::decode(&item));
+                    }
+                    guard.clear_ready();
+                    for ev in batch.drain(..) {
+                        match ev {
+                            Ok(ev) => self.handle(ev, sink),
+                            Err(e) => sink.emit(Output::Status(Status::AgentDecodeError { error: e.to_string() })),
+                        }
+                    }
+                    sink.flush();
+                }
+                Some(()) = rescan_rx.recv() => {
+                    match self.rescan() {
+                        Ok((diff, report)) => {
+                            if !(diff.added.is_empty() && diff.removed.is_empty()) {
+                                sink.emit(Output::Status(Status::WatchUpdate {
+                                    added: diff.added.iter().map(|f| f.path.as_path()).collect(),
+                                    removed: diff.removed.iter().map(|f| f.path.as_path()).collect(),
+                                    watched_files: self.files.len(),
+                                    scan: &report,
+                                }));
+                                sink.flush();
+                            }
+                        }
+                        Err(e) => log::error!("rescan failed: {e:#}"),
+                    }
+                }
+                _ = flush.tick() => {
+                    self.sweep_live(sink);
+                    self.report_drops(sink);
+                    self.procs.reap();
+                    sink.flush();
+                }
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        log::info!("stopping");
+        Ok(())
+    }
+
+    fn handle(&mut self, mut ev: Event, sink: &mut dyn Sink) {
+        self.procs.observe(&ev);
+        let pid = ev.task.pid;
+        match &mut ev.kind {
+            EventKind::FileOpen { fd, .. } => {
+                self.fd_totals.insert(FdKey { pid, fd: *fd as u32 }, 0);
+            }
+            EventKind::FileRead { fd, bytes, total, reason, .. } if *fd >= 0 => {
+                let key = FdKey { pid, fd: *fd as u32 };
+                let seen = self.fd_totals.get(&key).copied().unwrap_or(0);
+                if *reason == ReadReason::Close {
+                    self.fd_totals.remove(&key);
+                } else {
+                    self.fd_totals.insert(key, (*total).max(seen));
+                }
+                if *total <= seen {
+                    return; // already passed on (a racing report)
+                }
+                *bytes = *total - seen;
+            }
+            EventKind::NetSend { dest, port, bytes, total, .. } => {
+                let key = send_key(pid, *dest, *port);
+                let seen = self.send_totals.get(&key).copied().unwrap_or(0);
+                self.send_totals.insert(key, (*total).max(seen));
+                if *total <= seen {
+                    return;
+                }
+                *bytes = *total - seen;
+            }
+            EventKind::GpuOpen { major, minor, .. } => {
+                // "process P started using GPU device D": once per process and device.
+                if !self.gpu_seen.insert((pid, *major, *minor)) {
+                    return;
+                }
+            }
+            EventKind::ProcExit { .. } => {
+                let task = ev.task.clone();
+                self.sweep_pid(pid, &task, true, sink);
+                self.gpu_seen.retain(|(p, _, _)| *p != pid);
+            }
+            _ => {}
+        }
+        if let Some(enriched) = enrich::enrich(ev, &mut self.procs, &self.files) {
+            sink.emit(Output::Event(&enriched));
+        }
+    }
+
+    /// Passes on bytes counted in the kernel but not yet reported for `pid`; on exit also
+    /// removes its entries from the kernel maps.
+    fn sweep_pid(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
+        let fds: Vec<FdKey> = self.fd_totals.keys().filter(|k| k.pid == pid).copied().collect();
+        for key in fds {
+            let seen = self.fd_totals[&key];
+            if let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) {
+                if tracked.bytes > seen {
+                    let ev = Event {
+                        ts_ns: now_boot_ns(),
+                        task: task.clone(),
+                        kind: EventKind::FileRead {
+                            file: tracked.file.into(),
+                            fd: key.fd as i32,
+                            bytes: tracked.bytes - seen,
+                            total: tracked.bytes,
+                            reason: ReadReason::Flush,
+                            syscall: "flush",
+                        },
+                    };
+                    self.fd_totals.insert(key, tracked.bytes);
+                    if let Some(e) = enrich::enrich(ev, &mut self.procs, &self.files) {
+                        sink.emit(Output::Event(&e));
+                    }
+                }
+                if exited {
+                    let _ = self.maps.tracked_fds.remove(&key);
+                }
+            }
+            if exited {
+                self.fd_totals.remove(&key);
+            }
+        }
+        let sends: Vec<SendKey> = self.send_totals.keys().filter(|k| k.pid == pid).copied().collect();
+        for key in sends {
+            let seen = self.send_totals[&key];
+            if let Ok(stats) = self.maps.send_stats.get(&key, 0) {
+                if stats.bytes > seen {
+                    let ev = Event {
+                        ts_ns: now_boot_ns(),
+                        task: task.clone(),
+                        kind: EventKind::NetSend {
+                            dest: key_ip(&key),
+                            port: key.port,
+                            proto: match stats.protocol { 6 => "tcp", 17 => "udp", _ => "other" },
+                            bytes: stats.bytes - seen,
+                            total: stats.bytes,
+                            reason: ReadReason::Flush,
+                        },
+                    };
+                    self.send_totals.insert(key, stats.bytes);
+                    if let Some(e) = enrich::enrich(ev, &mut self.procs, &self.files) {
+                        sink.emit(Output::Event(&e));
+                    }
+                }
+                if exited {
+                    let _ = self.maps.send_stats.remove(&key);
+                }
+            }
+            if exited {
+                self.send_totals.remove(&key);
+            }
+        }
+    }
+
+    fn sweep_live(&mut self, sink: &mut dyn Sink) {
+        let pids: HashSet<u32> = self.fd_totals.keys().map(|k| k.pid).chain(self.send_totals.keys().map(|k| k.pid)).collect();
+        for pid in pids {
+            let task = match self.procs.get(pid) {
+                Some(p) => Task { pid, tid: pid, uid: p.uid, gid: 0, comm: p.comm.clone(), cgroup_id: p.cgroup_id },
+                None => Task { pid, tid: pid, uid: 0, gid: 0, comm: String::new(), cgroup_id: 0 },
+            };
+            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            self.sweep_pid(pid, &task, gone, sink);
+        }
+    }
+
+    fn report_drops(&mut self, sink: &mut dyn Sink) {
+        let stats = self.maps.stats();
+        let total = stats.total_drops();
+        if total > self.drops_seen {
+            let dropped = total - self.drops_seen;
+            self.drops_seen = total;
+            log::warn!("kernel dropped {dropped} events (ring buffer full); {total} in all");
+            sink.emit(Output::Status(Status::AgentEventLoss { dropped, total_dropped: total, stats: &stats }));
+        }
+    }
+}
+
+fn send_key(pid: u32, dest: IpAddr, port: u16) -> SendKey {
+    let (family, addr) = match dest {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (libc::AF_INET as u16, b)
+        }
+        IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
+    };
+    SendKey { addr, pid, family, port }
+}
+
+fn key_ip(k: &SendKey) -> IpAddr {
+    if k.family == libc::AF_INET as u16 {
+        IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+    } else {
+        IpAddr::from(k.addr)
+    }
+}
+
+fn now_boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Writes every output as one JSON line to stdout.
+pub struct JsonLines<W: std::io::Write> {
+    out: W,
+}
+
+impl<W: std::io::Write> JsonLines<W> {
+    pub fn new(out: W) -> Self {
+        JsonLines { out }
+    }
+}
+
+impl<W: std::io::Write> Sink for JsonLines<W> {
+    fn emit(&mut self, out: Output<'_>) {
+        if serde_json::to_writer(&mut self.out, &out).is_ok() {
+            let _ = self.out.write_all(b"\n");
+        }
+    }
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+/// `run` without `--events`: events are counted and status lines logged; alerting rules
+/// consume the same stream.
+#[derive(Default)]
+pub struct Counting {
+    pub by_kind: HashMap<String, u64>,
+}
+
+impl Sink for Counting {
+    fn emit(&mut self, out: Output<'_>) {
+        match out {
+            Output::Event(e) => {
+                let kind = serde_json::to_value(&e.event.kind)
+                    .ok()
+                    .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
+                    .unwrap_or_default();
+                *self.by_kind.entry(kind).or_default() += 1;
+            }
+            Output::Status(s) => {
+                if let Ok(line) = serde_json::to_string(&s) {
+                    log::info!("{line}");
+                }
+            }
+        }
+    }
+}

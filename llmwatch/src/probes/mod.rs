@@ -1,0 +1,379 @@
+//! Kernel programs: load the embedded object with offsets from this kernel's BTF, attach each
+//! hook and say which attached, and hand out the maps the rest of the agent uses.
+pub mod btf;
+pub mod tracefs;
+
+use std::{
+    collections::HashSet,
+    os::fd::AsFd,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, KProbe, Lsm, RawTracePoint,
+        TracePoint,
+    },
+};
+use llmwatch_common::{
+    event::FileId,
+    maps::{self as m, FdKey, SendKey, SendStats, Settings, TrackedFd, WatchedFile, names},
+    offsets::Offsets,
+};
+
+/// The kernel object built by build.rs from `llmwatch-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmwatch"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("map `{name}` missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("no required hook attached; the agent would see nothing: {0}")]
+    NothingAttached(String),
+}
+
+/// One kernel hook and whether it is live.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    /// e.g. "raw_tracepoint/sys_exit".
+    pub hook: &'static str,
+    /// What the agent loses without it.
+    pub purpose: &'static str,
+    pub required: bool,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+/// The hooks `run` attaches: program name, raw tracepoint, purpose, required.
+const HOOKS: &[(&str, &str, &str, bool)] = &[
+    ("llmwatch_sys_exit", "sys_exit", "file opens/reads/mmaps/changes, connects, accepts", true),
+    ("llmwatch_exec", "sched_process_exec", "process exec (filename, argv, parent)", true),
+    ("llmwatch_fork", "sched_process_fork", "process fork", true),
+    ("llmwatch_exit", "sched_process_exit", "process exit", true),
+    ("llmwatch_sock_send", "sock_send_length", "bytes sent per destination", false),
+    ("llmwatch_io_uring_complete", "io_uring_complete", "io_uring reads of weight files", false),
+];
+
+/// Loaded and attached kernel programs plus the maps the agent shares with them.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    /// Offsets this kernel lacks (their features are off).
+    pub missing_offsets: Vec<&'static str>,
+}
+
+impl Probes {
+    /// Resolves offsets from BTF, loads the object and attaches every hook. Fails only when no
+    /// required hook could be attached; partial attachment is reported in `hooks`.
+    pub fn load(settings: Settings) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let kbtf = btf::KernelBtf::from_file(std::path::Path::new(btf::KernelBtf::SYSFS_PATH))?;
+        let (offsets, missing_offsets) = btf::resolve_offsets(&kbtf)?;
+        let ebpf = load_object(&offsets, &settings)?;
+        let mut probes = Probes { ebpf, hooks: Vec::new(), missing_offsets };
+        probes.attach_all();
+        if !probes.hooks.iter().any(|h| h.required && h.attached) {
+            let why = probes
+                .hooks
+                .iter()
+                .map(|h| format!("{}: {}", h.hook, h.error.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProbeError::NothingAttached(why));
+        }
+        Ok(probes)
+    }
+
+    fn attach_all(&mut self) {
+        for &(program, tp, purpose, required) in HOOKS {
+            let hook: &'static str = match tp {
+                "sys_exit" => "raw_tracepoint/sys_exit",
+                "sched_process_exec" => "raw_tracepoint/sched_process_exec",
+                "sched_process_fork" => "raw_tracepoint/sched_process_fork",
+                "sched_process_exit" => "raw_tracepoint/sched_process_exit",
+                "sock_send_length" => "raw_tracepoint/sock_send_length",
+                _ => "raw_tracepoint/io_uring_complete",
+            };
+            let skip = program == "llmwatch_io_uring_complete"
+                && self.missing_offsets.iter().any(|o| o.starts_with("req_") || o.starts_with("cqe_"));
+            let result = if skip {
+                Err("io_uring request layout not in this kernel's BTF".to_string())
+            } else {
+                attach_raw_tracepoint(&mut self.ebpf, program, tp)
+            };
+            self.hooks.push(HookStatus {
+                program,
+                hook,
+                purpose,
+                required,
+                attached: result.is_ok(),
+                error: result.err(),
+            });
+        }
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(ProbeError::MissingMap { name: names::EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: names::EVENTS, source })
+    }
+
+    fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    }
+
+    /// Takes the shared maps out of the object; the programs keep their own references.
+    pub fn take_maps(&mut self) -> Result<KernelMaps, ProbeError> {
+        Ok(KernelMaps {
+            watched_files: self.take(names::WATCHED_FILES)?,
+            watched_names: self.take(names::WATCHED_NAMES)?,
+            tracked_fds: self.take(names::TRACKED_FDS)?,
+            send_stats: self.take(names::SEND_STATS)?,
+            gpu_majors: self.take(names::GPU_MAJORS)?,
+            inference_ports: self.take(names::INFERENCE_PORTS)?,
+            stats: self.take(names::STATS)?,
+        })
+    }
+}
+
+fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeError> {
+    EbpfLoader::new()
+        .override_global("OFFSETS", offsets, true)
+        .override_global("SETTINGS", settings, true)
+        .load(OBJECT)
+        .map_err(ProbeError::Load)
+}
+
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    prog.load().map_err(|e| format!("load {program}: {}", describe(&e)))?;
+    prog.attach(tp).map_err(|e| format!("attach {program} to {tp}: {}", describe(&e)))?;
+    Ok(())
+}
+
+/// Error text with the OS errno spelled out (EPERM, ENOENT...), which is what an operator
+/// needs to tell "policy refused" from "kernel lacks it".
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                text = format!("{text}: {} ({})", errno_name(code), io);
+                return text;
+            }
+        }
+        text = format!("{text}: {s}");
+        src = s.source();
+    }
+    text
+}
+
+fn errno_name(code: i32) -> &'static str {
+    match code {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ENOENT => "ENOENT",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTSUP => "ENOTSUP",
+        libc::E2BIG => "E2BIG",
+        libc::ESRCH => "ESRCH",
+        libc::ENOMEM => "ENOMEM",
+        libc::EBADF => "EBADF",
+        _ => "errno",
+    }
+}
+
+/// Maps the agent reads and writes while running.
+pub struct KernelMaps {
+    pub watched_files: HashMap<MapData, FileId, WatchedFile>,
+    pub watched_names: HashMap<MapData, u64, u8>,
+    pub tracked_fds: HashMap<MapData, FdKey, TrackedFd>,
+    pub send_stats: HashMap<MapData, SendKey, SendStats>,
+    pub gpu_majors: HashMap<MapData, u32, u8>,
+    pub inference_ports: HashMap<MapData, u16, u8>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct KernelStats {
+    /// Events lost because the ring buffer was full, by event kind.
+    pub ringbuf_drops: Vec<(u32, u64)>,
+    pub events: Vec<(u32, u64)>,
+    pub tracked_fds_full: u64,
+    pub send_stats_full: u64,
+    pub probe_read_errors: u64,
+}
+
+impl KernelStats {
+    pub fn total_drops(&self) -> u64 {
+        self.ringbuf_drops.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl KernelMaps {
+    pub fn stats(&self) -> KernelStats {
+        let sum = |i: u32| -> u64 {
+            self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        let kinds = 1..llmwatch_common::event::kind::COUNT;
+        KernelStats {
+            ringbuf_drops: kinds.clone().map(|k| (k, sum(m::stat::RINGBUF_DROPS_BASE + k))).filter(|(_, n)| *n > 0).collect(),
+            events: kinds.map(|k| (k, sum(m::stat::EVENTS_BASE + k))).filter(|(_, n)| *n > 0).collect(),
+            tracked_fds_full: sum(m::stat::TRACKED_FDS_FULL),
+            send_stats_full: sum(m::stat::SEND_STATS_FULL),
+            probe_read_errors: sum(m::stat::PROBE_READ_ERRORS),
+        }
+    }
+
+    /// Makes the kernel's watched set equal `want`, touching only the difference.
+    pub fn sync_watched(&mut self, want: &HashSet<FileId>, have: &mut HashSet<FileId>) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map { name: names::WATCHED_FILES, source };
+        for id in have.difference(want) {
+            match self.watched_files.remove(id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        for id in want.difference(have) {
+            self.watched_files.insert(id, WatchedFile::default(), 0).map_err(map_err)?;
+        }
+        *have = want.clone();
+        Ok(())
+    }
+
+    pub fn sync_names(&mut self, want: &HashSet<u64>, have: &mut HashSet<u64>) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map { name: names::WATCHED_NAMES, source };
+        for h in have.difference(want) {
+            let _ = self.watched_names.remove(h);
+        }
+        for h in want.difference(have) {
+            self.watched_names.insert(h, 1, 0).map_err(map_err)?;
+        }
+        *have = want.clone();
+        Ok(())
+    }
+}
+
+/// Result of trying one program type on this kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Capability {
+    pub program_type: &'static str,
+    pub ok: bool,
+    /// What failed: the load or attach error with its errno.
+    pub error: Option<String>,
+    pub used_for: &'static str,
+}
+
+/// Loads (and attaches, then detaches) an empty program of each type the agent could use.
+pub fn probe_capabilities() -> Result<Vec<Capability>, ProbeError> {
+    if OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let mut ebpf = load_object(&Offsets::missing(), &Settings::default())?;
+    let aya_btf = aya::Btf::from_sys_fs().ok();
+    let mut out = Vec::new();
+    let mut push = |program_type, used_for, r: Result<(), String>| {
+        out.push(Capability { program_type, ok: r.is_ok(), error: r.err(), used_for })
+    };
+    push(
+        "raw_tracepoint",
+        "baseline: syscall exit, sched, sock, io_uring hooks",
+        attach_raw_tracepoint(&mut ebpf, "llmwatch_exit", "sched_process_exit"),
+    );
+    push("tracepoint", "per-syscall tracepoints", try_tracepoint(&mut ebpf));
+    let btf_ref = aya_btf.as_ref();
+    push("tp_btf", "BTF tracepoints (typed arguments)", try_tp_btf(&mut ebpf, btf_ref));
+    push("fentry", "faster per-function hooks (fentry/fexit)", try_fentry(&mut ebpf, btf_ref));
+    push("kprobe", "per-function hooks where fentry is refused", try_kprobe(&mut ebpf));
+    push("lsm", "BPF-LSM (blocking, bpf_d_path)", try_lsm(&mut ebpf, btf_ref));
+    push("cgroup_sock_addr", "connect/sendmsg address hooks per cgroup", try_sock_addr(&mut ebpf));
+    Ok(out)
+}
+
+fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
+}
+
+fn need_btf(btf: Option<&aya::Btf>) -> Result<&aya::Btf, String> {
+    btf.ok_or_else(|| format!("no kernel BTF at {}", btf::KernelBtf::SYSFS_PATH))
+}
+
+fn try_tracepoint(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut TracePoint = prog(ebpf, "probe_tracepoint")?;
+    p.load().map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach("syscalls", "sys_enter_getppid").map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}
+
+fn try_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
+    let btf = need_btf(btf)?;
+    let p: &mut BtfTracePoint = prog(ebpf, "probe_tp_btf")?;
+    p.load("sched_process_fork", btf).map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}
+
+fn try_fentry(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
+    let btf = need_btf(btf)?;
+    let p: &mut FEntry = prog(ebpf, "probe_fentry")?;
+    p.load("vfs_read", btf).map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}
+
+fn try_kprobe(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut KProbe = prog(ebpf, "probe_kprobe")?;
+    p.load().map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach("vfs_read", 0).map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}
+
+fn try_lsm(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
+    let btf = need_btf(btf)?;
+    let p: &mut Lsm = prog(ebpf, "probe_lsm")?;
+    p.load("file_open", btf).map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}
+
+fn try_sock_addr(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut CgroupSockAddr = prog(ebpf, "probe_sock_addr")?;
+    p.load().map_err(|e| format!("load: {}", describe(&e)))?;
+    let cgroup = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|p| {
+            let f = std::fs::File::open(p).ok()?;
+            // cgroup v2 root has cgroup.controllers
+            std::path::Path::new(p).join("cgroup.controllers").exists().then_some(f)
+        })
+        .ok_or_else(|| "no cgroup v2 mount found".to_string())?;
+    p.attach(cgroup.as_fd(), CgroupAttachMode::Single).map_err(|e| format!("attach: {}", describe(&e)))?;
+    Ok(())
+}

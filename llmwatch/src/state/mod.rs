@@ -1,0 +1,4 @@
+//! What the agent knows about the host: watched weight files, processes and their containers.
+pub mod container;
+pub mod files;
+pub mod process;

@@ -1,0 +1,281 @@
+//! The process table: who each pid is, its parent chain and its container.
+//!
+//! Seeded from /proc at start-up, then kept by exec/fork/exit events. Kernel events carry
+//! pid, comm, uid and cgroup id captured at event time, so a process that has already exited
+//! is still attributed; /proc is only read for processes older than the agent.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::container::{self, ContainerInfo};
+use crate::events::{Event, EventKind};
+
+/// Parent-chain depth kept on events (init is usually reached well before).
+pub const MAX_ANCESTRY: usize = 16;
+/// How long an exited process stays resolvable for late events and lineage of its children.
+pub const EXITED_GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    #[serde(skip)]
+    pub exited_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcessInfo>,
+    containers: HashMap<u64, ContainerInfo>,
+    users: HashMap<u32, String>,
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        let mut t = ProcessTable::default();
+        t.users = read_passwd();
+        t
+    }
+
+    /// Learns every process alive now from /proc.
+    pub fn scan_proc(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        for entry in dir.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if let Some(info) = from_proc(pid) {
+                    self.procs.insert(pid, info);
+                }
+            }
+        }
+        self.procs.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.procs.get(&pid)
+    }
+
+    /// Updates the table from a lifecycle event; other events make sure their process is known.
+    pub fn observe(&mut self, ev: &Event) {
+        let t = &ev.task;
+        match &ev.kind {
+            EventKind::ProcExec { ppid, filename, argv } => {
+                let info = self.procs.entry(t.pid).or_insert_with(|| ProcessInfo {
+                    pid: t.pid,
+                    ppid: *ppid,
+                    comm: t.comm.clone(),
+                    exe: None,
+                    argv: Vec::new(),
+                    uid: t.uid,
+                    cgroup_id: t.cgroup_id,
+                    exited_at: None,
+                });
+                info.ppid = *ppid;
+                info.comm = t.comm.clone();
+                info.exe = Some(filename.clone());
+                info.argv = argv.clone();
+                info.uid = t.uid;
+                info.cgroup_id = t.cgroup_id;
+                info.exited_at = None;
+            }
+            EventKind::ProcFork { child_pid } => {
+                self.ensure(ev);
+                let parent = self.procs.get(&t.pid).cloned();
+                let child = ProcessInfo {
+                    pid: *child_pid,
+                    ppid: t.pid,
+                    comm: t.comm.clone(),
+                    exe: parent.as_ref().and_then(|p| p.exe.clone()),
+                    argv: parent.map(|p| p.argv).unwrap_or_default(),
+                    uid: t.uid,
+                    cgroup_id: t.cgroup_id,
+                    exited_at: None,
+                };
+                self.procs.insert(*child_pid, child);
+            }
+            EventKind::ProcExit { .. } => {
+                if let Some(p) = self.procs.get_mut(&t.pid) {
+                    p.exited_at = Some(Instant::now());
+                }
+            }
+            _ => self.ensure(ev),
+        }
+    }
+
+    /// Makes sure the event's process is in the table: from /proc if it is older than the
+    /// agent, else from what the kernel captured.
+    fn ensure(&mut self, ev: &Event) {
+        let t = &ev.task;
+        if let Some(p) = self.procs.get_mut(&t.pid) {
+            // comm can change (prctl, exec we missed); the kernel's is current.
+            if p.comm != t.comm {
+                p.comm = t.comm.clone();
+            }
+            return;
+        }
+        let info = from_proc(t.pid).unwrap_or(ProcessInfo {
+            pid: t.pid,
+            ppid: 0,
+            comm: t.comm.clone(),
+            exe: None,
+            argv: Vec::new(),
+            uid: t.uid,
+            cgroup_id: t.cgroup_id,
+            exited_at: None,
+        });
+        self.procs.insert(t.pid, info);
+    }
+
+    /// Parents of `pid`, nearest first, bounded and loop-safe.
+    pub fn ancestry(&self, pid: u32) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut cur = self.procs.get(&pid).map(|p| p.ppid).unwrap_or(0);
+        while cur != 0 && out.len() < MAX_ANCESTRY {
+            let Some(p) = self.procs.get(&cur) else {
+                out.push(Ancestor { pid: cur, comm: String::new(), exe: None });
+                break;
+            };
+            out.push(Ancestor { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone() });
+            if out.iter().filter(|a| a.pid == p.ppid).count() > 0 {
+                break;
+            }
+            cur = p.ppid;
+        }
+        out
+    }
+
+    /// Container of a cgroup id, read once per cgroup from the pid's /proc/<pid>/cgroup.
+    pub fn container(&mut self, cgroup_id: u64, pid: u32) -> ContainerInfo {
+        if let Some(c) = self.containers.get(&cgroup_id) {
+            return c.clone();
+        }
+        match container::cgroup_path_of(pid) {
+            Ok(path) => {
+                let info = container::parse_cgroup_path(&path);
+                self.containers.insert(cgroup_id, info.clone());
+                info
+            }
+            // The process is gone; don't cache a guess.
+            Err(_) => ContainerInfo::default(),
+        }
+    }
+
+    pub fn user_name(&self, uid: u32) -> Option<&str> {
+        self.users.get(&uid).map(String::as_str)
+    }
+
+    /// Forgets processes that exited more than `EXITED_GRACE` ago.
+    pub fn reap(&mut self) -> usize {
+        let before = self.procs.len();
+        self.procs.retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_GRACE));
+        before - self.procs.len()
+    }
+}
+
+fn from_proc(pid: u32) -> Option<ProcessInfo> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string())
+    };
+    let comm = field("Name:").unwrap_or_default();
+    let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).take(16).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .unwrap_or_default();
+    Some(ProcessInfo { pid, ppid, comm, exe, argv, uid, cgroup_id: 0, exited_at: None })
+}
+
+fn read_passwd() -> HashMap<u32, String> {
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else { return HashMap::new() };
+    parse_passwd(&text)
+}
+
+fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Task;
+
+    fn ev(pid: u32, comm: &str, kind: EventKind) -> Event {
+        Event { ts_ns: 1, task: Task { pid, tid: pid, uid: 0, gid: 0, comm: comm.into(), cgroup_id: 1 }, kind }
+    }
+
+    #[test]
+    fn lineage_from_fork_and_exec_events() {
+        let mut t = ProcessTable::default();
+        // pids far above pid_max so /proc lookups find nothing
+        t.observe(&ev(90_000_001, "bash", EventKind::ProcExec { ppid: 0, filename: "/bin/bash".into(), argv: vec!["bash".into()] }));
+        t.observe(&ev(90_000_001, "bash", EventKind::ProcFork { child_pid: 90_000_002 }));
+        t.observe(&ev(90_000_002, "bash", EventKind::ProcExec { ppid: 90_000_001, filename: "/bin/cat".into(), argv: vec!["cat".into(), "m".into()] }));
+        let child = t.get(90_000_002).unwrap();
+        assert_eq!(child.exe.as_deref(), Some("/bin/cat"));
+        assert_eq!(child.argv, vec!["cat", "m"]);
+        assert_eq!(
+            t.ancestry(90_000_002),
+            vec![Ancestor { pid: 90_000_001, comm: "bash".into(), exe: Some("/bin/bash".into()) }]
+        );
+        t.observe(&ev(90_000_002, "cat", EventKind::ProcExit { exit_code: 0 }));
+        assert!(t.get(90_000_002).unwrap().exited_at.is_some());
+        assert_eq!(t.reap(), 0, "exited processes stay resolvable for a grace period");
+    }
+
+    #[test]
+    fn ancestry_survives_loops() {
+        let mut t = ProcessTable::default();
+        for (pid, ppid) in [(1u32, 2u32), (2, 1)] {
+            t.procs.insert(pid, ProcessInfo { pid, ppid, comm: "x".into(), exe: None, argv: vec![], uid: 0, cgroup_id: 0, exited_at: None });
+        }
+        assert!(t.ancestry(1).len() <= 2);
+    }
+
+    #[test]
+    fn own_process_from_proc() {
+        let me = std::process::id();
+        let info = from_proc(me).unwrap();
+        assert_eq!(info.pid, me);
+        assert!(info.exe.is_some());
+    }
+
+    #[test]
+    fn passwd_parsing() {
+        let m = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\nollama:x:999:999::/usr/share/ollama:/bin/false\n");
+        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(m.get(&999).map(String::as_str), Some("ollama"));
+        assert_eq!(m.len(), 2);
+    }
+}
