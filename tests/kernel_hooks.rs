@@ -1,0 +1,829 @@
+//! Each kernel hook proven with a real syscall and the real agent binary (root required).
+//!
+//! The agent runs as `llmwatch events --model-dir <temp dir>`; every assertion is on the JSON
+//! lines it prints. Scenarios watch their own directories, so they can run in parallel.
+use std::{
+    ffi::CString,
+    io::{Read, Write},
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::Path,
+    process::Command,
+};
+
+use llmwatch_e2e::{Agent, TempDir, Value, is, secs, write_safetensors};
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn open(p: &Path, flags: i32) -> i32 {
+    let fd = unsafe { libc::open(cpath(p).as_ptr(), flags, 0o644) };
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+fn sum_bytes(events: &[Value]) -> u64 {
+    events.iter().map(|v| v["bytes"].as_u64().unwrap()).sum()
+}
+
+/// Reads the whole of `fd` using `how`; returns the bytes the syscalls returned.
+fn read_all(how: &str, fd: i32, scratch: &Path) -> u64 {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total: u64 = 0;
+    unsafe {
+        match how {
+            "read" => loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                assert!(n >= 0);
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            },
+            "pread64" => loop {
+                let n = libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), total as i64);
+                assert!(n >= 0);
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            },
+            "readv" | "preadv" => {
+                let (a, b) = buf.split_at_mut(1 << 15);
+                let iov = [
+                    libc::iovec {
+                        iov_base: a.as_mut_ptr().cast(),
+                        iov_len: a.len(),
+                    },
+                    libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    },
+                ];
+                loop {
+                    let n = if how == "readv" {
+                        libc::readv(fd, iov.as_ptr(), 2)
+                    } else {
+                        libc::preadv(fd, iov.as_ptr(), 2, total as i64)
+                    };
+                    assert!(n >= 0);
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+            }
+            "sendfile" => {
+                let null = open(Path::new("/dev/null"), libc::O_WRONLY);
+                loop {
+                    let n = libc::sendfile(null, fd, std::ptr::null_mut(), 1 << 20);
+                    assert!(n >= 0, "sendfile: {}", std::io::Error::last_os_error());
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                libc::close(null);
+            }
+            "splice" => {
+                let mut p = [0i32; 2];
+                assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+                loop {
+                    let n = libc::splice(
+                        fd,
+                        std::ptr::null_mut(),
+                        p[1],
+                        std::ptr::null_mut(),
+                        1 << 16,
+                        0,
+                    );
+                    assert!(n >= 0, "splice: {}", std::io::Error::last_os_error());
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                    let mut left = n as usize;
+                    while left > 0 {
+                        let r = libc::read(p[0], buf.as_mut_ptr().cast(), left.min(buf.len()));
+                        assert!(r > 0);
+                        left -= r as usize;
+                    }
+                }
+                libc::close(p[0]);
+                libc::close(p[1]);
+            }
+            "copy_file_range" => {
+                let out = open(
+                    &scratch.join("copy.out"),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                );
+                loop {
+                    let n = libc::copy_file_range(
+                        fd,
+                        std::ptr::null_mut(),
+                        out,
+                        std::ptr::null_mut(),
+                        1 << 20,
+                        0,
+                    );
+                    assert!(
+                        n >= 0,
+                        "copy_file_range: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                libc::close(out);
+            }
+            other => panic!("unknown read path {other}"),
+        }
+    }
+    total
+}
+
+#[test]
+fn every_read_path_reports_exact_bytes_returned() {
+    let dir = TempDir::new("reads");
+    let scratch = TempDir::new("reads-out");
+    let path = dir.path().join("model.safetensors");
+    // Not a multiple of any chunk size, larger than several 1 MiB report thresholds.
+    let size: u64 = 3 * 1024 * 1024 + 12_345;
+    let ino = write_safetensors(&path, size as usize);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    assert_eq!(agent.ready["watched_files"], 1, "{}", agent.ready);
+
+    for how in [
+        "read",
+        "pread64",
+        "readv",
+        "preadv",
+        "sendfile",
+        "splice",
+        "copy_file_range",
+    ] {
+        let fd = open(&path, libc::O_RDONLY);
+        let returned = read_all(how, fd, scratch.path());
+        assert_eq!(returned, size);
+        unsafe { libc::close(fd) };
+        let ours = |v: &Value| is(v, "file_read", me()) && v["fd"] == fd && v["file"]["ino"] == ino;
+        let events = agent.collect_until(secs(10), ours, |v| ours(v) && v["reason"] == "close");
+        assert_eq!(
+            events.last().map(|v| v["reason"].clone()),
+            Some("close".into()),
+            "{how}: no close report: {events:#?}"
+        );
+        assert_eq!(
+            sum_bytes(&events),
+            size,
+            "{how}: reported bytes differ from bytes returned: {events:#?}"
+        );
+        assert!(
+            events.iter().any(|v| v["syscall"] == how),
+            "{how}: no event names the syscall: {events:#?}"
+        );
+        assert_eq!(events[0]["reason"], "first", "{how}");
+        assert_eq!(events[0]["weight"]["path"], path.to_str().unwrap());
+        assert_eq!(events[0]["weight"]["format"], "safetensors");
+        assert_eq!(events[0]["process"]["pid"], me());
+        // The open was reported too, with the descriptor the reads used.
+        let open_ev = agent.wait_for(secs(1), |v| {
+            is(v, "file_open", me()) && v["fd"] == fd && v["file"]["ino"] == ino
+        });
+        assert!(open_ev.is_some(), "{how}: no file_open for fd {fd}");
+    }
+}
+
+#[test]
+fn cp_of_a_model_is_attributed_to_cp_with_exact_bytes() {
+    let dir = TempDir::new("cp");
+    let out = TempDir::new("cp-out");
+    let path = dir.path().join("model.gguf");
+    let size: usize = 2 * 1024 * 1024 + 99;
+    let mut data = b"GGUF\x03\0\0\0".to_vec();
+    data.resize(size, 7);
+    std::fs::write(&path, &data).unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let child = Command::new("cp")
+        .arg(&path)
+        .arg(out.path().join("stolen.gguf"))
+        .spawn()
+        .unwrap();
+    let cp_pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let events = agent.collect_until(
+        secs(10),
+        |v| is(v, "file_read", cp_pid),
+        |v| is(v, "proc_exit", cp_pid),
+    );
+    let reads: Vec<Value> = events
+        .iter()
+        .filter(|v| v["kind"] == "file_read")
+        .cloned()
+        .collect();
+    assert_eq!(sum_bytes(&reads), size as u64, "{events:#?}");
+    assert_eq!(reads[0]["process"]["comm"], "cp");
+    assert_eq!(reads[0]["weight"]["format"], "gguf");
+}
+
+#[test]
+fn mmap_of_a_watched_file_reports_length_and_prot() {
+    let dir = TempDir::new("mmap");
+    let path = dir.path().join("model.safetensors");
+    let size: usize = 5 * 4096 + 100;
+    let ino = write_safetensors(&path, size);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let fd = open(&path, libc::O_RDONLY);
+    let mut sum: u64 = 0;
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        // Touch every page, the way a loader pulls tensors in.
+        for off in (0..size).step_by(4096) {
+            sum += *(p as *const u8).add(off) as u64;
+        }
+        libc::munmap(p, size);
+        libc::close(fd);
+    }
+    assert!(sum > 0);
+    let ev = agent
+        .wait_for(secs(10), |v| {
+            is(v, "file_mmap", me()) && v["file"]["ino"] == ino
+        })
+        .expect("no file_mmap event");
+    assert_eq!(ev["len"], size as u64);
+    assert_eq!(ev["prot"], libc::PROT_READ as u64);
+    assert_eq!(ev["fd"], fd);
+    assert_eq!(ev["file_size"], size as u64);
+    assert_eq!(ev["weight"]["path"], path.to_str().unwrap());
+}
+
+#[test]
+fn unwatched_files_report_nothing() {
+    let dir = TempDir::new("watched");
+    let other = TempDir::new("unwatched");
+    let watched = dir.path().join("model.safetensors");
+    let unwatched = other.path().join("model.safetensors");
+    let watched_ino = write_safetensors(&watched, 100_000);
+    let unwatched_ino = write_safetensors(&unwatched, 100_000);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    // Unwatched first, then the watched file as a marker: once the marker's close arrives,
+    // anything about the unwatched file would have arrived before it.
+    for p in [&unwatched, &watched] {
+        let fd = open(p, libc::O_RDONLY);
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+    }
+    let marker = agent.wait_for(secs(10), |v| {
+        is(v, "file_read", me()) && v["file"]["ino"] == watched_ino && v["reason"] == "close"
+    });
+    assert!(marker.is_some(), "watched file read not reported");
+    let leaked: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["file"]["ino"] == unwatched_ino)
+        .collect();
+    assert!(leaked.is_empty(), "unwatched file reported: {leaked:#?}");
+}
+
+#[test]
+fn hugging_face_snapshot_symlink_and_hard_link_resolve_to_the_blob() {
+    let dir = TempDir::new("hf");
+    let repo = dir.path().join("hub/models--acme--tiny");
+    let blob = repo.join("blobs/4f2a0f06bd7e5b7fbe0e8b0c8e3a3f4b5c6d7e8f90a1b2c3d4e5f60718293a4b");
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/main")).unwrap();
+    let size = 200_000;
+    let ino = write_safetensors(&blob, size);
+    let snapshot = repo.join("snapshots/main/model.safetensors");
+    std::os::unix::fs::symlink(
+        format!(
+            "../../blobs/{}",
+            blob.file_name().unwrap().to_str().unwrap()
+        ),
+        &snapshot,
+    )
+    .unwrap();
+    let hard = dir.path().join("copy-of-model.safetensors");
+    std::fs::hard_link(&blob, &hard).unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    assert_eq!(
+        agent.ready["watched_files"], 1,
+        "one inode, three names: {}",
+        agent.ready
+    );
+    for p in [&snapshot, &hard] {
+        let data = std::fs::read(p).unwrap();
+        assert_eq!(data.len(), size);
+        let ev = agent
+            .wait_for(secs(10), |v| {
+                is(v, "file_read", me()) && v["file"]["ino"] == ino && v["reason"] == "close"
+            })
+            .unwrap_or_else(|| panic!("read through {} not reported", p.display()));
+        assert_eq!(ev["total"], size as u64);
+        // Reported under the inode's real name (one of its hard links), never the symlink.
+        let reported = ev["weight"]["path"].as_str().unwrap();
+        assert!(
+            reported == blob.to_str().unwrap() || reported == hard.to_str().unwrap(),
+            "{reported}"
+        );
+    }
+}
+
+#[test]
+fn new_model_files_are_watched_without_restart() {
+    let dir = TempDir::new("notify");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    assert_eq!(agent.ready["watched_files"], 0);
+    let path = dir.path().join("fresh.safetensors");
+    let ino = write_safetensors(&path, 300_000);
+    let upd = agent
+        .wait_for(secs(15), |v| {
+            v["kind"] == "watch_update"
+                && v["added"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p == path.to_str().unwrap()))
+        })
+        .expect("new file not picked up");
+    assert_eq!(upd["watched_files"], 1);
+    let data = std::fs::read(&path).unwrap();
+    let ev = agent
+        .wait_for(secs(10), |v| {
+            is(v, "file_read", me()) && v["file"]["ino"] == ino && v["reason"] == "close"
+        })
+        .expect("read of the new file not reported");
+    assert_eq!(ev["total"], data.len() as u64);
+    std::fs::remove_file(&path).unwrap();
+    agent
+        .wait_for(secs(15), |v| {
+            v["kind"] == "watch_update"
+                && v["removed"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p == path.to_str().unwrap()))
+        })
+        .expect("removed file still watched");
+}
+
+#[test]
+fn refused_open_of_a_watched_file_is_reported() {
+    let dir = TempDir::new("denied");
+    let path = dir.path().join("secret.safetensors");
+    write_safetensors(&path, 10_000);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&path)
+        .output()
+        .expect("setpriv (util-linux) is needed to drop privileges");
+    assert!(!out.status.success(), "nobody could read a 0600 root file?");
+    let ev = agent
+        .wait_for(secs(10), |v| {
+            v["kind"] == "file_open_denied" && v["weight"]["path"] == path.to_str().unwrap()
+        })
+        .expect("refused open not reported");
+    assert_eq!(ev["errno"], libc::EACCES);
+    assert_eq!(ev["task"]["uid"], 65534);
+    assert_eq!(ev["process"]["comm"], "cat");
+}
+
+#[test]
+fn writes_truncates_renames_and_unlinks_are_tamper_events() {
+    let dir = TempDir::new("tamper");
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let c = dir.path().join("c.safetensors");
+    let ino_a = write_safetensors(&a, 50_000);
+    write_safetensors(&b, 50_000);
+    write_safetensors(&c, 50_000);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    assert_eq!(agent.ready["watched_files"], 3);
+    let tamper = |op: &'static str| move |v: &Value| is(v, "file_tamper", me()) && v["op"] == op;
+
+    // Write through a descriptor, then ftruncate it.
+    let fd = open(&a, libc::O_WRONLY | libc::O_APPEND);
+    assert_eq!(
+        unsafe { libc::write(fd, b"0123456789".as_ptr().cast(), 10) },
+        10
+    );
+    let ev = agent
+        .wait_for(secs(10), tamper("write"))
+        .expect("write not reported");
+    assert_eq!(ev["file"]["ino"], ino_a);
+    assert_eq!(ev["bytes"], 10);
+    assert_eq!(ev["weight"]["path"], a.to_str().unwrap());
+    assert_eq!(unsafe { libc::ftruncate(fd, 10) }, 0);
+    let ev = agent
+        .wait_for(secs(10), |v| tamper("truncate")(v) && v["fd"] == fd)
+        .expect("ftruncate not reported");
+    assert_eq!(ev["file"]["ino"], ino_a);
+    unsafe { libc::close(fd) };
+
+    // Rename away, relative to a directory descriptor (resolved through /proc/<pid>/fd).
+    let dirf = std::fs::File::open(dir.path()).unwrap();
+    let r = unsafe {
+        libc::renameat(
+            dirf.as_raw_fd(),
+            c"b.safetensors".as_ptr(),
+            dirf.as_raw_fd(),
+            c"b.renamed".as_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    let ev = agent
+        .wait_for(secs(10), tamper("rename_from"))
+        .expect("rename not reported");
+    assert_eq!(ev["weight"]["path"], b.to_str().unwrap());
+    assert_eq!(ev["path"], "b.safetensors");
+
+    // Rename something else over a watched name (replacing weights).
+    let evil = dir.path().join("evil.tmp");
+    std::fs::write(&evil, b"not weights").unwrap();
+    std::fs::rename(&evil, &a).unwrap();
+    let ev = agent
+        .wait_for(secs(10), tamper("rename_to"))
+        .expect("rename over a watched file not reported");
+    assert_eq!(ev["weight"]["path"], a.to_str().unwrap());
+
+    // Unlink and path truncate.
+    let p = cpath(&c);
+    assert_eq!(unsafe { libc::truncate(p.as_ptr(), 0) }, 0);
+    let ev = agent
+        .wait_for(secs(10), |v| tamper("truncate")(v) && v["fd"] == -1)
+        .expect("truncate(path) not reported");
+    assert_eq!(ev["weight"]["path"], c.to_str().unwrap());
+    std::fs::remove_file(&c).unwrap();
+    let ev = agent
+        .wait_for(secs(10), tamper("unlink"))
+        .expect("unlink not reported");
+    assert_eq!(ev["weight"]["path"], c.to_str().unwrap());
+
+    // An unrelated file in the same directory is not a tamper event.
+    let junk = dir.path().join("notes.txt");
+    std::fs::write(&junk, b"x").unwrap();
+    std::fs::remove_file(&junk).unwrap();
+    let noise = agent.collect_for(secs(1), |v| {
+        v["kind"] == "file_tamper" && v["path"] == junk.to_str().unwrap()
+    });
+    assert!(noise.is_empty(), "{noise:#?}");
+}
+
+/// Runs `bash -c script` and returns its pid after it exits successfully.
+fn bash(script: &str) -> u32 {
+    let child = Command::new("bash").arg("-c").arg(script).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "bash -c {script}: {:?}", out.status);
+    pid
+}
+
+fn sends_to(agent: &mut Agent, port: u16) -> (Value, Vec<Value>) {
+    let connect = agent
+        .wait_for(secs(10), |v| {
+            v["kind"] == "net_connect" && v["port"] == port
+        })
+        .unwrap_or_else(|| panic!("no connect to port {port}"));
+    let pid = connect["task"]["pid"].as_u64().unwrap() as u32;
+    let events = agent.collect_until(
+        secs(10),
+        |v| is(v, "net_send", pid) && v["port"] == port,
+        |v| is(v, "proc_exit", pid),
+    );
+    let sends = events
+        .into_iter()
+        .filter(|v| v["kind"] == "net_send")
+        .collect();
+    (connect, sends)
+}
+
+#[test]
+fn tcp_connect_and_bytes_sent_are_reported_with_destination() {
+    let dir = TempDir::new("net");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let n: u64 = 3 * 1024 * 1024 + 17;
+    for (bind, host) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sink = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).unwrap();
+            v.len() as u64
+        });
+        bash(&format!("head -c {n} /dev/zero > /dev/tcp/{host}/{port}"));
+        assert_eq!(sink.join().unwrap(), n);
+        let (connect, sends) = sends_to(&mut agent, port);
+        assert_eq!(connect["dest"], host);
+        assert_eq!(connect["proto"], "tcp");
+        assert_eq!(sum_bytes(&sends), n, "{host}: {sends:#?}");
+        assert!(
+            sends
+                .iter()
+                .all(|v| v["dest"] == host && v["proto"] == "tcp")
+        );
+        assert_eq!(sends[0]["reason"], "first");
+    }
+}
+
+#[test]
+fn udp_connect_and_datagrams_are_reported() {
+    let dir = TempDir::new("udp");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    bash(&format!(
+        "head -c 1000 /dev/zero > /dev/udp/127.0.0.1/{port}"
+    ));
+    let mut buf = [0u8; 2000];
+    assert_eq!(sock.recv(&mut buf).unwrap(), 1000);
+    let (connect, sends) = sends_to(&mut agent, port);
+    assert_eq!(connect["proto"], "udp");
+    assert_eq!(sum_bytes(&sends), 1000, "{sends:#?}");
+    assert_eq!(sends[0]["proto"], "udp");
+}
+
+#[test]
+fn unconnected_udp_sendto_is_counted_per_destination() {
+    let dir = TempDir::new("sendto");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = rx.local_addr().unwrap().port();
+    // A child process so its exit flushes the in-kernel counter.
+    let script = format!(
+        "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(3): s.sendto(b'x'*500, ('127.0.0.1', {port}))"
+    );
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let events = agent.collect_until(
+        secs(10),
+        |v| is(v, "net_send", pid),
+        |v| is(v, "proc_exit", pid),
+    );
+    let sends: Vec<Value> = events
+        .into_iter()
+        .filter(|v| v["kind"] == "net_send")
+        .collect();
+    assert_eq!(sum_bytes(&sends), 1500, "{sends:#?}");
+    assert!(
+        sends
+            .iter()
+            .all(|v| v["port"] == port && v["dest"] == "127.0.0.1")
+    );
+}
+
+#[test]
+fn accepted_connections_on_inference_ports_are_reported() {
+    let dir = TempDir::new("accept");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut agent = Agent::watching(&[dir.path()], &["--inference-port", &port.to_string()]);
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        s.local_addr().unwrap().port()
+    });
+    let (conn, _) = listener.accept().unwrap();
+    let client_port = client.join().unwrap();
+    let ev = agent
+        .wait_for(secs(10), |v| {
+            is(v, "net_accept", me()) && v["local_port"] == port
+        })
+        .expect("accept not reported");
+    assert_eq!(ev["client"], "127.0.0.1");
+    assert_eq!(ev["client_port"], client_port);
+    assert_eq!(ev["fd"], conn.as_raw_fd());
+    // A port that is not an inference port is not reported.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let _c = std::net::TcpStream::connect(("127.0.0.1", other_port)).unwrap();
+    let _a = other.accept().unwrap();
+    let noise = agent.collect_for(secs(1), |v| {
+        v["kind"] == "net_accept" && v["local_port"] == other_port
+    });
+    assert!(noise.is_empty());
+}
+
+#[test]
+fn exec_fork_exit_carry_lineage() {
+    let dir = TempDir::new("exec");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    // bash forks for `env` (a command follows it), env execs `true`, bash exits 3.
+    let child = Command::new("bash")
+        .args(["-c", "/usr/bin/env true; exit 3"])
+        .spawn()
+        .unwrap();
+    let bash_pid = child.id();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(3));
+    let exec = agent
+        .wait_for(secs(10), |v| is(v, "proc_exec", bash_pid))
+        .expect("bash exec not reported");
+    assert_eq!(exec["ppid"], me());
+    assert!(
+        exec["filename"].as_str().unwrap().ends_with("bash"),
+        "{exec}"
+    );
+    assert_eq!(exec["argv"][1], "-c");
+    let fork = agent
+        .wait_for(secs(10), |v| is(v, "proc_fork", bash_pid))
+        .expect("fork not reported");
+    let env_pid = fork["child_pid"].as_u64().unwrap() as u32;
+    let env_exec = agent
+        .wait_for(secs(10), |v| {
+            is(v, "proc_exec", env_pid) && v["filename"] == "/usr/bin/env"
+        })
+        .expect("env exec");
+    assert_eq!(env_exec["ppid"], bash_pid);
+    assert_eq!(
+        env_exec["argv"],
+        serde_json::json!(["/usr/bin/env", "true"])
+    );
+    let ancestry = env_exec["process"]["ancestry"].as_array().unwrap();
+    assert_eq!(ancestry[0]["pid"], bash_pid, "{ancestry:?}");
+    assert_eq!(ancestry[1]["pid"], me(), "{ancestry:?}");
+    let true_exec = agent
+        .wait_for(secs(10), |v| {
+            is(v, "proc_exec", env_pid)
+                && v["filename"].as_str().is_some_and(|f| f.ends_with("/true"))
+        })
+        .expect("true exec");
+    assert_eq!(true_exec["process"]["exe"], true_exec["filename"]);
+    let env_exit = agent
+        .wait_for(secs(10), |v| is(v, "proc_exit", env_pid))
+        .expect("env exit");
+    assert_eq!(env_exit["exit_code"], 0);
+    let bash_exit = agent
+        .wait_for(secs(10), |v| is(v, "proc_exit", bash_pid))
+        .expect("bash exit");
+    assert_eq!(bash_exit["exit_code"], 3 << 8, "wait-status encoding");
+}
+
+#[test]
+fn gpu_device_opens_are_reported_by_major() {
+    let dir = TempDir::new("gpu");
+    // A fake NVIDIA node: no driver here, so the open fails (ENXIO) and is reported as an attempt.
+    let node = dir.path().join("nvidia0");
+    let dev = libc::makedev(195, 0);
+    assert_eq!(
+        unsafe { libc::mknod(cpath(&node).as_ptr(), libc::S_IFCHR | 0o666, dev) },
+        0
+    );
+    // Major 1 (mem) stands in for a GPU whose open succeeds, via the configurable extra major.
+    let mut agent = Agent::watching(&[dir.path()], &["--gpu-major", "1"]);
+    let fd = unsafe { libc::open(cpath(&node).as_ptr(), libc::O_RDWR) };
+    assert!(fd < 0, "fake node opened?");
+    let ev = agent
+        .wait_for(secs(10), |v| is(v, "gpu_open", me()) && v["major"] == 195)
+        .expect("fake GPU open not reported");
+    assert_eq!(ev["minor"], 0);
+    assert_eq!(ev["device"], "nvidia0");
+    assert_eq!(ev["path"], node.to_str().unwrap());
+    assert!(
+        ev["errno"]
+            .as_i64()
+            .is_some_and(|e| e == libc::ENXIO as i64 || e == libc::EACCES as i64),
+        "{ev}"
+    );
+    let fd = open(Path::new("/dev/zero"), libc::O_RDONLY);
+    let ev = agent
+        .wait_for(secs(10), |v| {
+            is(v, "gpu_open", me()) && v["major"] == 1 && v["minor"] == 5
+        })
+        .expect("GPU open not reported");
+    assert_eq!(ev["fd"], fd);
+    assert_eq!(ev["path"], "/dev/zero");
+    assert!(ev["errno"].is_null());
+    // Once per process and device.
+    let fd2 = open(Path::new("/dev/zero"), libc::O_RDONLY);
+    let again = agent.collect_for(secs(1), |v| is(v, "gpu_open", me()) && v["minor"] == 5);
+    assert!(again.is_empty(), "{again:?}");
+    unsafe {
+        libc::close(fd);
+        libc::close(fd2);
+    }
+}
+
+#[test]
+fn io_uring_reads_of_watched_files_are_reported() {
+    let dir = TempDir::new("uring");
+    let path = dir.path().join("model.safetensors");
+    let size: usize = 3 * 1024 * 1024 + 5;
+    let ino = write_safetensors(&path, size);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let hook = agent.ready["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "raw_tracepoint/io_uring_complete")
+        .cloned()
+        .unwrap();
+    assert_eq!(hook["attached"], true, "{hook}");
+    let file = std::fs::File::open(&path).unwrap();
+    let mut ring = io_uring::IoUring::new(8).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off: u64 = 0;
+    loop {
+        let sqe = io_uring::opcode::Read::new(
+            io_uring::types::Fd(file.as_raw_fd()),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+        .offset(off)
+        .build();
+        unsafe { ring.submission().push(&sqe).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        let cqe = ring.completion().next().unwrap();
+        assert!(cqe.result() >= 0);
+        if cqe.result() == 0 {
+            break;
+        }
+        off += cqe.result() as u64;
+    }
+    assert_eq!(off, size as u64);
+    let ours = |v: &Value| {
+        is(v, "file_read", me()) && v["file"]["ino"] == ino && v["syscall"] == "io_uring"
+    };
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + secs(10);
+    while sum_bytes(&events) < size as u64 && std::time::Instant::now() < deadline {
+        if let Some(v) = agent.wait_for(secs(1), ours) {
+            events.push(v);
+        }
+    }
+    assert_eq!(sum_bytes(&events), size as u64, "{events:#?}");
+    assert!(events.iter().all(|v| v["reason"] == "io_uring"));
+}
+
+#[test]
+fn check_reports_each_program_type() {
+    let out = Command::new(llmwatch_e2e::agent_binary())
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(
+        out.status.success(),
+        "minimum missing on the test host: {report:#}"
+    );
+    assert_eq!(report["minimum_ok"], true);
+    let types = report["program_types"].as_array().unwrap();
+    let names: Vec<&str> = types
+        .iter()
+        .map(|t| t["program_type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "raw_tracepoint",
+        "tracepoint",
+        "tp_btf",
+        "fentry",
+        "kprobe",
+        "lsm",
+        "cgroup_sock_addr",
+    ] {
+        assert!(names.contains(&t), "{t} not probed");
+    }
+    let raw = types
+        .iter()
+        .find(|t| t["program_type"] == "raw_tracepoint")
+        .unwrap();
+    assert_eq!(raw["ok"], true, "{raw}");
+    for t in types {
+        // Every refusal says what failed; none is a bare "false".
+        assert!(
+            t["ok"] == true || t["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{t}"
+        );
+    }
+    assert!(
+        report["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["required"] == true)
+            .all(|h| h["attached"] == true)
+    );
+}

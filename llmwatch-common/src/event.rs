@@ -73,8 +73,9 @@ pub struct FileOpenEvent {
     pub _pad: u32,
 }
 
-/// An open that failed with EACCES or EPERM. The kernel cannot tell which file the path named
-/// (it does not exist in the dcache for us), so the agent resolves `path` against the watched set.
+/// An open that failed with EACCES or EPERM (refused), or ENXIO/ENODEV (device node without a
+/// driver). No file was opened, so the agent resolves `path` against the watched set and the
+/// GPU device nodes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileOpenDeniedEvent {

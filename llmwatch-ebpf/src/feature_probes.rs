@@ -3,7 +3,10 @@
 //! version number. None of them is attached by `llmwatch run`.
 use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_sock_addr, fentry, kprobe, lsm, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, LsmContext, ProbeContext, SockAddrContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, LsmContext, ProbeContext, SockAddrContext,
+        TracePointContext,
+    },
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_getppid")]

@@ -20,6 +20,10 @@ use crate::{
 
 const EACCES: i64 = 13;
 const EPERM: i64 = 1;
+/// A device node whose driver is not loaded (or not present): how an attempt to use a GPU looks
+/// on a host without the driver, and how a fake node made with mknod behaves.
+const ENXIO: i64 = 6;
+const ENODEV: i64 = 19;
 const AT_FDCWD: i32 = -100;
 
 #[inline(always)]
@@ -32,15 +36,19 @@ fn tracked(fd: u64) -> Option<(FdKey, *mut TrackedFd)> {
 /// open/openat/openat2/creat returned: classify the new descriptor once.
 #[inline(always)]
 pub fn on_open(regs: u64, sysno: u64, ret: i64) {
-    if ret == -EACCES || ret == -EPERM {
+    if ret == -EACCES || ret == -EPERM || ret == -ENXIO || ret == -ENODEV {
         on_open_denied(regs, sysno, ret);
         return;
     }
     if ret < 0 {
         return;
     }
-    let Some(file) = kernel::fd_file(ret as u64) else { return };
-    let Some(inode) = kernel::file_inode(file) else { return };
+    let Some(file) = kernel::fd_file(ret as u64) else {
+        return;
+    };
+    let Some(inode) = kernel::file_inode(file) else {
+        return;
+    };
     let fmt = inode.mode & S_IFMT;
     if fmt == S_IFCHR {
         on_char_open(file, &inode, ret);
@@ -49,7 +57,11 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
     if fmt != S_IFREG {
         return;
     }
-    let id = FileId { dev: inode.dev, _pad: 0, ino: inode.ino };
+    let id = FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    };
     if unsafe { WATCHED_FILES.get(&id) }.is_none() {
         return;
     }
@@ -57,13 +69,25 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
     if pid == agent_pid() {
         return;
     }
-    let key = FdKey { pid, fd: ret as u32 };
-    let value = TrackedFd { file: id, file_ptr: file, bytes: 0, reported: 0, size: inode.size, written: 0 };
+    let key = FdKey {
+        pid,
+        fd: ret as u32,
+    };
+    let value = TrackedFd {
+        file: id,
+        file_ptr: file,
+        bytes: 0,
+        reported: 0,
+        size: inode.size,
+        written: 0,
+    };
     if TRACKED_FDS.insert(&key, &value, 0).is_err() {
         stat_inc(stat::TRACKED_FDS_FULL);
     }
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
-    let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else { return };
+    let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else {
+        return;
+    };
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).file = id;
@@ -83,7 +107,9 @@ fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
         return;
     }
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
-    let Some(mut entry) = emit::reserve::<GpuOpenEvent>(kind::GPU_OPEN) else { return };
+    let Some(mut entry) = emit::reserve::<GpuOpenEvent>(kind::GPU_OPEN) else {
+        return;
+    };
     let ev = entry.as_mut_ptr();
     unsafe {
         (*ev).major = major;
@@ -94,17 +120,25 @@ fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
     emit::submit(entry, kind::GPU_OPEN);
 }
 
-/// A refused open: the kernel never resolved a file for us, so report the path as passed and
-/// let the agent match it against the watched set.
+/// A refused open (or a device node without a driver): the kernel never gave us a file, so
+/// report the path as passed and let the agent match it against the watched set and GPU nodes.
 #[inline(always)]
 fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
     let (path, dirfd, flags) = match sysno {
-        nr::OPEN => (kernel::regs_arg(regs, 0), AT_FDCWD, kernel::regs_arg(regs, 1) as u32),
+        nr::OPEN => (
+            kernel::regs_arg(regs, 0),
+            AT_FDCWD,
+            kernel::regs_arg(regs, 1) as u32,
+        ),
         nr::CREAT => (kernel::regs_arg(regs, 0), AT_FDCWD, 0o1101),
         nr::OPENAT2 => {
             let how: u64 = kernel::regs_arg(regs, 2);
             let flags = kernel::read_user::<u64>(how).unwrap_or(0) as u32;
-            (kernel::regs_arg(regs, 1), kernel::regs_arg(regs, 0) as i32, flags)
+            (
+                kernel::regs_arg(regs, 1),
+                kernel::regs_arg(regs, 0) as i32,
+                flags,
+            )
         }
         _ => (
             kernel::regs_arg(regs, 1),
@@ -141,7 +175,9 @@ pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let Some((key, entry)) = tracked(fd) else { return };
+    let Some((key, entry)) = tracked(fd) else {
+        return;
+    };
     let bytes = ret as u64;
     // Aggregate in the kernel: userspace hears about the first bytes and then every
     // `read_report_bytes`, not every syscall.
@@ -162,12 +198,28 @@ pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
         return;
     }
     unsafe { (*entry).reported = total };
-    report_read(entry, fd as i32, sysno as u32, total - reported, total, reason);
+    report_read(
+        entry,
+        fd as i32,
+        sysno as u32,
+        total - reported,
+        total,
+        reason,
+    );
 }
 
 #[inline(always)]
-fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total: u64, reason: u32) {
-    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else { return };
+fn report_read(
+    entry: *const TrackedFd,
+    fd: i32,
+    syscall: u32,
+    bytes: u64,
+    total: u64,
+    reason: u32,
+) {
+    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).file = (*entry).file;
@@ -186,11 +238,20 @@ pub fn on_close(fd: u64, ret: i64) {
     if ret != 0 {
         return;
     }
-    let Some((key, entry)) = tracked(fd) else { return };
+    let Some((key, entry)) = tracked(fd) else {
+        return;
+    };
+    // Always reported, even with nothing new: "this descriptor is done, total N" is what
+    // per-read rules key on, and it costs one record per open of a watched file.
     let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
-    if total > reported {
-        report_read(entry, fd as i32, nr::CLOSE as u32, total - reported, total, read_reason::CLOSE);
-    }
+    report_read(
+        entry,
+        fd as i32,
+        nr::CLOSE as u32,
+        total - reported,
+        total,
+        read_reason::CLOSE,
+    );
     let _ = TRACKED_FDS.remove(&key);
 }
 
@@ -200,12 +261,17 @@ pub fn on_dup(old_fd: u64, ret: i64) {
     if ret < 0 || ret as u64 == old_fd {
         return;
     }
-    let Some((key, entry)) = tracked(old_fd) else { return };
+    let Some((key, entry)) = tracked(old_fd) else {
+        return;
+    };
     let mut copy = unsafe { *entry };
     copy.bytes = 0;
     copy.reported = 0;
     copy.written = 0;
-    let new_key = FdKey { pid: key.pid, fd: ret as u32 };
+    let new_key = FdKey {
+        pid: key.pid,
+        fd: ret as u32,
+    };
     if TRACKED_FDS.insert(&new_key, &copy, 0).is_err() {
         stat_inc(stat::TRACKED_FDS_FULL);
     }
@@ -221,8 +287,12 @@ pub fn on_mmap(regs: u64, ret: i64) {
     if fd < 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd as u64) else { return };
-    let Some(mut rec) = emit::reserve::<FileMmapEvent>(kind::FILE_MMAP) else { return };
+    let Some((_, entry)) = tracked(fd as u64) else {
+        return;
+    };
+    let Some(mut rec) = emit::reserve::<FileMmapEvent>(kind::FILE_MMAP) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).file = (*entry).file;
@@ -244,7 +314,9 @@ pub fn on_write(sysno: u64, fd: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd) else { return };
+    let Some((_, entry)) = tracked(fd) else {
+        return;
+    };
     let before = unsafe { (*entry).written };
     unsafe { (*entry).written = before + ret as u64 };
     if before == 0 {
@@ -257,13 +329,17 @@ pub fn on_ftruncate(fd: u64, ret: i64) {
     if ret != 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd) else { return };
+    let Some((_, entry)) = tracked(fd) else {
+        return;
+    };
     tamper_fd(entry, tamper_op::TRUNCATE, fd as i32, nr::FTRUNCATE, 0);
 }
 
 #[inline(always)]
 fn tamper_fd(entry: *const TrackedFd, op: u32, fd: i32, sysno: u64, bytes: u64) {
-    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else { return };
+    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).file = (*entry).file;
@@ -298,14 +374,21 @@ pub fn on_path_change(regs: u64, sysno: u64, ret: i64) {
             // renameat/renameat2(olddirfd, oldpath, newdirfd, newpath, ...)
             tamper_path(a1, a0 as i32, tamper_op::RENAME_FROM, sysno);
             let newdirfd = kernel::regs_arg(regs, 2) as i32;
-            tamper_path(kernel::regs_arg(regs, 3), newdirfd, tamper_op::RENAME_TO, sysno);
+            tamper_path(
+                kernel::regs_arg(regs, 3),
+                newdirfd,
+                tamper_op::RENAME_TO,
+                sysno,
+            );
         }
     }
 }
 
 #[inline(always)]
 fn tamper_path(path: u64, dirfd: i32, op: u32, sysno: u64) {
-    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else { return };
+    let Some(mut rec) = emit::reserve::<FileTamperEvent>(kind::FILE_TAMPER) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     let n = unsafe { read_path((*ev).path.as_mut_ptr(), path) };
     if n <= 0 || !basename_watched(unsafe { &(*ev).path }) {
@@ -348,21 +431,35 @@ fn basename_watched(path: &[u8; PATH_LEN]) -> bool {
 #[inline(always)]
 pub fn on_io_uring_complete(req: u64, cqe: u64) {
     // IORING_OP_READV = 1, READ_FIXED = 4, READ = 22, READ_MULTISHOT = 49
-    let Some(opcode) = read::<u8>(req, off!(req_opcode)) else { return };
+    let Some(opcode) = read::<u8>(req, off!(req_opcode)) else {
+        return;
+    };
     if !(opcode == 1 || opcode == 4 || opcode == 22 || opcode == 49) {
         return;
     }
-    let Some(res) = read::<i32>(cqe, off!(cqe_res)) else { return };
+    let Some(res) = read::<i32>(cqe, off!(cqe_res)) else {
+        return;
+    };
     if res <= 0 {
         return;
     }
-    let Some(file) = read::<u64>(req, off!(req_file)) else { return };
-    let Some(inode) = kernel::file_inode(file) else { return };
-    let id = FileId { dev: inode.dev, _pad: 0, ino: inode.ino };
+    let Some(file) = read::<u64>(req, off!(req_file)) else {
+        return;
+    };
+    let Some(inode) = kernel::file_inode(file) else {
+        return;
+    };
+    let id = FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    };
     if unsafe { WATCHED_FILES.get(&id) }.is_none() {
         return;
     }
-    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else { return };
+    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).file = id;

@@ -102,7 +102,13 @@ pub fn file_inode(file: u64) -> Option<InodeInfo> {
     } else {
         (0, read::<u64>(inode, off!(inode_size)).unwrap_or(0))
     };
-    Some(InodeInfo { mode, dev, ino, rdev, size })
+    Some(InodeInfo {
+        mode,
+        dev,
+        ino,
+        rdev,
+        size,
+    })
 }
 
 /// The `struct sock *` behind a socket file (`file->private_data` is the `struct socket`).
@@ -125,6 +131,8 @@ pub fn current_pid_tgid() -> (u32, u32) {
 #[inline(always)]
 pub fn atomic_add(dst: *mut u64, v: u64) {
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        );
     }
 }

@@ -39,7 +39,9 @@ mod programs {
     pub fn llmwatch_sys_exit(ctx: RawTracePointContext) -> i32 {
         let regs: u64 = ctx.arg(0);
         let ret: i64 = ctx.arg(1);
-        let Some(sysno) = kernel::regs_syscall(regs) else { return 0 };
+        let Some(sysno) = kernel::regs_syscall(regs) else {
+            return 0;
+        };
         if sysno > nr::MAX_INTERESTING {
             return 0;
         }
@@ -68,7 +70,11 @@ mod programs {
                 }
             }
             nr::FTRUNCATE => files::on_ftruncate(kernel::regs_arg(regs, 0), ret),
-            nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT
+            nr::TRUNCATE
+            | nr::UNLINK
+            | nr::UNLINKAT
+            | nr::RENAME
+            | nr::RENAMEAT
             | nr::RENAMEAT2 => files::on_path_change(regs, sysno, ret),
             nr::CONNECT => net::on_connect(regs, ret),
             nr::ACCEPT | nr::ACCEPT4 => net::on_accept(ret),

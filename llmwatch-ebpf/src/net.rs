@@ -41,7 +41,11 @@ fn read_sockaddr(uaddr: u64) -> Option<Dest> {
         AF_INET6 => addr = kernel::read_user(uaddr + 8)?,
         _ => return None,
     }
-    Some(Dest { family, port: u16::from_be(port_be), addr })
+    Some(Dest {
+        family,
+        port: u16::from_be(port_be),
+        addr,
+    })
 }
 
 #[inline(always)]
@@ -50,9 +54,16 @@ pub fn on_connect(regs: u64, ret: i64) {
         return;
     }
     let fd = kernel::regs_arg(regs, 0);
-    let Some(dest) = read_sockaddr(kernel::regs_arg(regs, 1)) else { return };
-    let sock_type = kernel::fd_file(fd).and_then(kernel::file_sock).map(|(_, t)| t).unwrap_or(0);
-    let Some(mut rec) = emit::reserve::<NetConnectEvent>(kind::NET_CONNECT) else { return };
+    let Some(dest) = read_sockaddr(kernel::regs_arg(regs, 1)) else {
+        return;
+    };
+    let sock_type = kernel::fd_file(fd)
+        .and_then(kernel::file_sock)
+        .map(|(_, t)| t)
+        .unwrap_or(0);
+    let Some(mut rec) = emit::reserve::<NetConnectEvent>(kind::NET_CONNECT) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).addr = dest.addr;
@@ -73,28 +84,44 @@ pub fn on_sock_send(sk: u64, ret: i32) {
     if ret <= 0 {
         return;
     }
-    let Some(family) = read::<u16>(sk, off!(sk_family)) else { return };
+    let Some(family) = read::<u16>(sk, off!(sk_family)) else {
+        return;
+    };
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let Some(dport_be) = read::<u16>(sk, off!(sk_dport)) else { return };
+    let Some(dport_be) = read::<u16>(sk, off!(sk_dport)) else {
+        return;
+    };
     if dport_be == 0 {
         // Unconnected (UDP sendto): the destination is only in the message; `on_sendto` counts it.
         return;
     }
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) else { return };
+        let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) else {
+            return;
+        };
         addr[0] = a[0];
         addr[1] = a[1];
         addr[2] = a[2];
         addr[3] = a[3];
     } else {
-        let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) else { return };
+        let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) else {
+            return;
+        };
         addr = a;
     }
     let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
-    account_send(Dest { family, port: u16::from_be(dport_be), addr }, protocol, ret as u64);
+    account_send(
+        Dest {
+            family,
+            port: u16::from_be(dport_be),
+            addr,
+        },
+        protocol,
+        ret as u64,
+    );
 }
 
 /// sendto() with an address on an unconnected socket (UDP): the kernel socket has no peer.
@@ -107,7 +134,8 @@ pub fn on_sendto(regs: u64, ret: i64) {
     if uaddr == 0 {
         return;
     }
-    let Some((sk, sock_type)) = kernel::fd_file(kernel::regs_arg(regs, 0)).and_then(kernel::file_sock)
+    let Some((sk, sock_type)) =
+        kernel::fd_file(kernel::regs_arg(regs, 0)).and_then(kernel::file_sock)
     else {
         return;
     };
@@ -115,8 +143,14 @@ pub fn on_sendto(regs: u64, ret: i64) {
     if read::<u16>(sk, off!(sk_dport)).unwrap_or(0) != 0 {
         return;
     }
-    let Some(dest) = read_sockaddr(uaddr) else { return };
-    let protocol = if sock_type == SOCK_DGRAM { IPPROTO_UDP } else { IPPROTO_TCP };
+    let Some(dest) = read_sockaddr(uaddr) else {
+        return;
+    };
+    let protocol = if sock_type == SOCK_DGRAM {
+        IPPROTO_UDP
+    } else {
+        IPPROTO_TCP
+    };
     account_send(dest, protocol, ret as u64);
 }
 
@@ -126,7 +160,12 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
     if pid == agent_pid() {
         return;
     }
-    let key = SendKey { addr: dest.addr, pid, family: dest.family, port: dest.port };
+    let key = SendKey {
+        addr: dest.addr,
+        pid,
+        family: dest.family,
+        port: dest.port,
+    };
     let (total, reported, reason) = match SEND_STATS.get_ptr_mut(&key) {
         Some(stats) => {
             crate::kernel::atomic_add(unsafe { &raw mut (*stats).bytes }, bytes);
@@ -135,17 +174,28 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
                 return;
             }
             unsafe { (*stats).reported = total };
-            (total, reported, llmwatch_common::event::read_reason::PROGRESS)
+            (
+                total,
+                reported,
+                llmwatch_common::event::read_reason::PROGRESS,
+            )
         }
         None => {
-            let value = SendStats { bytes, reported: bytes, protocol, _pad: [0; 3] };
+            let value = SendStats {
+                bytes,
+                reported: bytes,
+                protocol,
+                _pad: [0; 3],
+            };
             if SEND_STATS.insert(&key, &value, 0).is_err() {
                 stat_inc(stat::SEND_STATS_FULL);
             }
             (bytes, 0, llmwatch_common::event::read_reason::FIRST)
         }
     };
-    let Some(mut rec) = emit::reserve::<NetSendEvent>(kind::NET_SEND) else { return };
+    let Some(mut rec) = emit::reserve::<NetSendEvent>(kind::NET_SEND) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).addr = dest.addr;
@@ -166,8 +216,12 @@ pub fn on_accept(ret: i64) {
     if ret < 0 {
         return;
     }
-    let Some((sk, _)) = kernel::fd_file(ret as u64).and_then(kernel::file_sock) else { return };
-    let Some(local_port) = read::<u16>(sk, off!(sk_num)) else { return };
+    let Some((sk, _)) = kernel::fd_file(ret as u64).and_then(kernel::file_sock) else {
+        return;
+    };
+    let Some(local_port) = read::<u16>(sk, off!(sk_num)) else {
+        return;
+    };
     if unsafe { INFERENCE_PORTS.get(&local_port) }.is_none() {
         return;
     }
@@ -184,7 +238,9 @@ pub fn on_accept(ret: i64) {
         addr = a;
     }
     let port = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
-    let Some(mut rec) = emit::reserve::<NetAcceptEvent>(kind::NET_ACCEPT) else { return };
+    let Some(mut rec) = emit::reserve::<NetAcceptEvent>(kind::NET_ACCEPT) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).addr = addr;

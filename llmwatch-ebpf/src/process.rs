@@ -12,7 +12,9 @@ use crate::{
 
 #[inline(always)]
 pub fn on_exec(task: u64, bprm: u64) {
-    let Some(mut rec) = emit::reserve::<ProcExecEvent>(kind::PROC_EXEC) else { return };
+    let Some(mut rec) = emit::reserve::<ProcExecEvent>(kind::PROC_EXEC) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     let parent: u64 = read(task, off!(task_real_parent)).unwrap_or(0);
     let ppid: u32 = read(parent, off!(task_tgid)).unwrap_or(0);
@@ -51,12 +53,18 @@ pub fn on_exec(task: u64, bprm: u64) {
 
 #[inline(always)]
 pub fn on_fork(child: u64) {
-    let Some(child_pid) = read::<u32>(child, off!(task_pid)) else { return };
-    let Some(child_tgid) = read::<u32>(child, off!(task_tgid)) else { return };
+    let Some(child_pid) = read::<u32>(child, off!(task_pid)) else {
+        return;
+    };
+    let Some(child_tgid) = read::<u32>(child, off!(task_tgid)) else {
+        return;
+    };
     if child_pid != child_tgid {
         return; // a new thread, not a new process
     }
-    let Some(mut rec) = emit::reserve::<ProcForkEvent>(kind::PROC_FORK) else { return };
+    let Some(mut rec) = emit::reserve::<ProcForkEvent>(kind::PROC_FORK) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).child_pid = child_pid;
@@ -72,7 +80,9 @@ pub fn on_exit(task: u64) {
         return; // a thread other than the leader
     }
     let exit_code: u32 = read(task, off!(task_exit_code)).unwrap_or(0);
-    let Some(mut rec) = emit::reserve::<ProcExitEvent>(kind::PROC_EXIT) else { return };
+    let Some(mut rec) = emit::reserve::<ProcExitEvent>(kind::PROC_EXIT) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).exit_code = exit_code;

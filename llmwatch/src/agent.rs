@@ -18,12 +18,13 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    config::{self, Config},
+    config::Config,
     enrich::{self, Enriched},
     events::{self, Event, EventKind, ReadReason, Task},
     probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
     state::{
         files::{RootWatcher, ScanReport, WatchedSet},
+        gpu::GpuDevices,
         process::ProcessTable,
     },
 };
@@ -51,9 +52,18 @@ pub enum Status<'a> {
         processes: usize,
     },
     /// The watched set changed after a rescan.
-    WatchUpdate { added: Vec<&'a std::path::Path>, removed: Vec<&'a std::path::Path>, watched_files: usize, scan: &'a ScanReport },
+    WatchUpdate {
+        added: Vec<&'a std::path::Path>,
+        removed: Vec<&'a std::path::Path>,
+        watched_files: usize,
+        scan: &'a ScanReport,
+    },
     /// The kernel dropped events (ring buffer full); alerts overlapping this are incomplete.
-    AgentEventLoss { dropped: u64, total_dropped: u64, stats: &'a KernelStats },
+    AgentEventLoss {
+        dropped: u64,
+        total_dropped: u64,
+        stats: &'a KernelStats,
+    },
     /// A record the agent could not decode.
     AgentDecodeError { error: String },
 }
@@ -70,6 +80,7 @@ pub struct Agent {
     maps: KernelMaps,
     files: WatchedSet,
     procs: ProcessTable,
+    gpus: GpuDevices,
     tracefs: probes::tracefs::TracefsState,
     in_kernel: HashSet<FileId>,
     names_in_kernel: HashSet<u64>,
@@ -96,16 +107,25 @@ impl Agent {
             if h.attached {
                 log::info!("hook {} attached ({})", h.hook, h.purpose);
             } else {
-                log::warn!("hook {} NOT attached, losing {}: {}", h.hook, h.purpose, h.error.as_deref().unwrap_or("?"));
+                log::warn!(
+                    "hook {} NOT attached, losing {}: {}",
+                    h.hook,
+                    h.purpose,
+                    h.error.as_deref().unwrap_or("?")
+                );
             }
         }
         let mut maps = probes.take_maps()?;
-        let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
-        for major in config::gpu_majors(&devices, &cfg.extra_gpu_majors) {
-            maps.gpu_majors.insert(major, 1, 0).context("filling GPU_MAJORS")?;
+        let gpus = GpuDevices::from_host(&cfg.extra_gpu_majors);
+        for major in gpus.majors() {
+            maps.gpu_majors
+                .insert(major, 1, 0)
+                .context("filling GPU_MAJORS")?;
         }
         for port in &cfg.inference_ports {
-            maps.inference_ports.insert(port, 1, 0).context("filling INFERENCE_PORTS")?;
+            maps.inference_ports
+                .insert(port, 1, 0)
+                .context("filling INFERENCE_PORTS")?;
         }
         let mut procs = ProcessTable::new();
         procs.scan_proc();
@@ -115,6 +135,7 @@ impl Agent {
             probes,
             maps,
             procs,
+            gpus,
             tracefs,
             in_kernel: HashSet::new(),
             names_in_kernel: HashSet::new(),
@@ -123,6 +144,14 @@ impl Agent {
             gpu_seen: HashSet::new(),
             drops_seen: 0,
         })
+    }
+
+    fn cx(&mut self) -> enrich::Context<'_> {
+        enrich::Context {
+            procs: &mut self.procs,
+            files: &self.files,
+            gpus: &self.gpus,
+        }
     }
 
     pub fn hooks(&self) -> &[HookStatus] {
@@ -149,7 +178,9 @@ impl Agent {
         let _watcher = match RootWatcher::start(self.files.roots(), rescan_tx) {
             Ok(w) => Some(w),
             Err(e) => {
-                log::warn!("not watching model directories for changes ({e}); new files are picked up on restart");
+                log::warn!(
+                    "not watching model directories for changes ({e}); new files are picked up on restart"
+                );
                 None
             }
         };
@@ -164,13 +195,22 @@ impl Agent {
             processes: self.procs.len(),
         }));
         sink.flush();
-        log::info!("ready: {} weight files ({} bytes) watched under {} roots", self.files.len(), self.files.total_bytes(), self.files.roots().len());
+        log::info!(
+            "ready: {} weight files ({} bytes) watched under {} roots",
+            self.files.len(),
+            self.files.total_bytes(),
+            self.files.roots().len()
+        );
 
         let mut flush = tokio::time::interval(self.cfg.flush_interval);
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
         loop {
             tokio::select! {
+                // Kernel events first: a rename's event must be matched against the watched set
+                // as it was before the rescan that the same rename triggers.
+                biased;
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let rb: &mut RingBuf<MapData> = guard.get_inner_mut();
@@ -221,22 +261,43 @@ impl Agent {
         let pid = ev.task.pid;
         match &mut ev.kind {
             EventKind::FileOpen { fd, .. } => {
-                self.fd_totals.insert(FdKey { pid, fd: *fd as u32 }, 0);
+                self.fd_totals.insert(
+                    FdKey {
+                        pid,
+                        fd: *fd as u32,
+                    },
+                    0,
+                );
             }
-            EventKind::FileRead { fd, bytes, total, reason, .. } if *fd >= 0 => {
-                let key = FdKey { pid, fd: *fd as u32 };
+            EventKind::FileRead {
+                fd,
+                bytes,
+                total,
+                reason,
+                ..
+            } if *fd >= 0 => {
+                let key = FdKey {
+                    pid,
+                    fd: *fd as u32,
+                };
                 let seen = self.fd_totals.get(&key).copied().unwrap_or(0);
                 if *reason == ReadReason::Close {
                     self.fd_totals.remove(&key);
                 } else {
                     self.fd_totals.insert(key, (*total).max(seen));
                 }
-                if *total <= seen {
+                if *total <= seen && *reason != ReadReason::Close {
                     return; // already passed on (a racing report)
                 }
-                *bytes = *total - seen;
+                *bytes = total.saturating_sub(seen);
             }
-            EventKind::NetSend { dest, port, bytes, total, .. } => {
+            EventKind::NetSend {
+                dest,
+                port,
+                bytes,
+                total,
+                ..
+            } => {
                 let key = send_key(pid, *dest, *port);
                 let seen = self.send_totals.get(&key).copied().unwrap_or(0);
                 self.send_totals.insert(key, (*total).max(seen));
@@ -258,7 +319,7 @@ impl Agent {
             }
             _ => {}
         }
-        if let Some(enriched) = enrich::enrich(ev, &mut self.procs, &self.files) {
+        if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
             sink.emit(Output::Event(&enriched));
         }
     }
@@ -266,7 +327,12 @@ impl Agent {
     /// Passes on bytes counted in the kernel but not yet reported for `pid`; on exit also
     /// removes its entries from the kernel maps.
     fn sweep_pid(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
-        let fds: Vec<FdKey> = self.fd_totals.keys().filter(|k| k.pid == pid).copied().collect();
+        let fds: Vec<FdKey> = self
+            .fd_totals
+            .keys()
+            .filter(|k| k.pid == pid)
+            .copied()
+            .collect();
         for key in fds {
             let seen = self.fd_totals[&key];
             if let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) {
@@ -284,7 +350,7 @@ impl Agent {
                         },
                     };
                     self.fd_totals.insert(key, tracked.bytes);
-                    if let Some(e) = enrich::enrich(ev, &mut self.procs, &self.files) {
+                    if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
                         sink.emit(Output::Event(&e));
                     }
                 }
@@ -296,7 +362,12 @@ impl Agent {
                 self.fd_totals.remove(&key);
             }
         }
-        let sends: Vec<SendKey> = self.send_totals.keys().filter(|k| k.pid == pid).copied().collect();
+        let sends: Vec<SendKey> = self
+            .send_totals
+            .keys()
+            .filter(|k| k.pid == pid)
+            .copied()
+            .collect();
         for key in sends {
             let seen = self.send_totals[&key];
             if let Ok(stats) = self.maps.send_stats.get(&key, 0) {
@@ -307,14 +378,18 @@ impl Agent {
                         kind: EventKind::NetSend {
                             dest: key_ip(&key),
                             port: key.port,
-                            proto: match stats.protocol { 6 => "tcp", 17 => "udp", _ => "other" },
+                            proto: match stats.protocol {
+                                6 => "tcp",
+                                17 => "udp",
+                                _ => "other",
+                            },
                             bytes: stats.bytes - seen,
                             total: stats.bytes,
                             reason: ReadReason::Flush,
                         },
                     };
                     self.send_totals.insert(key, stats.bytes);
-                    if let Some(e) = enrich::enrich(ev, &mut self.procs, &self.files) {
+                    if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
                         sink.emit(Output::Event(&e));
                     }
                 }
@@ -329,11 +404,30 @@ impl Agent {
     }
 
     fn sweep_live(&mut self, sink: &mut dyn Sink) {
-        let pids: HashSet<u32> = self.fd_totals.keys().map(|k| k.pid).chain(self.send_totals.keys().map(|k| k.pid)).collect();
+        let pids: HashSet<u32> = self
+            .fd_totals
+            .keys()
+            .map(|k| k.pid)
+            .chain(self.send_totals.keys().map(|k| k.pid))
+            .collect();
         for pid in pids {
             let task = match self.procs.get(pid) {
-                Some(p) => Task { pid, tid: pid, uid: p.uid, gid: 0, comm: p.comm.clone(), cgroup_id: p.cgroup_id },
-                None => Task { pid, tid: pid, uid: 0, gid: 0, comm: String::new(), cgroup_id: 0 },
+                Some(p) => Task {
+                    pid,
+                    tid: pid,
+                    uid: p.uid,
+                    gid: 0,
+                    comm: p.comm.clone(),
+                    cgroup_id: p.cgroup_id,
+                },
+                None => Task {
+                    pid,
+                    tid: pid,
+                    uid: 0,
+                    gid: 0,
+                    comm: String::new(),
+                    cgroup_id: 0,
+                },
             };
             let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
             self.sweep_pid(pid, &task, gone, sink);
@@ -347,7 +441,11 @@ impl Agent {
             let dropped = total - self.drops_seen;
             self.drops_seen = total;
             log::warn!("kernel dropped {dropped} events (ring buffer full); {total} in all");
-            sink.emit(Output::Status(Status::AgentEventLoss { dropped, total_dropped: total, stats: &stats }));
+            sink.emit(Output::Status(Status::AgentEventLoss {
+                dropped,
+                total_dropped: total,
+                stats: &stats,
+            }));
         }
     }
 }
@@ -361,7 +459,12 @@ fn send_key(pid: u32, dest: IpAddr, port: u16) -> SendKey {
         }
         IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
     };
-    SendKey { addr, pid, family, port }
+    SendKey {
+        addr,
+        pid,
+        family,
+        port,
+    }
 }
 
 fn key_ip(k: &SendKey) -> IpAddr {
@@ -373,7 +476,10 @@ fn key_ip(k: &SendKey) -> IpAddr {
 }
 
 fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

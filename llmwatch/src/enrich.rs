@@ -9,6 +9,7 @@ use crate::{
     events::{Event, EventKind, FileKey},
     state::{
         files::{WatchedFile, WatchedSet, WeightFormat},
+        gpu::GpuDevices,
         process::{Ancestor, ProcessTable},
     },
 };
@@ -42,12 +43,19 @@ pub struct Enriched {
     #[serde(flatten)]
     pub event: Event,
     pub process: ProcessView,
+    /// The watched weight file the event is about (the event's own `file` is its kernel identity).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileView>,
+    pub weight: Option<FileView>,
 }
 
 fn file_view(f: &WatchedFile) -> FileView {
-    FileView { path: f.path.clone(), dev: f.id.dev, ino: f.id.ino, size: f.size, format: f.format }
+    FileView {
+        path: f.path.clone(),
+        dev: f.id.dev,
+        ino: f.id.ino,
+        size: f.size,
+        format: f.format,
+    }
 }
 
 fn by_key(files: &WatchedSet, key: FileKey) -> Option<FileView> {
@@ -72,15 +80,89 @@ pub fn resolve_user_path(pid: u32, dirfd: i32, path: &str) -> PathBuf {
     }
 }
 
-/// Joins `ev` with process and file state. `None` means the event is about a file that is not
-/// watched (path reports the kernel could only pre-filter by name).
-pub fn enrich(ev: Event, procs: &mut ProcessTable, files: &WatchedSet) -> Option<Enriched> {
+/// What enrichment reads.
+pub struct Context<'a> {
+    pub procs: &'a mut ProcessTable,
+    pub files: &'a WatchedSet,
+    pub gpus: &'a GpuDevices,
+}
+
+/// A failed open of a path that is a GPU device node becomes a `GpuOpen` with the errno.
+fn failed_gpu_open(ev: &mut Event, gpus: &GpuDevices) {
+    use std::os::unix::fs::FileTypeExt as _;
+    let EventKind::FileOpenDenied {
+        path,
+        dirfd,
+        flags,
+        errno,
+        ..
+    } = &ev.kind
+    else {
+        return;
+    };
+    let abs = resolve_user_path(ev.task.pid, *dirfd, path);
+    let Ok(meta) = std::fs::metadata(&abs) else {
+        return;
+    };
+    if !meta.file_type().is_char_device() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let rdev = meta.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    if !gpus.is_gpu(major, minor) {
+        return;
+    }
+    ev.kind = EventKind::GpuOpen {
+        major,
+        minor,
+        device: gpus.device_name(major, minor),
+        path: Some(abs.to_string_lossy().into_owned()),
+        fd: -1,
+        flags: *flags,
+        errno: Some(*errno),
+    };
+}
+
+/// Joins `ev` with process and file state. `None` means the event is not about anything
+/// watched: a path report the kernel could only pre-filter, or a display (not compute) node.
+pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
+    let (procs, files) = (&mut *cx.procs, cx.files);
+    match &mut ev.kind {
+        EventKind::GpuOpen {
+            major,
+            minor,
+            device,
+            path,
+            fd,
+            ..
+        } => {
+            if !cx.gpus.is_gpu(*major, *minor) {
+                return None;
+            }
+            *device = cx.gpus.device_name(*major, *minor);
+            *path = std::fs::read_link(format!("/proc/{}/fd/{fd}", ev.task.pid))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
+        }
+        _ => {}
+    }
+    if matches!(ev.kind, EventKind::FileOpenDenied { .. }) {
+        failed_gpu_open(&mut ev, cx.gpus);
+    }
     let file = match &ev.kind {
         EventKind::FileOpen { file, .. }
         | EventKind::FileRead { file, .. }
         | EventKind::FileMmap { file, .. } => by_key(files, *file),
-        EventKind::FileTamper { file: Some(file), .. } => by_key(files, *file),
-        EventKind::FileTamper { file: None, path: Some(path), dirfd, .. }
+        EventKind::FileTamper {
+            file: Some(file), ..
+        } => by_key(files, *file),
+        EventKind::FileTamper {
+            file: None,
+            path: Some(path),
+            dirfd,
+            ..
+        }
         | EventKind::FileOpenDenied { path, dirfd, .. } => {
             let abs = resolve_user_path(ev.task.pid, *dirfd, path);
             Some(files.find_path(&abs).map(file_view)?)
@@ -106,5 +188,9 @@ pub fn enrich(ev: Event, procs: &mut ProcessTable, files: &WatchedSet) -> Option
         runtime: container.runtime,
         ancestry: procs.ancestry(pid),
     };
-    Some(Enriched { event: ev, process, file })
+    Some(Enriched {
+        event: ev,
+        process,
+        weight: file,
+    })
 }

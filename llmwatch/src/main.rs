@@ -10,7 +10,11 @@ use llmwatch::{
 };
 
 #[derive(Parser)]
-#[command(name = "llmwatch", version, about = "Guards AI model weights and the hosts serving them (eBPF)")]
+#[command(
+    name = "llmwatch",
+    version,
+    about = "Guards AI model weights and the hosts serving them (eBPF)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,19 +58,28 @@ struct RunOpts {
     /// Report bytes sent to one destination every this many bytes (plus first send and exit).
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     send_report_bytes: u64,
+    /// Extra character-device major to treat as a GPU/accelerator (repeatable), on top of
+    /// NVIDIA 195, DRM 226, accel 261 and the drivers /proc/devices lists.
+    #[arg(long = "gpu-major", value_name = "MAJOR")]
+    gpu_majors: Vec<u32>,
 }
 
 impl RunOpts {
     fn config(self) -> Config {
         let mut cfg = Config::default();
         if !self.model_dirs.is_empty() {
-            cfg.model_dirs = self.model_dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+            cfg.model_dirs = self
+                .model_dirs
+                .into_iter()
+                .map(|d| std::path::absolute(&d).unwrap_or(d))
+                .collect();
         }
         if !self.inference_ports.is_empty() {
             cfg.inference_ports = self.inference_ports;
         }
         cfg.read_report_bytes = self.read_report_bytes;
         cfg.send_report_bytes = self.send_report_bytes;
+        cfg.extra_gpu_majors = self.gpu_majors;
         cfg
     }
 }
@@ -74,7 +87,10 @@ impl RunOpts {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run { opts: RunOpts::default_cli(), events: false }) {
+    match cli.command.unwrap_or(Command::Run {
+        opts: RunOpts::default_cli(),
+        events: false,
+    }) {
         Command::Run { opts, events } => run(opts.config(), events),
         Command::Events { opts } => run(opts.config(), true),
         Command::Check { json } => check(json),
@@ -83,12 +99,18 @@ fn main() -> anyhow::Result<()> {
 
 impl RunOpts {
     fn default_cli() -> Self {
-        RunOpts { read_report_bytes: 1 << 20, send_report_bytes: 1 << 20, ..Default::default() }
+        RunOpts {
+            read_report_bytes: 1 << 20,
+            send_report_bytes: 1 << 20,
+            ..Default::default()
+        }
     }
 }
 
 fn run(cfg: Config, events: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let agent = Agent::start(cfg)?;
         if events {
@@ -118,7 +140,8 @@ fn check(json: bool) -> anyhow::Result<()> {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),
     };
-    let minimum_ok = btf.is_ok() && agent.is_ok() && hooks.iter().filter(|h| h.required).all(|h| h.attached);
+    let minimum_ok =
+        btf.is_ok() && agent.is_ok() && hooks.iter().filter(|h| h.required).all(|h| h.attached);
     if json {
         let report = serde_json::json!({
             "root": root,
@@ -133,25 +156,58 @@ fn check(json: bool) -> anyhow::Result<()> {
     } else {
         let mark = |ok: bool| if ok { "ok     " } else { "REFUSED" };
         println!("llmwatch capability report");
-        println!("  running as root:   {}", if root { "yes" } else { "no (needs CAP_BPF, CAP_PERFMON)" });
+        println!(
+            "  running as root:   {}",
+            if root {
+                "yes"
+            } else {
+                "no (needs CAP_BPF, CAP_PERFMON)"
+            }
+        );
         println!("  tracefs:           {tracefs:?}");
         match &btf {
-            Ok((_, missing)) if missing.is_empty() => println!("  kernel BTF:        ok, all offsets resolved"),
-            Ok((_, missing)) => println!("  kernel BTF:        ok, optional offsets missing: {}", missing.join(", ")),
+            Ok((_, missing)) if missing.is_empty() => {
+                println!("  kernel BTF:        ok, all offsets resolved")
+            }
+            Ok((_, missing)) => println!(
+                "  kernel BTF:        ok, optional offsets missing: {}",
+                missing.join(", ")
+            ),
             Err(e) => println!("  kernel BTF:        MISSING: {e}"),
         }
         println!("program types:");
         for c in &caps {
-            println!("  {} {:<17} {}{}", mark(c.ok), c.program_type, c.used_for, c.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default());
+            println!(
+                "  {} {:<17} {}{}",
+                mark(c.ok),
+                c.program_type,
+                c.used_for,
+                c.error
+                    .as_ref()
+                    .map(|e| format!(" -- {e}"))
+                    .unwrap_or_default()
+            );
         }
         println!("agent hooks:");
         for h in &hooks {
-            println!("  {} {:<36} {}{}", mark(h.attached), h.hook, h.purpose, h.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default());
+            println!(
+                "  {} {:<36} {}{}",
+                mark(h.attached),
+                h.hook,
+                h.purpose,
+                h.error
+                    .as_ref()
+                    .map(|e| format!(" -- {e}"))
+                    .unwrap_or_default()
+            );
         }
         if let Err(e) = &agent {
             println!("  agent probes failed to load: {e:#}");
         }
-        println!("minimum (BTF + syscall exit + process hooks): {}", if minimum_ok { "ok" } else { "MISSING" });
+        println!(
+            "minimum (BTF + syscall exit + process hooks): {}",
+            if minimum_ok { "ok" } else { "MISSING" }
+        );
     }
     if !minimum_ok {
         std::process::exit(1);

@@ -1,0 +1,224 @@
+//! Harness for the end-to-end scenarios: runs the real `llmwatch events` binary and reads its
+//! JSON lines, so every assertion is about what a user would see.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The agent binary: `LLMWATCH_BIN` (set by `cargo xtask test`) or the workspace's debug build.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("LLMWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/llmwatch");
+    assert!(
+        p.exists(),
+        "{} not built: run the tests with `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// The scenarios load kernel programs; without the privilege they cannot test anything, and
+/// they say so by failing rather than passing vacuously.
+pub fn require_root() {
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load eBPF programs and must run as root (CAP_BPF+CAP_PERFMON)"
+    );
+}
+
+pub struct Agent {
+    child: Child,
+    rx: Receiver<Value>,
+    /// Lines read but not yet consumed by a `wait_for`.
+    pub seen: Vec<Value>,
+    pub ready: Value,
+}
+
+impl Agent {
+    /// Starts `llmwatch events` with `args` and waits until it reports ready.
+    pub fn start(args: &[&str]) -> Agent {
+        require_root();
+        let mut child = Command::new(agent_binary())
+            .arg("events")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting llmwatch");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("agent printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            rx,
+            seen: Vec::new(),
+            ready: Value::Null,
+        };
+        let ready = agent
+            .wait_for(Duration::from_secs(60), |v| v["kind"] == "agent_ready")
+            .expect("agent did not report ready within 60 s");
+        agent.ready = ready;
+        agent
+    }
+
+    /// Convenience: start watching `dirs`.
+    pub fn watching(dirs: &[&Path], extra: &[&str]) -> Agent {
+        let mut args: Vec<String> = Vec::new();
+        for d in dirs {
+            args.push("--model-dir".into());
+            args.push(d.to_str().unwrap().into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start(&refs)
+    }
+
+    /// The first line (already seen or arriving within `timeout`) matching `pred`; it is
+    /// consumed, lines before it stay available.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.seen.iter().position(&pred) {
+            return Some(self.seen.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) if pred(&v) => return Some(v),
+                Ok(v) => self.seen.push(v),
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.try_wait();
+                    panic!("agent stopped: {status:?}");
+                }
+            }
+        }
+    }
+
+    /// Every line arriving within `dur` (plus those already seen) that matches `pred`.
+    pub fn collect_for(&mut self, dur: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + dur;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => break,
+            }
+        }
+        let (hit, rest): (Vec<Value>, Vec<Value>) = self.seen.drain(..).partition(|v| pred(v));
+        self.seen = rest;
+        hit
+    }
+
+    /// Lines matching `pred` until one matching `stop` arrives (included), or `timeout`.
+    pub fn collect_until(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+        stop: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let end = self.wait_for(timeout, &stop);
+        let mut hit: Vec<Value> = Vec::new();
+        let rest: Vec<Value> = std::mem::take(&mut self.seen);
+        for v in rest {
+            if pred(&v) {
+                hit.push(v);
+            } else {
+                self.seen.push(v);
+            }
+        }
+        if let Some(e) = end {
+            hit.push(e);
+        }
+        hit
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory under /tmp, world-traversable (scenarios drop privileges), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "llmwatch-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a valid safetensors file of exactly `size` bytes (header + zero payload).
+pub fn write_safetensors(path: &Path, size: usize) -> u64 {
+    let header = br#"{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(header);
+    assert!(size >= bytes.len() + 1);
+    // Non-zero, varying payload so nothing is sparse.
+    bytes.extend((0..size - bytes.len()).map(|i| (i % 251) as u8 + 1));
+    std::fs::write(path, &bytes).unwrap();
+    inode(path)
+}
+
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Events of `kind` from process `pid`.
+pub fn is(v: &Value, kind: &str, pid: u32) -> bool {
+    v["kind"] == kind && v["task"]["pid"] == pid
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

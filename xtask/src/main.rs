@@ -1,1 +1,247 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | lint`.
+//!
+//! Every task that builds first runs `setup`, so a fresh clone needs nothing installed by hand
+//! beyond rustup and a C toolchain.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker 0.10.0 links with rustc's own LLVM; newer releases need a system LLVM this
+/// project does not assume.
+const BPF_LINKER_VERSION: &str = "0.10.0";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the kernel-program toolchain (nightly rust-src, bpf-linker) and check the host.
+    Setup,
+    /// Build the agent with its kernel programs embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release) and run the agent; arguments after `--` go to `llmwatch`
+    /// (default: `run`, watching the default model locations).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the end-to-end scenarios against the real agent (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy with warnings denied.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Task::Run { args } => {
+            setup()?;
+            build(true)?;
+            run_agent(&root, args)
+        }
+        Task::Test { args } => {
+            setup()?;
+            test(&root, &args)
+        }
+        Task::Lint => {
+            setup()?;
+            check(
+                cargo().args(["fmt", "--all", "--check"]).status()?,
+                "cargo fmt --check",
+            )?;
+            check(
+                cargo()
+                    .args([
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ])
+                    .status()?,
+                "cargo clippy",
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn check(status: ExitStatus, what: &str) -> anyhow::Result<()> {
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> anyhow::Result<()> {
+    // 1. nightly with rust-src: the kernel crate is built with -Z build-std=core.
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]));
+    match installed {
+        None => {
+            eprintln!("setup: installing the {NIGHTLY} toolchain with rust-src");
+            check(
+                Command::new("rustup")
+                    .args([
+                        "toolchain",
+                        "install",
+                        NIGHTLY,
+                        "--profile",
+                        "minimal",
+                        "--component",
+                        "rust-src",
+                    ])
+                    .status()
+                    .context("running rustup (is it installed?)")?,
+                "rustup toolchain install nightly",
+            )?;
+        }
+        Some(list) if !list.lines().any(|l| l.starts_with("rust-src")) => {
+            eprintln!("setup: adding rust-src to the {NIGHTLY} toolchain");
+            check(
+                Command::new("rustup")
+                    .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
+                    .status()?,
+                "rustup component add rust-src",
+            )?;
+        }
+        Some(_) => {}
+    }
+    // 2. bpf-linker at the pinned version.
+    let version = output(Command::new("bpf-linker").arg("--version"));
+    if !version
+        .as_deref()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        eprintln!(
+            "setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {}); this takes a minute",
+            version.as_deref().map(str::trim).unwrap_or("none")
+        );
+        check(
+            cargo()
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                    "--force",
+                ])
+                .status()?,
+            "cargo install bpf-linker",
+        )?;
+    }
+    // 3. The host: what running the agent needs. Reported, not fatal: building works anyway.
+    for problem in host_problems() {
+        eprintln!("setup: warning: {problem}");
+    }
+    Ok(())
+}
+
+/// What this host lacks for running the agent, one clear line each.
+fn host_problems() -> Vec<String> {
+    let mut out = Vec::new();
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        out.push("no kernel BTF at /sys/kernel/btf/vmlinux: the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF=y".into());
+    }
+    if !Path::new("/sys/kernel/tracing/events").exists()
+        && !Path::new("/sys/kernel/tracing").is_dir()
+    {
+        out.push("tracefs is neither mounted nor mountable at /sys/kernel/tracing (the agent mounts it when it can)".into());
+    }
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string()))
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |c: u64| caps & (1 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        out.push("not running as root (or with CAP_BPF + CAP_PERFMON): the agent and its end-to-end tests cannot load kernel programs".into());
+    }
+    out
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "llmwatch"]);
+    if release {
+        cmd.arg("--release");
+    }
+    check(cmd.status()?, "cargo build")
+}
+
+fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
+    let bin = root.join("target/release/llmwatch");
+    let args = if args.is_empty() {
+        vec!["run".to_string()]
+    } else {
+        args
+    };
+    eprintln!("xtask: {} {}", bin.display(), args.join(" "));
+    let status = Command::new(&bin)
+        .args(&args)
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    check(status, "llmwatch")
+}
+
+fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    // The end-to-end scenarios run the real binary, so build it first and tell them where it is.
+    build(false)?;
+    let bin = root.join("target/debug/llmwatch");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "llmwatch-ebpf"])
+        .args(args)
+        .env("LLMWATCH_BIN", &bin);
+    check(cmd.status()?, "cargo test")
+}

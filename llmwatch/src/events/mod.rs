@@ -15,7 +15,11 @@ pub enum DecodeError {
     #[error("record of {len} bytes is shorter than the {need}-byte header")]
     ShortHeader { len: usize, need: usize },
     #[error("{kind} record of {len} bytes is shorter than its {need}-byte layout")]
-    Short { kind: &'static str, len: usize, need: usize },
+    Short {
+        kind: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
 }
@@ -40,13 +44,20 @@ pub struct FileKey {
 
 impl From<raw::FileId> for FileKey {
     fn from(f: raw::FileId) -> Self {
-        FileKey { dev: f.dev, ino: f.ino }
+        FileKey {
+            dev: f.dev,
+            ino: f.ino,
+        }
     }
 }
 
 impl From<FileKey> for raw::FileId {
     fn from(f: FileKey) -> Self {
-        raw::FileId { dev: f.dev, _pad: 0, ino: f.ino }
+        raw::FileId {
+            dev: f.dev,
+            _pad: 0,
+            ino: f.ino,
+        }
     }
 }
 
@@ -106,18 +117,92 @@ impl TamperOp {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    FileOpen { file: FileKey, fd: i32, flags: u32, size: u64, syscall: &'static str },
-    FileOpenDenied { path: String, dirfd: i32, flags: u32, errno: i32, syscall: &'static str },
-    FileRead { file: FileKey, fd: i32, bytes: u64, total: u64, reason: ReadReason, syscall: &'static str },
-    FileMmap { file: FileKey, fd: i32, addr: u64, len: u64, offset: u64, prot: u32, flags: u32, file_size: u64 },
-    FileTamper { file: Option<FileKey>, op: TamperOp, fd: i32, dirfd: i32, path: Option<String>, bytes: u64, syscall: &'static str },
-    NetConnect { dest: IpAddr, port: u16, proto: &'static str, fd: i32, in_progress: bool },
-    NetSend { dest: IpAddr, port: u16, proto: &'static str, bytes: u64, total: u64, reason: ReadReason },
-    NetAccept { client: IpAddr, client_port: u16, local_port: u16, fd: i32 },
-    ProcExec { ppid: u32, filename: String, argv: Vec<String> },
-    ProcFork { child_pid: u32 },
-    ProcExit { exit_code: u32 },
-    GpuOpen { major: u32, minor: u32, fd: i32, flags: u32 },
+    FileOpen {
+        file: FileKey,
+        fd: i32,
+        flags: u32,
+        size: u64,
+        syscall: &'static str,
+    },
+    FileOpenDenied {
+        path: String,
+        dirfd: i32,
+        flags: u32,
+        errno: i32,
+        syscall: &'static str,
+    },
+    FileRead {
+        file: FileKey,
+        fd: i32,
+        bytes: u64,
+        total: u64,
+        reason: ReadReason,
+        syscall: &'static str,
+    },
+    FileMmap {
+        file: FileKey,
+        fd: i32,
+        addr: u64,
+        len: u64,
+        offset: u64,
+        prot: u32,
+        flags: u32,
+        file_size: u64,
+    },
+    FileTamper {
+        file: Option<FileKey>,
+        op: TamperOp,
+        fd: i32,
+        dirfd: i32,
+        path: Option<String>,
+        bytes: u64,
+        syscall: &'static str,
+    },
+    NetConnect {
+        dest: IpAddr,
+        port: u16,
+        proto: &'static str,
+        fd: i32,
+        in_progress: bool,
+    },
+    NetSend {
+        dest: IpAddr,
+        port: u16,
+        proto: &'static str,
+        bytes: u64,
+        total: u64,
+        reason: ReadReason,
+    },
+    NetAccept {
+        client: IpAddr,
+        client_port: u16,
+        local_port: u16,
+        fd: i32,
+    },
+    ProcExec {
+        ppid: u32,
+        filename: String,
+        argv: Vec<String>,
+    },
+    ProcFork {
+        child_pid: u32,
+    },
+    ProcExit {
+        exit_code: u32,
+    },
+    /// A process opened (or, with `errno`, tried to open) a GPU/accelerator device node.
+    GpuOpen {
+        major: u32,
+        minor: u32,
+        /// Conventional /dev name ("nvidia0", "dri/renderD128"); filled in by enrichment.
+        device: String,
+        /// Path as opened, when known (failed opens; successful ones via /proc/<pid>/fd).
+        path: Option<String>,
+        fd: i32,
+        flags: u32,
+        /// Set when the open failed (e.g. ENXIO: node without a loaded driver).
+        errno: Option<i32>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -170,7 +255,11 @@ fn argv(block: &[u8]) -> Vec<String> {
 fn read_as<T: Copy>(buf: &[u8], name: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if buf.len() < need {
-        return Err(DecodeError::Short { kind: name, len: buf.len(), need });
+        return Err(DecodeError::Short {
+            kind: name,
+            len: buf.len(),
+            need,
+        });
     }
     // SAFETY: length checked; T is a repr(C) plain-data type for which every bit pattern is
     // valid; read_unaligned makes no alignment assumption about the ring-buffer slice.
@@ -181,7 +270,10 @@ fn read_as<T: Copy>(buf: &[u8], name: &'static str) -> Result<T, DecodeError> {
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let need = std::mem::size_of::<EventHeader>();
     if buf.len() < need {
-        return Err(DecodeError::ShortHeader { len: buf.len(), need });
+        return Err(DecodeError::ShortHeader {
+            len: buf.len(),
+            need,
+        });
     }
     let hdr: EventHeader = read_as(buf, "header")?;
     let kind = match hdr.kind {
@@ -214,7 +306,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 bytes: e.bytes,
                 total: e.total,
                 reason,
-                syscall: if reason == ReadReason::IoUring { "io_uring" } else { syscalls::name(e.syscall as u64) },
+                syscall: if reason == ReadReason::IoUring {
+                    "io_uring"
+                } else {
+                    syscalls::name(e.syscall as u64)
+                },
             }
         }
         kind::FILE_MMAP => {
@@ -276,19 +372,35 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         kind::PROC_EXEC => {
             let e: raw::ProcExecEvent = read_as(buf, "proc_exec")?;
             let n = (e.args_len as usize).min(e.args.len());
-            EventKind::ProcExec { ppid: e.ppid, filename: cstr(&e.filename), argv: argv(&e.args[..n]) }
+            EventKind::ProcExec {
+                ppid: e.ppid,
+                filename: cstr(&e.filename),
+                argv: argv(&e.args[..n]),
+            }
         }
         kind::PROC_FORK => {
             let e: raw::ProcForkEvent = read_as(buf, "proc_fork")?;
-            EventKind::ProcFork { child_pid: e.child_pid }
+            EventKind::ProcFork {
+                child_pid: e.child_pid,
+            }
         }
         kind::PROC_EXIT => {
             let e: raw::ProcExitEvent = read_as(buf, "proc_exit")?;
-            EventKind::ProcExit { exit_code: e.exit_code }
+            EventKind::ProcExit {
+                exit_code: e.exit_code,
+            }
         }
         kind::GPU_OPEN => {
             let e: raw::GpuOpenEvent = read_as(buf, "gpu_open")?;
-            EventKind::GpuOpen { major: e.major, minor: e.minor, fd: e.fd, flags: e.flags }
+            EventKind::GpuOpen {
+                major: e.major,
+                minor: e.minor,
+                device: String::new(),
+                path: None,
+                fd: e.fd,
+                flags: e.flags,
+                errno: None,
+            }
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -309,7 +421,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
 /// Raw bytes of a record, for tests and the fuzzers: the inverse of `decode` for one struct.
 pub fn encode<T: Copy>(record: &T) -> Vec<u8> {
     // SAFETY: T is a repr(C) plain-data record; we copy its bytes, padding fields included.
-    unsafe { std::slice::from_raw_parts(record as *const T as *const u8, std::mem::size_of::<T>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts(record as *const T as *const u8, std::mem::size_of::<T>()) }
+        .to_vec()
 }
 
 #[cfg(test)]
@@ -319,14 +432,28 @@ mod tests {
     fn hdr(kind: u32) -> EventHeader {
         let mut comm = [0u8; 16];
         comm[..3].copy_from_slice(b"cat");
-        EventHeader { ts_ns: 7, cgroup_id: 9, kind, pid: 100, tid: 101, uid: 1000, gid: 1000, _pad: 0, comm }
+        EventHeader {
+            ts_ns: 7,
+            cgroup_id: 9,
+            kind,
+            pid: 100,
+            tid: 101,
+            uid: 1000,
+            gid: 1000,
+            _pad: 0,
+            comm,
+        }
     }
 
     #[test]
     fn decodes_read_with_header() {
         let rec = raw::FileReadEvent {
             hdr: hdr(kind::FILE_READ),
-            file: raw::FileId { dev: 0x80_0001, _pad: 0, ino: 42 },
+            file: raw::FileId {
+                dev: 0x80_0001,
+                _pad: 0,
+                ino: 42,
+            },
             bytes: 4096,
             total: 8192,
             fd: 3,
@@ -340,7 +467,10 @@ mod tests {
         assert_eq!(
             ev.kind,
             EventKind::FileRead {
-                file: FileKey { dev: 0x80_0001, ino: 42 },
+                file: FileKey {
+                    dev: 0x80_0001,
+                    ino: 42
+                },
                 fd: 3,
                 bytes: 4096,
                 total: 8192,
@@ -359,11 +489,21 @@ mod tests {
         args[..14].copy_from_slice(b"nc\0-q\x001\0SECRET");
         let mut filename = [0u8; raw::PATH_LEN];
         filename[..11].copy_from_slice(b"/usr/bin/nc");
-        let rec = raw::ProcExecEvent { hdr: hdr(kind::PROC_EXEC), ppid: 1, args_len: 8, filename, args };
+        let rec = raw::ProcExecEvent {
+            hdr: hdr(kind::PROC_EXEC),
+            ppid: 1,
+            args_len: 8,
+            filename,
+            args,
+        };
         let ev = decode(&encode(&rec)).unwrap();
         assert_eq!(
             ev.kind,
-            EventKind::ProcExec { ppid: 1, filename: "/usr/bin/nc".into(), argv: vec!["nc".into(), "-q".into(), "1".into()] }
+            EventKind::ProcExec {
+                ppid: 1,
+                filename: "/usr/bin/nc".into(),
+                argv: vec!["nc".into(), "-q".into(), "1".into()]
+            }
         );
     }
 
@@ -372,31 +512,68 @@ mod tests {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let rec = raw::NetSendEvent {
-            hdr: hdr(kind::NET_SEND), addr, family: 2, port: 9000, protocol: 6, _pad: 0,
-            bytes: 10, total: 10, reason: read_reason::FIRST, _pad2: 0,
+            hdr: hdr(kind::NET_SEND),
+            addr,
+            family: 2,
+            port: 9000,
+            protocol: 6,
+            _pad: 0,
+            bytes: 10,
+            total: 10,
+            reason: read_reason::FIRST,
+            _pad2: 0,
         };
         let ev = decode(&encode(&rec)).unwrap();
-        assert!(matches!(ev.kind, EventKind::NetSend { dest, port: 9000, proto: "tcp", .. } if dest == IpAddr::from([127,0,0,1])));
+        assert!(
+            matches!(ev.kind, EventKind::NetSend { dest, port: 9000, proto: "tcp", .. } if dest == IpAddr::from([127,0,0,1]))
+        );
         let rec6 = raw::NetConnectEvent {
-            hdr: hdr(kind::NET_CONNECT), addr: std::net::Ipv6Addr::LOCALHOST.octets(), family: 10,
-            port: 443, sock_type: 2, _pad: 0, fd: 5, ret: -115,
+            hdr: hdr(kind::NET_CONNECT),
+            addr: std::net::Ipv6Addr::LOCALHOST.octets(),
+            family: 10,
+            port: 443,
+            sock_type: 2,
+            _pad: 0,
+            fd: 5,
+            ret: -115,
         };
         let ev = decode(&encode(&rec6)).unwrap();
         assert_eq!(
             ev.kind,
-            EventKind::NetConnect { dest: "::1".parse().unwrap(), port: 443, proto: "udp", fd: 5, in_progress: true }
+            EventKind::NetConnect {
+                dest: "::1".parse().unwrap(),
+                port: 443,
+                proto: "udp",
+                fd: 5,
+                in_progress: true
+            }
         );
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::ShortHeader { len: 10, .. })));
+        assert!(matches!(
+            decode(&[0u8; 10]),
+            Err(DecodeError::ShortHeader { len: 10, .. })
+        ));
         let mut buf = encode(&hdr(kind::FILE_OPEN));
-        assert!(matches!(decode(&buf), Err(DecodeError::Short { kind: "file_open", .. })));
+        assert!(matches!(
+            decode(&buf),
+            Err(DecodeError::Short {
+                kind: "file_open",
+                ..
+            })
+        ));
         buf = encode(&hdr(999));
         assert_eq!(decode(&buf), Err(DecodeError::UnknownKind(999)));
         // Every truncation of a valid record is an error, never a panic.
-        let rec = raw::GpuOpenEvent { hdr: hdr(kind::GPU_OPEN), major: 195, minor: 0, fd: 3, flags: 2 };
+        let rec = raw::GpuOpenEvent {
+            hdr: hdr(kind::GPU_OPEN),
+            major: 195,
+            minor: 0,
+            fd: 3,
+            flags: 2,
+        };
         let full = encode(&rec);
         for n in 0..full.len() {
             assert!(decode(&full[..n]).is_err(), "truncated to {n}");
@@ -409,15 +586,26 @@ mod tests {
         let mut path = [0u8; raw::PATH_LEN];
         path[..18].copy_from_slice(b"model.safetensors\0");
         let rec = raw::FileTamperEvent {
-            hdr: hdr(kind::FILE_TAMPER), file: raw::FileId::default(), bytes: 0,
-            op: tamper_op::UNLINK, fd: -1, dirfd: -100, syscall: syscalls::UNLINKAT as u32, path,
+            hdr: hdr(kind::FILE_TAMPER),
+            file: raw::FileId::default(),
+            bytes: 0,
+            op: tamper_op::UNLINK,
+            fd: -1,
+            dirfd: -100,
+            syscall: syscalls::UNLINKAT as u32,
+            path,
         };
         let ev = decode(&encode(&rec)).unwrap();
         assert_eq!(
             ev.kind,
             EventKind::FileTamper {
-                file: None, op: TamperOp::Unlink, fd: -1, dirfd: -100,
-                path: Some("model.safetensors".into()), bytes: 0, syscall: "unlinkat"
+                file: None,
+                op: TamperOp::Unlink,
+                fd: -1,
+                dirfd: -100,
+                path: Some("model.safetensors".into()),
+                bytes: 0,
+                syscall: "unlinkat"
             }
         );
     }

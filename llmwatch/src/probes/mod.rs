@@ -3,10 +3,7 @@
 pub mod btf;
 pub mod tracefs;
 
-use std::{
-    collections::HashSet,
-    os::fd::AsFd,
-};
+use std::{collections::HashSet, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -27,14 +24,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ll
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    #[error(
+        "this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     #[error("reading kernel BTF: {0}")]
     Btf(#[from] btf::BtfError),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("map `{name}`: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("map `{name}` missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error("no required hook attached; the agent would see nothing: {0}")]
@@ -56,12 +58,32 @@ pub struct HookStatus {
 
 /// The hooks `run` attaches: program name, raw tracepoint, purpose, required.
 const HOOKS: &[(&str, &str, &str, bool)] = &[
-    ("llmwatch_sys_exit", "sys_exit", "file opens/reads/mmaps/changes, connects, accepts", true),
-    ("llmwatch_exec", "sched_process_exec", "process exec (filename, argv, parent)", true),
+    (
+        "llmwatch_sys_exit",
+        "sys_exit",
+        "file opens/reads/mmaps/changes, connects, accepts",
+        true,
+    ),
+    (
+        "llmwatch_exec",
+        "sched_process_exec",
+        "process exec (filename, argv, parent)",
+        true,
+    ),
     ("llmwatch_fork", "sched_process_fork", "process fork", true),
     ("llmwatch_exit", "sched_process_exit", "process exit", true),
-    ("llmwatch_sock_send", "sock_send_length", "bytes sent per destination", false),
-    ("llmwatch_io_uring_complete", "io_uring_complete", "io_uring reads of weight files", false),
+    (
+        "llmwatch_sock_send",
+        "sock_send_length",
+        "bytes sent per destination",
+        false,
+    ),
+    (
+        "llmwatch_io_uring_complete",
+        "io_uring_complete",
+        "io_uring reads of weight files",
+        false,
+    ),
 ];
 
 /// Loaded and attached kernel programs plus the maps the agent shares with them.
@@ -82,7 +104,11 @@ impl Probes {
         let kbtf = btf::KernelBtf::from_file(std::path::Path::new(btf::KernelBtf::SYSFS_PATH))?;
         let (offsets, missing_offsets) = btf::resolve_offsets(&kbtf)?;
         let ebpf = load_object(&offsets, &settings)?;
-        let mut probes = Probes { ebpf, hooks: Vec::new(), missing_offsets };
+        let mut probes = Probes {
+            ebpf,
+            hooks: Vec::new(),
+            missing_offsets,
+        };
         probes.attach_all();
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
             let why = probes
@@ -107,7 +133,10 @@ impl Probes {
                 _ => "raw_tracepoint/io_uring_complete",
             };
             let skip = program == "llmwatch_io_uring_complete"
-                && self.missing_offsets.iter().any(|o| o.starts_with("req_") || o.starts_with("cqe_"));
+                && self
+                    .missing_offsets
+                    .iter()
+                    .any(|o| o.starts_with("req_") || o.starts_with("cqe_"));
             let result = if skip {
                 Err("io_uring request layout not in this kernel's BTF".to_string())
             } else {
@@ -125,15 +154,26 @@ impl Probes {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or(ProbeError::MissingMap { name: names::EVENTS })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: names::EVENTS, source })
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(ProbeError::MissingMap {
+                name: names::EVENTS,
+            })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: names::EVENTS,
+            source,
+        })
     }
 
     fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap { name })?;
         T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
@@ -165,8 +205,10 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(),
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{program}: {e}"))?;
-    prog.load().map_err(|e| format!("load {program}: {}", describe(&e)))?;
-    prog.attach(tp).map_err(|e| format!("attach {program} to {tp}: {}", describe(&e)))?;
+    prog.load()
+        .map_err(|e| format!("load {program}: {}", describe(&e)))?;
+    prog.attach(tp)
+        .map_err(|e| format!("attach {program} to {tp}: {}", describe(&e)))?;
     Ok(())
 }
 
@@ -233,13 +275,18 @@ impl KernelStats {
 
 impl KernelMaps {
     pub fn stats(&self) -> KernelStats {
-        let sum = |i: u32| -> u64 {
-            self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
-        };
+        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         let kinds = 1..llmwatch_common::event::kind::COUNT;
         KernelStats {
-            ringbuf_drops: kinds.clone().map(|k| (k, sum(m::stat::RINGBUF_DROPS_BASE + k))).filter(|(_, n)| *n > 0).collect(),
-            events: kinds.map(|k| (k, sum(m::stat::EVENTS_BASE + k))).filter(|(_, n)| *n > 0).collect(),
+            ringbuf_drops: kinds
+                .clone()
+                .map(|k| (k, sum(m::stat::RINGBUF_DROPS_BASE + k)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            events: kinds
+                .map(|k| (k, sum(m::stat::EVENTS_BASE + k)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             tracked_fds_full: sum(m::stat::TRACKED_FDS_FULL),
             send_stats_full: sum(m::stat::SEND_STATS_FULL),
             probe_read_errors: sum(m::stat::PROBE_READ_ERRORS),
@@ -247,8 +294,15 @@ impl KernelMaps {
     }
 
     /// Makes the kernel's watched set equal `want`, touching only the difference.
-    pub fn sync_watched(&mut self, want: &HashSet<FileId>, have: &mut HashSet<FileId>) -> Result<(), ProbeError> {
-        let map_err = |source| ProbeError::Map { name: names::WATCHED_FILES, source };
+    pub fn sync_watched(
+        &mut self,
+        want: &HashSet<FileId>,
+        have: &mut HashSet<FileId>,
+    ) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: names::WATCHED_FILES,
+            source,
+        };
         for id in have.difference(want) {
             match self.watched_files.remove(id) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -256,14 +310,23 @@ impl KernelMaps {
             }
         }
         for id in want.difference(have) {
-            self.watched_files.insert(id, WatchedFile::default(), 0).map_err(map_err)?;
+            self.watched_files
+                .insert(id, WatchedFile::default(), 0)
+                .map_err(map_err)?;
         }
         *have = want.clone();
         Ok(())
     }
 
-    pub fn sync_names(&mut self, want: &HashSet<u64>, have: &mut HashSet<u64>) -> Result<(), ProbeError> {
-        let map_err = |source| ProbeError::Map { name: names::WATCHED_NAMES, source };
+    pub fn sync_names(
+        &mut self,
+        want: &HashSet<u64>,
+        have: &mut HashSet<u64>,
+    ) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: names::WATCHED_NAMES,
+            source,
+        };
         for h in have.difference(want) {
             let _ = self.watched_names.remove(h);
         }
@@ -294,20 +357,49 @@ pub fn probe_capabilities() -> Result<Vec<Capability>, ProbeError> {
     let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut out = Vec::new();
     let mut push = |program_type, used_for, r: Result<(), String>| {
-        out.push(Capability { program_type, ok: r.is_ok(), error: r.err(), used_for })
+        out.push(Capability {
+            program_type,
+            ok: r.is_ok(),
+            error: r.err(),
+            used_for,
+        })
     };
     push(
         "raw_tracepoint",
         "baseline: syscall exit, sched, sock, io_uring hooks",
         attach_raw_tracepoint(&mut ebpf, "llmwatch_exit", "sched_process_exit"),
     );
-    push("tracepoint", "per-syscall tracepoints", try_tracepoint(&mut ebpf));
+    push(
+        "tracepoint",
+        "per-syscall tracepoints",
+        try_tracepoint(&mut ebpf),
+    );
     let btf_ref = aya_btf.as_ref();
-    push("tp_btf", "BTF tracepoints (typed arguments)", try_tp_btf(&mut ebpf, btf_ref));
-    push("fentry", "faster per-function hooks (fentry/fexit)", try_fentry(&mut ebpf, btf_ref));
-    push("kprobe", "per-function hooks where fentry is refused", try_kprobe(&mut ebpf));
-    push("lsm", "BPF-LSM (blocking, bpf_d_path)", try_lsm(&mut ebpf, btf_ref));
-    push("cgroup_sock_addr", "connect/sendmsg address hooks per cgroup", try_sock_addr(&mut ebpf));
+    push(
+        "tp_btf",
+        "BTF tracepoints (typed arguments)",
+        try_tp_btf(&mut ebpf, btf_ref),
+    );
+    push(
+        "fentry",
+        "faster per-function hooks (fentry/fexit)",
+        try_fentry(&mut ebpf, btf_ref),
+    );
+    push(
+        "kprobe",
+        "per-function hooks where fentry is refused",
+        try_kprobe(&mut ebpf),
+    );
+    push(
+        "lsm",
+        "BPF-LSM (blocking, bpf_d_path)",
+        try_lsm(&mut ebpf, btf_ref),
+    );
+    push(
+        "cgroup_sock_addr",
+        "connect/sendmsg address hooks per cgroup",
+        try_sock_addr(&mut ebpf),
+    );
     Ok(out)
 }
 
@@ -328,38 +420,46 @@ fn need_btf(btf: Option<&aya::Btf>) -> Result<&aya::Btf, String> {
 fn try_tracepoint(ebpf: &mut Ebpf) -> Result<(), String> {
     let p: &mut TracePoint = prog(ebpf, "probe_tracepoint")?;
     p.load().map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach("syscalls", "sys_enter_getppid").map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach("syscalls", "sys_enter_getppid")
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
 fn try_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let btf = need_btf(btf)?;
     let p: &mut BtfTracePoint = prog(ebpf, "probe_tp_btf")?;
-    p.load("sched_process_fork", btf).map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.load("sched_process_fork", btf)
+        .map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach()
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
 fn try_fentry(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let btf = need_btf(btf)?;
     let p: &mut FEntry = prog(ebpf, "probe_fentry")?;
-    p.load("vfs_read", btf).map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.load("vfs_read", btf)
+        .map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach()
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
 fn try_kprobe(ebpf: &mut Ebpf) -> Result<(), String> {
     let p: &mut KProbe = prog(ebpf, "probe_kprobe")?;
     p.load().map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach("vfs_read", 0).map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach("vfs_read", 0)
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
 fn try_lsm(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let btf = need_btf(btf)?;
     let p: &mut Lsm = prog(ebpf, "probe_lsm")?;
-    p.load("file_open", btf).map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.load("file_open", btf)
+        .map_err(|e| format!("load: {}", describe(&e)))?;
+    p.attach()
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
@@ -371,9 +471,13 @@ fn try_sock_addr(ebpf: &mut Ebpf) -> Result<(), String> {
         .find_map(|p| {
             let f = std::fs::File::open(p).ok()?;
             // cgroup v2 root has cgroup.controllers
-            std::path::Path::new(p).join("cgroup.controllers").exists().then_some(f)
+            std::path::Path::new(p)
+                .join("cgroup.controllers")
+                .exists()
+                .then_some(f)
         })
         .ok_or_else(|| "no cgroup v2 mount found".to_string())?;
-    p.attach(cgroup.as_fd(), CgroupAttachMode::Single).map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }

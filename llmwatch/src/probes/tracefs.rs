@@ -22,7 +22,15 @@ pub fn ensure_mounted() -> TracefsState {
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 {
         TracefsState::MountedNow
     } else {

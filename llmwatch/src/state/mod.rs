@@ -1,4 +1,5 @@
 //! What the agent knows about the host: watched weight files, processes and their containers.
 pub mod container;
 pub mod files;
+pub mod gpu;
 pub mod process;

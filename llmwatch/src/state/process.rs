@@ -55,9 +55,15 @@ impl ProcessTable {
 
     /// Learns every process alive now from /proc.
     pub fn scan_proc(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         for entry in dir.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 if let Some(info) = from_proc(pid) {
                     self.procs.insert(pid, info);
                 }
@@ -82,7 +88,11 @@ impl ProcessTable {
     pub fn observe(&mut self, ev: &Event) {
         let t = &ev.task;
         match &ev.kind {
-            EventKind::ProcExec { ppid, filename, argv } => {
+            EventKind::ProcExec {
+                ppid,
+                filename,
+                argv,
+            } => {
                 let info = self.procs.entry(t.pid).or_insert_with(|| ProcessInfo {
                     pid: t.pid,
                     ppid: *ppid,
@@ -155,10 +165,18 @@ impl ProcessTable {
         let mut cur = self.procs.get(&pid).map(|p| p.ppid).unwrap_or(0);
         while cur != 0 && out.len() < MAX_ANCESTRY {
             let Some(p) = self.procs.get(&cur) else {
-                out.push(Ancestor { pid: cur, comm: String::new(), exe: None });
+                out.push(Ancestor {
+                    pid: cur,
+                    comm: String::new(),
+                    exe: None,
+                });
                 break;
             };
-            out.push(Ancestor { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone() });
+            out.push(Ancestor {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                exe: p.exe.clone(),
+            });
             if out.iter().filter(|a| a.pid == p.ppid).count() > 0 {
                 break;
             }
@@ -190,7 +208,8 @@ impl ProcessTable {
     /// Forgets processes that exited more than `EXITED_GRACE` ago.
     pub fn reap(&mut self) -> usize {
         let before = self.procs.len();
-        self.procs.retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_GRACE));
+        self.procs
+            .retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_GRACE));
         before - self.procs.len()
     }
 }
@@ -198,20 +217,44 @@ impl ProcessTable {
 fn from_proc(pid: u32) -> Option<ProcessInfo> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
     };
     let comm = field("Name:").unwrap_or_default();
     let ppid = field("PPid:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    let uid = field("Uid:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).take(16).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .take(16)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    Some(ProcessInfo { pid, ppid, comm, exe, argv, uid, cgroup_id: 0, exited_at: None })
+    Some(ProcessInfo {
+        pid,
+        ppid,
+        comm,
+        exe,
+        argv,
+        uid,
+        cgroup_id: 0,
+        exited_at: None,
+    })
 }
 
 fn read_passwd() -> HashMap<u32, String> {
-    let Ok(text) = std::fs::read_to_string("/etc/passwd") else { return HashMap::new() };
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
+        return HashMap::new();
+    };
     parse_passwd(&text)
 }
 
@@ -232,33 +275,86 @@ mod tests {
     use crate::events::Task;
 
     fn ev(pid: u32, comm: &str, kind: EventKind) -> Event {
-        Event { ts_ns: 1, task: Task { pid, tid: pid, uid: 0, gid: 0, comm: comm.into(), cgroup_id: 1 }, kind }
+        Event {
+            ts_ns: 1,
+            task: Task {
+                pid,
+                tid: pid,
+                uid: 0,
+                gid: 0,
+                comm: comm.into(),
+                cgroup_id: 1,
+            },
+            kind,
+        }
     }
 
     #[test]
     fn lineage_from_fork_and_exec_events() {
         let mut t = ProcessTable::default();
         // pids far above pid_max so /proc lookups find nothing
-        t.observe(&ev(90_000_001, "bash", EventKind::ProcExec { ppid: 0, filename: "/bin/bash".into(), argv: vec!["bash".into()] }));
-        t.observe(&ev(90_000_001, "bash", EventKind::ProcFork { child_pid: 90_000_002 }));
-        t.observe(&ev(90_000_002, "bash", EventKind::ProcExec { ppid: 90_000_001, filename: "/bin/cat".into(), argv: vec!["cat".into(), "m".into()] }));
+        t.observe(&ev(
+            90_000_001,
+            "bash",
+            EventKind::ProcExec {
+                ppid: 0,
+                filename: "/bin/bash".into(),
+                argv: vec!["bash".into()],
+            },
+        ));
+        t.observe(&ev(
+            90_000_001,
+            "bash",
+            EventKind::ProcFork {
+                child_pid: 90_000_002,
+            },
+        ));
+        t.observe(&ev(
+            90_000_002,
+            "bash",
+            EventKind::ProcExec {
+                ppid: 90_000_001,
+                filename: "/bin/cat".into(),
+                argv: vec!["cat".into(), "m".into()],
+            },
+        ));
         let child = t.get(90_000_002).unwrap();
         assert_eq!(child.exe.as_deref(), Some("/bin/cat"));
         assert_eq!(child.argv, vec!["cat", "m"]);
         assert_eq!(
             t.ancestry(90_000_002),
-            vec![Ancestor { pid: 90_000_001, comm: "bash".into(), exe: Some("/bin/bash".into()) }]
+            vec![Ancestor {
+                pid: 90_000_001,
+                comm: "bash".into(),
+                exe: Some("/bin/bash".into())
+            }]
         );
         t.observe(&ev(90_000_002, "cat", EventKind::ProcExit { exit_code: 0 }));
         assert!(t.get(90_000_002).unwrap().exited_at.is_some());
-        assert_eq!(t.reap(), 0, "exited processes stay resolvable for a grace period");
+        assert_eq!(
+            t.reap(),
+            0,
+            "exited processes stay resolvable for a grace period"
+        );
     }
 
     #[test]
     fn ancestry_survives_loops() {
         let mut t = ProcessTable::default();
         for (pid, ppid) in [(1u32, 2u32), (2, 1)] {
-            t.procs.insert(pid, ProcessInfo { pid, ppid, comm: "x".into(), exe: None, argv: vec![], uid: 0, cgroup_id: 0, exited_at: None });
+            t.procs.insert(
+                pid,
+                ProcessInfo {
+                    pid,
+                    ppid,
+                    comm: "x".into(),
+                    exe: None,
+                    argv: vec![],
+                    uid: 0,
+                    cgroup_id: 0,
+                    exited_at: None,
+                },
+            );
         }
         assert!(t.ancestry(1).len() <= 2);
     }
@@ -273,7 +369,9 @@ mod tests {
 
     #[test]
     fn passwd_parsing() {
-        let m = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\nollama:x:999:999::/usr/share/ollama:/bin/false\n");
+        let m = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbad line\nollama:x:999:999::/usr/share/ollama:/bin/false\n",
+        );
         assert_eq!(m.get(&0).map(String::as_str), Some("root"));
         assert_eq!(m.get(&999).map(String::as_str), Some("ollama"));
         assert_eq!(m.len(), 2);
