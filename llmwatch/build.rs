@@ -9,8 +9,7 @@ use anyhow::{Context as _, anyhow};
 fn main() -> anyhow::Result<()> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let object = out_dir.join("llmwatch");
-    let skip =
-        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         if !object.exists() {

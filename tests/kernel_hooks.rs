@@ -98,14 +98,7 @@ fn read_all(how: &str, fd: i32, scratch: &Path) -> u64 {
                 let mut p = [0i32; 2];
                 assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
                 loop {
-                    let n = libc::splice(
-                        fd,
-                        std::ptr::null_mut(),
-                        p[1],
-                        std::ptr::null_mut(),
-                        1 << 16,
-                        0,
-                    );
+                    let n = libc::splice(fd, std::ptr::null_mut(), p[1], std::ptr::null_mut(), 1 << 16, 0);
                     assert!(n >= 0, "splice: {}", std::io::Error::last_os_error());
                     if n == 0 {
                         break;
@@ -135,11 +128,7 @@ fn read_all(how: &str, fd: i32, scratch: &Path) -> u64 {
                         1 << 20,
                         0,
                     );
-                    assert!(
-                        n >= 0,
-                        "copy_file_range: {}",
-                        std::io::Error::last_os_error()
-                    );
+                    assert!(n >= 0, "copy_file_range: {}", std::io::Error::last_os_error());
                     if n == 0 {
                         break;
                     }
@@ -265,9 +254,7 @@ fn mmap_of_a_watched_file_reports_length_and_prot() {
     }
     assert!(sum > 0);
     let ev = agent
-        .wait_for(secs(10), |v| {
-            is(v, "file_mmap", me()) && v["file"]["ino"] == ino
-        })
+        .wait_for(secs(10), |v| is(v, "file_mmap", me()) && v["file"]["ino"] == ino)
         .expect("no file_mmap event");
     assert_eq!(ev["len"], size as u64);
     assert_eq!(ev["prot"], libc::PROT_READ as u64);
@@ -316,10 +303,7 @@ fn hugging_face_snapshot_symlink_and_hard_link_resolve_to_the_blob() {
     let ino = write_safetensors(&blob, size);
     let snapshot = repo.join("snapshots/main/model.safetensors");
     std::os::unix::fs::symlink(
-        format!(
-            "../../blobs/{}",
-            blob.file_name().unwrap().to_str().unwrap()
-        ),
+        format!("../../blobs/{}", blob.file_name().unwrap().to_str().unwrap()),
         &snapshot,
     )
     .unwrap();
@@ -421,10 +405,7 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
 
     // Write through a descriptor, then ftruncate it.
     let fd = open(&a, libc::O_WRONLY | libc::O_APPEND);
-    assert_eq!(
-        unsafe { libc::write(fd, b"0123456789".as_ptr().cast(), 10) },
-        10
-    );
+    assert_eq!(unsafe { libc::write(fd, b"0123456789".as_ptr().cast(), 10) }, 10);
     let ev = agent
         .wait_for(secs(10), tamper("write"))
         .expect("write not reported");
@@ -498,9 +479,7 @@ fn bash(script: &str) -> u32 {
 
 fn sends_to(agent: &mut Agent, port: u16) -> (Value, Vec<Value>) {
     let connect = agent
-        .wait_for(secs(10), |v| {
-            v["kind"] == "net_connect" && v["port"] == port
-        })
+        .wait_for(secs(10), |v| v["kind"] == "net_connect" && v["port"] == port)
         .unwrap_or_else(|| panic!("no connect to port {port}"));
     let pid = connect["task"]["pid"].as_u64().unwrap() as u32;
     let events = agent.collect_until(
@@ -508,10 +487,7 @@ fn sends_to(agent: &mut Agent, port: u16) -> (Value, Vec<Value>) {
         |v| is(v, "net_send", pid) && v["port"] == port,
         |v| is(v, "proc_exit", pid),
     );
-    let sends = events
-        .into_iter()
-        .filter(|v| v["kind"] == "net_send")
-        .collect();
+    let sends = events.into_iter().filter(|v| v["kind"] == "net_send").collect();
     (connect, sends)
 }
 
@@ -535,11 +511,7 @@ fn tcp_connect_and_bytes_sent_are_reported_with_destination() {
         assert_eq!(connect["dest"], host);
         assert_eq!(connect["proto"], "tcp");
         assert_eq!(sum_bytes(&sends), n, "{host}: {sends:#?}");
-        assert!(
-            sends
-                .iter()
-                .all(|v| v["dest"] == host && v["proto"] == "tcp")
-        );
+        assert!(sends.iter().all(|v| v["dest"] == host && v["proto"] == "tcp"));
         assert_eq!(sends[0]["reason"], "first");
     }
 }
@@ -550,9 +522,7 @@ fn udp_connect_and_datagrams_are_reported() {
     let mut agent = Agent::watching(&[dir.path()], &[]);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sock.local_addr().unwrap().port();
-    bash(&format!(
-        "head -c 1000 /dev/zero > /dev/udp/127.0.0.1/{port}"
-    ));
+    bash(&format!("head -c 1000 /dev/zero > /dev/udp/127.0.0.1/{port}"));
     let mut buf = [0u8; 2000];
     assert_eq!(sock.recv(&mut buf).unwrap(), 1000);
     let (connect, sends) = sends_to(&mut agent, port);
@@ -568,26 +538,16 @@ fn unconnected_udp_sendto_is_counted_per_destination() {
     let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = rx.local_addr().unwrap().port();
     // A child process so its exit flushes the in-kernel counter.
+    // Three sendto() and two sendmsg() with an address.
     let script = format!(
-        "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(3): s.sendto(b'x'*500, ('127.0.0.1', {port}))"
+        "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(3): s.sendto(b'x'*500, ('127.0.0.1', {port}))\nfor _ in range(2): s.sendmsg([b'y'*100], [], 0, ('127.0.0.1', {port}))"
     );
-    let child = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .spawn()
-        .unwrap();
+    let child = Command::new("python3").arg("-c").arg(&script).spawn().unwrap();
     let pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
-    let events = agent.collect_until(
-        secs(10),
-        |v| is(v, "net_send", pid),
-        |v| is(v, "proc_exit", pid),
-    );
-    let sends: Vec<Value> = events
-        .into_iter()
-        .filter(|v| v["kind"] == "net_send")
-        .collect();
-    assert_eq!(sum_bytes(&sends), 1500, "{sends:#?}");
+    let events = agent.collect_until(secs(10), |v| is(v, "net_send", pid), |v| is(v, "proc_exit", pid));
+    let sends: Vec<Value> = events.into_iter().filter(|v| v["kind"] == "net_send").collect();
+    assert_eq!(sum_bytes(&sends), 1700, "{sends:#?}");
     assert!(
         sends
             .iter()
@@ -609,9 +569,7 @@ fn accepted_connections_on_inference_ports_are_reported() {
     let (conn, _) = listener.accept().unwrap();
     let client_port = client.join().unwrap();
     let ev = agent
-        .wait_for(secs(10), |v| {
-            is(v, "net_accept", me()) && v["local_port"] == port
-        })
+        .wait_for(secs(10), |v| is(v, "net_accept", me()) && v["local_port"] == port)
         .expect("accept not reported");
     assert_eq!(ev["client"], "127.0.0.1");
     assert_eq!(ev["client_port"], client_port);
@@ -642,10 +600,7 @@ fn exec_fork_exit_carry_lineage() {
         .wait_for(secs(10), |v| is(v, "proc_exec", bash_pid))
         .expect("bash exec not reported");
     assert_eq!(exec["ppid"], me());
-    assert!(
-        exec["filename"].as_str().unwrap().ends_with("bash"),
-        "{exec}"
-    );
+    assert!(exec["filename"].as_str().unwrap().ends_with("bash"), "{exec}");
     assert_eq!(exec["argv"][1], "-c");
     let fork = agent
         .wait_for(secs(10), |v| is(v, "proc_fork", bash_pid))
@@ -657,17 +612,13 @@ fn exec_fork_exit_carry_lineage() {
         })
         .expect("env exec");
     assert_eq!(env_exec["ppid"], bash_pid);
-    assert_eq!(
-        env_exec["argv"],
-        serde_json::json!(["/usr/bin/env", "true"])
-    );
+    assert_eq!(env_exec["argv"], serde_json::json!(["/usr/bin/env", "true"]));
     let ancestry = env_exec["process"]["ancestry"].as_array().unwrap();
     assert_eq!(ancestry[0]["pid"], bash_pid, "{ancestry:?}");
     assert_eq!(ancestry[1]["pid"], me(), "{ancestry:?}");
     let true_exec = agent
         .wait_for(secs(10), |v| {
-            is(v, "proc_exec", env_pid)
-                && v["filename"].as_str().is_some_and(|f| f.ends_with("/true"))
+            is(v, "proc_exec", env_pid) && v["filename"].as_str().is_some_and(|f| f.ends_with("/true"))
         })
         .expect("true exec");
     assert_eq!(true_exec["process"]["exe"], true_exec["filename"]);
@@ -763,9 +714,7 @@ fn io_uring_reads_of_watched_files_are_reported() {
         off += cqe.result() as u64;
     }
     assert_eq!(off, size as u64);
-    let ours = |v: &Value| {
-        is(v, "file_read", me()) && v["file"]["ino"] == ino && v["syscall"] == "io_uring"
-    };
+    let ours = |v: &Value| is(v, "file_read", me()) && v["file"]["ino"] == ino && v["syscall"] == "io_uring";
     let mut events = Vec::new();
     let deadline = std::time::Instant::now() + secs(10);
     while sum_bytes(&events) < size as u64 && std::time::Instant::now() < deadline {

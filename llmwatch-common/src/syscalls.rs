@@ -17,6 +17,7 @@ pub const SENDFILE: u64 = 40;
 pub const CONNECT: u64 = 42;
 pub const ACCEPT: u64 = 43;
 pub const SENDTO: u64 = 44;
+pub const SENDMSG: u64 = 46;
 pub const FCNTL: u64 = 72;
 pub const TRUNCATE: u64 = 76;
 pub const FTRUNCATE: u64 = 77;
@@ -58,6 +59,7 @@ pub fn name(nr: u64) -> &'static str {
         CONNECT => "connect",
         ACCEPT => "accept",
         SENDTO => "sendto",
+        SENDMSG => "sendmsg",
         FCNTL => "fcntl",
         TRUNCATE => "truncate",
         FTRUNCATE => "ftruncate",

@@ -4,8 +4,7 @@
 use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_sock_addr, fentry, kprobe, lsm, tracepoint},
     programs::{
-        BtfTracePointContext, FEntryContext, LsmContext, ProbeContext, SockAddrContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, LsmContext, ProbeContext, SockAddrContext, TracePointContext,
     },
 };
 

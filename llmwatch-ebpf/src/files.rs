@@ -13,8 +13,7 @@ use crate::{
     emit,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
-        stat_inc,
+        GPU_MAJORS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report, stat_inc,
     },
 };
 
@@ -69,10 +68,7 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
     if pid == agent_pid() {
         return;
     }
-    let key = FdKey {
-        pid,
-        fd: ret as u32,
-    };
+    let key = FdKey { pid, fd: ret as u32 };
     let value = TrackedFd {
         file: id,
         file_ptr: file,
@@ -134,11 +130,7 @@ fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
         nr::OPENAT2 => {
             let how: u64 = kernel::regs_arg(regs, 2);
             let flags = kernel::read_user::<u64>(how).unwrap_or(0) as u32;
-            (
-                kernel::regs_arg(regs, 1),
-                kernel::regs_arg(regs, 0) as i32,
-                flags,
-            )
+            (kernel::regs_arg(regs, 1), kernel::regs_arg(regs, 0) as i32, flags)
         }
         _ => (
             kernel::regs_arg(regs, 1),
@@ -198,25 +190,11 @@ pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
         return;
     }
     unsafe { (*entry).reported = total };
-    report_read(
-        entry,
-        fd as i32,
-        sysno as u32,
-        total - reported,
-        total,
-        reason,
-    );
+    report_read(entry, fd as i32, sysno as u32, total - reported, total, reason);
 }
 
 #[inline(always)]
-fn report_read(
-    entry: *const TrackedFd,
-    fd: i32,
-    syscall: u32,
-    bytes: u64,
-    total: u64,
-    reason: u32,
-) {
+fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total: u64, reason: u32) {
     let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else {
         return;
     };
@@ -374,12 +352,7 @@ pub fn on_path_change(regs: u64, sysno: u64, ret: i64) {
             // renameat/renameat2(olddirfd, oldpath, newdirfd, newpath, ...)
             tamper_path(a1, a0 as i32, tamper_op::RENAME_FROM, sysno);
             let newdirfd = kernel::regs_arg(regs, 2) as i32;
-            tamper_path(
-                kernel::regs_arg(regs, 3),
-                newdirfd,
-                tamper_op::RENAME_TO,
-                sysno,
-            );
+            tamper_path(kernel::regs_arg(regs, 3), newdirfd, tamper_op::RENAME_TO, sysno);
         }
     }
 }

@@ -131,8 +131,6 @@ pub fn current_pid_tgid() -> (u32, u32) {
 #[inline(always)]
 pub fn atomic_add(dst: *mut u64, v: u64) {
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            dst, v,
-        );
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
     }
 }

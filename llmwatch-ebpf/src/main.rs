@@ -12,6 +12,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// Map keys are passed by reference on purpose: the BPF stack is 512 bytes.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(target_arch = "bpf")]
 mod emit;
@@ -70,15 +72,18 @@ mod programs {
                 }
             }
             nr::FTRUNCATE => files::on_ftruncate(kernel::regs_arg(regs, 0), ret),
-            nr::TRUNCATE
-            | nr::UNLINK
-            | nr::UNLINKAT
-            | nr::RENAME
-            | nr::RENAMEAT
-            | nr::RENAMEAT2 => files::on_path_change(regs, sysno, ret),
+            nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
+                files::on_path_change(regs, sysno, ret)
+            }
             nr::CONNECT => net::on_connect(regs, ret),
             nr::ACCEPT | nr::ACCEPT4 => net::on_accept(ret),
-            nr::SENDTO => net::on_sendto(regs, ret),
+            nr::SENDTO => net::on_sendto(regs, kernel::regs_arg(regs, 4), ret),
+            // struct msghdr (UAPI): msg_name is its first field.
+            nr::SENDMSG => net::on_sendto(
+                regs,
+                kernel::read_user::<u64>(kernel::regs_arg(regs, 1)).unwrap_or(0),
+                ret,
+            ),
             _ => {}
         }
         0

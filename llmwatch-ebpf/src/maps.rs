@@ -26,8 +26,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_RINGBUF_BYTES, 0)
 
 /// Weight files by identity; filled and kept current by the agent.
 #[map(name = "WATCHED_FILES")]
-pub static WATCHED_FILES: HashMap<FileId, WatchedFile> =
-    HashMap::with_max_entries(m::WATCHED_FILES_MAX, 0);
+pub static WATCHED_FILES: HashMap<FileId, WatchedFile> = HashMap::with_max_entries(m::WATCHED_FILES_MAX, 0);
 
 /// FNV-1a hashes of watched basenames: the cheap filter for path-based changes
 /// (rename, unlink, truncate), where the file may be gone by the time the syscall returns.
@@ -36,14 +35,12 @@ pub static WATCHED_NAMES: HashMap<u64, u8> = HashMap::with_max_entries(m::WATCHE
 
 /// Open descriptors of watched files, classified once at open.
 #[map(name = "TRACKED_FDS")]
-pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> =
-    HashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
+pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> = HashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
 
 /// Bytes sent per (process, destination). LRU so entries of processes whose exit the agent
 /// missed age out instead of filling the map.
 #[map(name = "SEND_STATS")]
-pub static SEND_STATS: LruHashMap<SendKey, SendStats> =
-    LruHashMap::with_max_entries(m::SEND_STATS_MAX, 0);
+pub static SEND_STATS: LruHashMap<SendKey, SendStats> = LruHashMap::with_max_entries(m::SEND_STATS_MAX, 0);
 
 /// Character-device majors of GPUs and accelerators (195 NVIDIA, 226 DRM, ...).
 #[map(name = "GPU_MAJORS")]

@@ -124,19 +124,17 @@ pub fn on_sock_send(sk: u64, ret: i32) {
     );
 }
 
-/// sendto() with an address on an unconnected socket (UDP): the kernel socket has no peer.
+/// sendto()/sendmsg() with an address (`uaddr`) on an unconnected socket (UDP): the kernel
+/// socket has no peer, so the destination is only in the call.
 #[inline(always)]
-pub fn on_sendto(regs: u64, ret: i64) {
+pub fn on_sendto(regs: u64, uaddr: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let uaddr = kernel::regs_arg(regs, 4);
     if uaddr == 0 {
         return;
     }
-    let Some((sk, sock_type)) =
-        kernel::fd_file(kernel::regs_arg(regs, 0)).and_then(kernel::file_sock)
-    else {
+    let Some((sk, sock_type)) = kernel::fd_file(kernel::regs_arg(regs, 0)).and_then(kernel::file_sock) else {
         return;
     };
     // A connected socket was already counted by `sock_send_length`.
@@ -174,11 +172,7 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
                 return;
             }
             unsafe { (*stats).reported = total };
-            (
-                total,
-                reported,
-                llmwatch_common::event::read_reason::PROGRESS,
-            )
+            (total, reported, llmwatch_common::event::read_reason::PROGRESS)
         }
         None => {
             let value = SendStats {

@@ -1,9 +1,7 @@
 //! Process lifecycle from the sched tracepoints. Parent and arguments are captured here, at
 //! event time, so short-lived processes are attributed even after they are gone.
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
-use llmwatch_common::event::{
-    ARGS_LEN, PATH_LEN, ProcExecEvent, ProcExitEvent, ProcForkEvent, kind,
-};
+use llmwatch_common::event::{ARGS_LEN, PATH_LEN, ProcExecEvent, ProcExitEvent, ProcForkEvent, kind};
 
 use crate::{
     emit,
@@ -41,10 +39,11 @@ pub fn on_exec(task: u64, bprm: u64) {
             );
         }
         let n = len as u32;
-        if n > 0 && n <= ARGS_LEN as u32 {
-            if bpf_probe_read_user((*ev).args.as_mut_ptr() as *mut _, n, start as *const _) < 0 {
-                len = 0;
-            }
+        if n > 0
+            && n <= ARGS_LEN as u32
+            && bpf_probe_read_user((*ev).args.as_mut_ptr() as *mut _, n, start as *const _) < 0
+        {
+            len = 0;
         }
         (*ev).args_len = len as u32;
     }

@@ -203,8 +203,7 @@ impl Agent {
         );
 
         let mut flush = tokio::time::interval(self.cfg.flush_interval);
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -261,13 +260,7 @@ impl Agent {
         let pid = ev.task.pid;
         match &mut ev.kind {
             EventKind::FileOpen { fd, .. } => {
-                self.fd_totals.insert(
-                    FdKey {
-                        pid,
-                        fd: *fd as u32,
-                    },
-                    0,
-                );
+                self.fd_totals.insert(FdKey { pid, fd: *fd as u32 }, 0);
             }
             EventKind::FileRead {
                 fd,
@@ -276,10 +269,7 @@ impl Agent {
                 reason,
                 ..
             } if *fd >= 0 => {
-                let key = FdKey {
-                    pid,
-                    fd: *fd as u32,
-                };
+                let key = FdKey { pid, fd: *fd as u32 };
                 let seen = self.fd_totals.get(&key).copied().unwrap_or(0);
                 if *reason == ReadReason::Close {
                     self.fd_totals.remove(&key);
@@ -306,12 +296,11 @@ impl Agent {
                 }
                 *bytes = *total - seen;
             }
-            EventKind::GpuOpen { major, minor, .. } => {
+            EventKind::GpuOpen { major, minor, .. }
                 // "process P started using GPU device D": once per process and device.
-                if !self.gpu_seen.insert((pid, *major, *minor)) {
+                if !self.gpu_seen.insert((pid, *major, *minor)) => {
                     return;
                 }
-            }
             EventKind::ProcExit { .. } => {
                 let task = ev.task.clone();
                 self.sweep_pid(pid, &task, true, sink);
@@ -327,12 +316,7 @@ impl Agent {
     /// Passes on bytes counted in the kernel but not yet reported for `pid`; on exit also
     /// removes its entries from the kernel maps.
     fn sweep_pid(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
-        let fds: Vec<FdKey> = self
-            .fd_totals
-            .keys()
-            .filter(|k| k.pid == pid)
-            .copied()
-            .collect();
+        let fds: Vec<FdKey> = self.fd_totals.keys().filter(|k| k.pid == pid).copied().collect();
         for key in fds {
             let seen = self.fd_totals[&key];
             if let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) {
@@ -507,11 +491,20 @@ impl<W: std::io::Write> Sink for JsonLines<W> {
     }
 }
 
-/// `run` without `--events`: events are counted and status lines logged; alerting rules
-/// consume the same stream.
-#[derive(Default)]
+/// `run` without `--events`: events are counted and a summary logged each minute; status
+/// lines are logged as they come. Alerting rules consume the same stream.
 pub struct Counting {
-    pub by_kind: HashMap<String, u64>,
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+    since: std::time::Instant,
+}
+
+impl Default for Counting {
+    fn default() -> Self {
+        Counting {
+            by_kind: Default::default(),
+            since: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Sink for Counting {
@@ -529,6 +522,18 @@ impl Sink for Counting {
                     log::info!("{line}");
                 }
             }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.since.elapsed() >= std::time::Duration::from_secs(60) && !self.by_kind.is_empty() {
+            log::info!(
+                "events in the last {} s: {:?}",
+                self.since.elapsed().as_secs(),
+                self.by_kind
+            );
+            self.by_kind.clear();
+            self.since = std::time::Instant::now();
         }
     }
 }

@@ -128,24 +128,22 @@ fn failed_gpu_open(ev: &mut Event, gpus: &GpuDevices) {
 /// watched: a path report the kernel could only pre-filter, or a display (not compute) node.
 pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
     let (procs, files) = (&mut *cx.procs, cx.files);
-    match &mut ev.kind {
-        EventKind::GpuOpen {
-            major,
-            minor,
-            device,
-            path,
-            fd,
-            ..
-        } => {
-            if !cx.gpus.is_gpu(*major, *minor) {
-                return None;
-            }
-            *device = cx.gpus.device_name(*major, *minor);
-            *path = std::fs::read_link(format!("/proc/{}/fd/{fd}", ev.task.pid))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned());
+    if let EventKind::GpuOpen {
+        major,
+        minor,
+        device,
+        path,
+        fd,
+        ..
+    } = &mut ev.kind
+    {
+        if !cx.gpus.is_gpu(*major, *minor) {
+            return None;
         }
-        _ => {}
+        *device = cx.gpus.device_name(*major, *minor);
+        *path = std::fs::read_link(format!("/proc/{}/fd/{fd}", ev.task.pid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
     }
     if matches!(ev.kind, EventKind::FileOpenDenied { .. }) {
         failed_gpu_open(&mut ev, cx.gpus);
@@ -154,9 +152,7 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         EventKind::FileOpen { file, .. }
         | EventKind::FileRead { file, .. }
         | EventKind::FileMmap { file, .. } => by_key(files, *file),
-        EventKind::FileTamper {
-            file: Some(file), ..
-        } => by_key(files, *file),
+        EventKind::FileTamper { file: Some(file), .. } => by_key(files, *file),
         EventKind::FileTamper {
             file: None,
             path: Some(path),
@@ -193,4 +189,150 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         process,
         weight: file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ReadReason, TamperOp, Task};
+
+    fn event(kind: EventKind) -> Event {
+        // A pid no process has, so nothing is looked up from /proc.
+        Event {
+            ts_ns: 1,
+            task: Task {
+                pid: 90_000_123,
+                tid: 90_000_123,
+                uid: 0,
+                gid: 0,
+                comm: "cp".into(),
+                cgroup_id: 0,
+            },
+            kind,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, WatchedSet, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let header = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[1u8; 64]);
+        std::fs::write(&path, bytes).unwrap();
+        let mut set = WatchedSet::new(vec![dir.path().to_path_buf()]);
+        set.rescan();
+        assert_eq!(set.len(), 1);
+        (dir, set, path)
+    }
+
+    #[test]
+    fn file_events_get_the_weight_and_process() {
+        let (_d, files, path) = setup();
+        let key: FileKey = files.iter().next().unwrap().id.into();
+        let mut procs = ProcessTable::default();
+        let gpus = GpuDevices::new("", &[]);
+        let mut cx = Context {
+            procs: &mut procs,
+            files: &files,
+            gpus: &gpus,
+        };
+        let ev = event(EventKind::FileRead {
+            file: key,
+            fd: 3,
+            bytes: 10,
+            total: 10,
+            reason: ReadReason::First,
+            syscall: "read",
+        });
+        let e = enrich(ev, &mut cx).unwrap();
+        assert_eq!(e.weight.as_ref().unwrap().path, path);
+        assert_eq!(e.weight.unwrap().format, WeightFormat::Safetensors);
+        assert_eq!(e.process.comm, "cp");
+        let json = serde_json::to_value(
+            enrich(
+                event(EventKind::FileMmap {
+                    file: key,
+                    fd: 3,
+                    addr: 0,
+                    len: 1,
+                    offset: 0,
+                    prot: 1,
+                    flags: 2,
+                    file_size: 1,
+                }),
+                &mut cx,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["kind"], "file_mmap");
+        assert_eq!(json["weight"]["path"], path.to_str().unwrap());
+        assert_eq!(json["file"]["ino"], key.ino);
+    }
+
+    #[test]
+    fn path_reports_are_kept_only_for_watched_paths() {
+        let (_d, files, path) = setup();
+        let mut procs = ProcessTable::default();
+        let gpus = GpuDevices::new("", &[]);
+        let mut cx = Context {
+            procs: &mut procs,
+            files: &files,
+            gpus: &gpus,
+        };
+        let tamper = |p: &str| {
+            event(EventKind::FileTamper {
+                file: None,
+                op: TamperOp::Unlink,
+                fd: -1,
+                dirfd: libc::AT_FDCWD,
+                path: Some(p.into()),
+                bytes: 0,
+                syscall: "unlink",
+            })
+        };
+        let kept = enrich(tamper(path.to_str().unwrap()), &mut cx).unwrap();
+        assert_eq!(kept.weight.unwrap().path, path);
+        // Same basename elsewhere (the kernel's name filter lets it through): dropped.
+        assert!(enrich(tamper("/elsewhere/model.safetensors"), &mut cx).is_none());
+        let denied = event(EventKind::FileOpenDenied {
+            path: "/nope/x.bin".into(),
+            dirfd: libc::AT_FDCWD,
+            flags: 0,
+            errno: 13,
+            syscall: "openat",
+        });
+        assert!(enrich(denied, &mut cx).is_none());
+    }
+
+    #[test]
+    fn gpu_opens_are_named_and_display_nodes_dropped() {
+        let (_d, files, _) = setup();
+        let mut procs = ProcessTable::default();
+        let gpus = GpuDevices::new("", &[]);
+        let mut cx = Context {
+            procs: &mut procs,
+            files: &files,
+            gpus: &gpus,
+        };
+        let gpu = |major, minor| {
+            event(EventKind::GpuOpen {
+                major,
+                minor,
+                device: String::new(),
+                path: None,
+                fd: 4,
+                flags: 2,
+                errno: None,
+            })
+        };
+        let e = enrich(gpu(195, 0), &mut cx).unwrap();
+        assert!(matches!(e.event.kind, EventKind::GpuOpen { ref device, .. } if device == "nvidia0"));
+        assert!(
+            enrich(gpu(226, 0), &mut cx).is_none(),
+            "DRM card node is display, not compute"
+        );
+        assert!(enrich(gpu(226, 128), &mut cx).is_some());
+    }
 }

@@ -119,9 +119,7 @@ fn run(cfg: Config, events: bool) -> anyhow::Result<()> {
             agent.run(&mut sink).await
         } else {
             let mut sink = Counting::default();
-            let r = agent.run(&mut sink).await;
-            log::info!("events seen by kind: {:?}", sink.by_kind);
-            r
+            agent.run(&mut sink).await
         }
     })
 }
@@ -140,8 +138,7 @@ fn check(json: bool) -> anyhow::Result<()> {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),
     };
-    let minimum_ok =
-        btf.is_ok() && agent.is_ok() && hooks.iter().filter(|h| h.required).all(|h| h.attached);
+    let minimum_ok = btf.is_ok() && agent.is_ok() && hooks.iter().filter(|h| h.required).all(|h| h.attached);
     if json {
         let report = serde_json::json!({
             "root": root,
@@ -182,10 +179,7 @@ fn check(json: bool) -> anyhow::Result<()> {
                 mark(c.ok),
                 c.program_type,
                 c.used_for,
-                c.error
-                    .as_ref()
-                    .map(|e| format!(" -- {e}"))
-                    .unwrap_or_default()
+                c.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default()
             );
         }
         println!("agent hooks:");
@@ -195,10 +189,7 @@ fn check(json: bool) -> anyhow::Result<()> {
                 mark(h.attached),
                 h.hook,
                 h.purpose,
-                h.error
-                    .as_ref()
-                    .map(|e| format!(" -- {e}"))
-                    .unwrap_or_default()
+                h.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default()
             );
         }
         if let Err(e) = &agent {

@@ -77,13 +77,29 @@ fn main() -> anyhow::Result<()> {
                     .args([
                         "clippy",
                         "--workspace",
+                        "--exclude",
+                        "llmwatch-ebpf",
                         "--all-targets",
+                    ])
+                    .args(["--", "-D", "warnings"])
+                    .status()?,
+                "cargo clippy",
+            )?;
+            // The kernel crate only builds for the BPF target, with nightly.
+            check(
+                Command::new("rustup")
+                    .args(["run", NIGHTLY, "cargo", "clippy", "-p", "llmwatch-ebpf"])
+                    .args([
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
                         "--",
                         "-D",
                         "warnings",
                     ])
                     .status()?,
-                "cargo clippy",
+                "cargo clippy (llmwatch-ebpf)",
             )
         }
     }
@@ -116,13 +132,8 @@ fn output(cmd: &mut Command) -> Option<String> {
 
 fn setup() -> anyhow::Result<()> {
     // 1. nightly with rust-src: the kernel crate is built with -Z build-std=core.
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        NIGHTLY,
-    ]));
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]));
     match installed {
         None => {
             eprintln!("setup: installing the {NIGHTLY} toolchain with rust-src");
@@ -155,10 +166,7 @@ fn setup() -> anyhow::Result<()> {
     }
     // 2. bpf-linker at the pinned version.
     let version = output(Command::new("bpf-linker").arg("--version"));
-    if !version
-        .as_deref()
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
-    {
+    if !version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
         eprintln!(
             "setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {}); this takes a minute",
             version.as_deref().map(str::trim).unwrap_or("none")
@@ -188,9 +196,7 @@ fn host_problems() -> Vec<String> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         out.push("no kernel BTF at /sys/kernel/btf/vmlinux: the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF=y".into());
     }
-    if !Path::new("/sys/kernel/tracing/events").exists()
-        && !Path::new("/sys/kernel/tracing").is_dir()
-    {
+    if !Path::new("/sys/kernel/tracing/events").exists() && !Path::new("/sys/kernel/tracing").is_dir() {
         out.push("tracefs is neither mounted nor mountable at /sys/kernel/tracing (the agent mounts it when it can)".into());
     }
     let caps = std::fs::read_to_string("/proc/self/status")
@@ -227,8 +233,17 @@ fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
     } else {
         args
     };
+    // Loading kernel programs needs root (or CAP_BPF+CAP_PERFMON); go through sudo when we
+    // are not, so the README's one command works from a developer account too.
+    let mut cmd = if effective_uid() != 0 && Path::new("/usr/bin/sudo").exists() {
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=RUST_LOG").arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
     eprintln!("xtask: {} {}", bin.display(), args.join(" "));
-    let status = Command::new(&bin)
+    let status = cmd
         .args(&args)
         .status()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -244,4 +259,17 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .args(args)
         .env("LLMWATCH_BIN", &bin);
     check(cmd.status()?, "cargo test")
+}
+
+/// Effective uid from /proc/self/status ("Uid: real effective saved fs").
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+            })
+        })
+        .unwrap_or(u32::MAX)
 }

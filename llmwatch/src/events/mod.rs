@@ -270,10 +270,7 @@ fn read_as<T: Copy>(buf: &[u8], name: &'static str) -> Result<T, DecodeError> {
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let need = std::mem::size_of::<EventHeader>();
     if buf.len() < need {
-        return Err(DecodeError::ShortHeader {
-            len: buf.len(),
-            need,
-        });
+        return Err(DecodeError::ShortHeader { len: buf.len(), need });
     }
     let hdr: EventHeader = read_as(buf, "header")?;
     let kind = match hdr.kind {
@@ -421,8 +418,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
 /// Raw bytes of a record, for tests and the fuzzers: the inverse of `decode` for one struct.
 pub fn encode<T: Copy>(record: &T) -> Vec<u8> {
     // SAFETY: T is a repr(C) plain-data record; we copy its bytes, padding fields included.
-    unsafe { std::slice::from_raw_parts(record as *const T as *const u8, std::mem::size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts(record as *const T as *const u8, std::mem::size_of::<T>()) }.to_vec()
 }
 
 #[cfg(test)]

@@ -152,9 +152,7 @@ impl KernelBtf {
             if (off as usize) < str_len || off == 0 {
                 Ok(())
             } else {
-                Err(malformed(format!(
-                    "type {id}: name offset {off} out of bounds"
-                )))
+                Err(malformed(format!("type {id}: name offset {off} out of bounds")))
             }
         };
 
@@ -287,9 +285,7 @@ impl KernelBtf {
     /// struct/union members (how C flattens them) and adding their offsets.
     fn find_member(&self, id: u32, name: &str, depth: usize) -> Result<Option<Found>, BtfError> {
         if depth > MAX_HOPS {
-            return Err(malformed(format!(
-                "anonymous members too deep at type {id}"
-            )));
+            return Err(malformed(format!("anonymous members too deep at type {id}")));
         }
         let parent = *self.ty(id)?;
         let range = parent.a as usize..parent.a as usize + parent.b as usize;
@@ -375,8 +371,7 @@ impl KernelBtf {
     /// searched recursively at each step. Bitfield members are an error.
     pub fn member_offset(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
         let (bits, _) = self.walk(strukt, field)?;
-        u32::try_from(bits / 8)
-            .map_err(|_| malformed(format!("offset of {strukt}.{field} overflows")))
+        u32::try_from(bits / 8).map_err(|_| malformed(format!("offset of {strukt}.{field} overflows")))
     }
 
     /// Byte size of the member's type, through typedef/const/volatile/restrict/type_tag.
@@ -479,10 +474,7 @@ mod tests {
         }
         /// Members as (name, type, offset word).
         fn agg(&mut self, info: u32, name: &str, size: u32, ms: &[(&str, u32, u32)]) -> u32 {
-            let extra: Vec<u32> = ms
-                .iter()
-                .flat_map(|&(n, t, o)| [self.str(n), t, o])
-                .collect();
+            let extra: Vec<u32> = ms.iter().flat_map(|&(n, t, o)| [self.str(n), t, o]).collect();
             self.add(name, info | ms.len() as u32, size, &extra)
         }
         fn str(&mut self, s: &str) -> u32 {
@@ -557,10 +549,7 @@ mod tests {
         }
         let msg = |s, f| err(s, f).to_string();
         assert_eq!(msg("outer", "nope"), "struct outer has no field `nope`");
-        assert_eq!(
-            msg("outer", "nested.zz"),
-            "struct outer has no field `nested.zz`"
-        );
+        assert_eq!(msg("outer", "nested.zz"), "struct outer has no field `nested.zz`");
         for f in ["", "nested.", ".x", "head..x"] {
             assert!(matches!(err("outer", f), BtfError::NoField { .. }), "{f:?}");
         }
@@ -569,10 +558,7 @@ mod tests {
             matches!(&e, BtfError::NotAggregate { field, .. } if field == "head"),
             "{e}"
         );
-        assert_eq!(
-            msg("nosuch", "x"),
-            "kernel BTF has no struct or union `nosuch`"
-        );
+        assert_eq!(msg("nosuch", "x"), "kernel BTF has no struct or union `nosuch`");
         assert!(matches!(err("inner_t", "a"), BtfError::NoStruct { .. }));
     }
 
@@ -630,9 +616,7 @@ mod tests {
         let (o, missing) = resolve_offsets(&btf).unwrap();
         eprintln!("optional fields missing on this kernel: {missing:?}");
         // x86_64 ptrace ABI (struct pt_regs layout is fixed).
-        let regs = [
-            o.regs_r10, o.regs_r9, o.regs_r8, o.regs_dx, o.regs_si, o.regs_di,
-        ];
+        let regs = [o.regs_r10, o.regs_r9, o.regs_r8, o.regs_dx, o.regs_si, o.regs_di];
         assert_eq!(regs, [56, 64, 72, 96, 104, 112]);
         assert_eq!(o.regs_orig_ax, 120);
         assert_eq!(o.task_tgid, o.task_pid + 4);
@@ -665,13 +649,7 @@ mod tests {
             &[o.files_fdt],
             &[o.fdt_max_fds, o.fdt_fd],
             &[o.file_inode, o.file_flags, o.file_private_data],
-            &[
-                o.inode_mode,
-                o.inode_ino,
-                o.inode_sb,
-                o.inode_rdev,
-                o.inode_size,
-            ],
+            &[o.inode_mode, o.inode_ino, o.inode_sb, o.inode_rdev, o.inode_size],
             &[o.sb_dev],
             &[o.socket_type, o.socket_sk],
             &[

@@ -9,8 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, KProbe, Lsm, RawTracePoint,
-        TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, KProbe, Lsm, RawTracePoint, TracePoint,
     },
 };
 use llmwatch_common::{
@@ -157,9 +156,7 @@ impl Probes {
         let map = self
             .ebpf
             .take_map(names::EVENTS)
-            .ok_or(ProbeError::MissingMap {
-                name: names::EVENTS,
-            })?;
+            .ok_or(ProbeError::MissingMap { name: names::EVENTS })?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             name: names::EVENTS,
             source,
@@ -170,10 +167,7 @@ impl Probes {
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ProbeError::MissingMap { name })?;
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
         T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
@@ -212,22 +206,36 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(),
     Ok(())
 }
 
-/// Error text with the OS errno spelled out (EPERM, ENOENT...), which is what an operator
-/// needs to tell "policy refused" from "kernel lacks it".
+/// Error text led by the OS errno name (EPERM, ENOENT...), which is what an operator needs to
+/// tell "policy refused" from "kernel lacks it".
 fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+    let mut parts = vec![e.to_string()];
+    let mut errno = None;
     let mut src = e.source();
     while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(code) = io.raw_os_error() {
-                text = format!("{text}: {} ({})", errno_name(code), io);
-                return text;
-            }
+        if let Some(code) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            errno = Some(code);
         }
-        text = format!("{text}: {s}");
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
         src = s.source();
     }
-    text
+    let joined = parts.join(": ");
+    // aya appends the verifier log even when it is empty.
+    let text = joined
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end()
+        .trim_end_matches('.');
+    match errno {
+        Some(code) => format!("{}: {text}", errno_name(code)),
+        None => text.to_string(),
+    }
 }
 
 fn errno_name(code: i32) -> &'static str {
@@ -318,11 +326,7 @@ impl KernelMaps {
         Ok(())
     }
 
-    pub fn sync_names(
-        &mut self,
-        want: &HashSet<u64>,
-        have: &mut HashSet<u64>,
-    ) -> Result<(), ProbeError> {
+    pub fn sync_names(&mut self, want: &HashSet<u64>, have: &mut HashSet<u64>) -> Result<(), ProbeError> {
         let map_err = |source| ProbeError::Map {
             name: names::WATCHED_NAMES,
             source,
@@ -369,11 +373,7 @@ pub fn probe_capabilities() -> Result<Vec<Capability>, ProbeError> {
         "baseline: syscall exit, sched, sock, io_uring hooks",
         attach_raw_tracepoint(&mut ebpf, "llmwatch_exit", "sched_process_exit"),
     );
-    push(
-        "tracepoint",
-        "per-syscall tracepoints",
-        try_tracepoint(&mut ebpf),
-    );
+    push("tracepoint", "per-syscall tracepoints", try_tracepoint(&mut ebpf));
     let btf_ref = aya_btf.as_ref();
     push(
         "tp_btf",
@@ -430,8 +430,7 @@ fn try_tp_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let p: &mut BtfTracePoint = prog(ebpf, "probe_tp_btf")?;
     p.load("sched_process_fork", btf)
         .map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach()
-        .map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
@@ -440,8 +439,7 @@ fn try_fentry(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let p: &mut FEntry = prog(ebpf, "probe_fentry")?;
     p.load("vfs_read", btf)
         .map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach()
-        .map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 
@@ -458,8 +456,7 @@ fn try_lsm(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), String> {
     let p: &mut Lsm = prog(ebpf, "probe_lsm")?;
     p.load("file_open", btf)
         .map_err(|e| format!("load: {}", describe(&e)))?;
-    p.attach()
-        .map_err(|e| format!("attach: {}", describe(&e)))?;
+    p.attach().map_err(|e| format!("attach: {}", describe(&e)))?;
     Ok(())
 }
 

@@ -105,10 +105,7 @@ pub fn cgroup_path_of(pid: u32) -> std::io::Result<String> {
     let file = format!("/proc/{pid}/cgroup");
     let contents = std::fs::read_to_string(&file)?;
     select_cgroup_path(&contents).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{file}: no cgroup line"),
-        )
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{file}: no cgroup line"))
     })
 }
 
@@ -120,8 +117,7 @@ pub fn select_cgroup_path(contents: &str) -> Option<String> {
     for line in contents.lines() {
         // hierarchy-id:controllers:path; the path itself may contain ':'.
         let mut parts = line.splitn(3, ':');
-        let (Some(hier), Some(_ctrl), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(hier), Some(_ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         first.get_or_insert(path);
@@ -196,13 +192,7 @@ fn is_container_id(s: &str) -> bool {
 fn normalize_pod_uid(s: &str) -> Option<String> {
     let uid: String = s
         .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
+        .map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() })
         .collect();
     let b = uid.as_bytes();
     if b.len() != 36 {
@@ -229,12 +219,7 @@ mod tests {
     const UID: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
     const UID_US: &str = "6f1c2a3b_4d5e_4f60_8a7b_9c0d1e2f3a4b";
 
-    fn info(
-        runtime: Option<&'static str>,
-        id: bool,
-        pod: bool,
-        qos: Option<&'static str>,
-    ) -> ContainerInfo {
+    fn info(runtime: Option<&'static str>, id: bool, pod: bool, qos: Option<&'static str>) -> ContainerInfo {
         ContainerInfo {
             runtime,
             container_id: id.then(|| ID.to_owned()),
@@ -270,10 +255,7 @@ mod tests {
         let p = format!(
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-conmon-{ID}.scope"
         );
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, false, true, Some("besteffort"))
-        );
+        assert_eq!(parse_cgroup_path(&p), info(None, false, true, Some("besteffort")));
     }
 
     #[test]
@@ -288,28 +270,19 @@ mod tests {
     #[test]
     fn cgroupfs_burstable() {
         let p = format!("/kubepods/burstable/pod{UID}/{ID}");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, true, true, Some("burstable"))
-        );
+        assert_eq!(parse_cgroup_path(&p), info(None, true, true, Some("burstable")));
     }
 
     #[test]
     fn cgroupfs_besteffort() {
         let p = format!("/kubepods/besteffort/pod{UID}/{ID}");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, true, true, Some("besteffort"))
-        );
+        assert_eq!(parse_cgroup_path(&p), info(None, true, true, Some("besteffort")));
     }
 
     #[test]
     fn cgroupfs_guaranteed() {
         let p = format!("/kubepods/pod{UID}/{ID}");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, true, true, Some("guaranteed"))
-        );
+        assert_eq!(parse_cgroup_path(&p), info(None, true, true, Some("guaranteed")));
     }
 
     #[test]
@@ -323,13 +296,8 @@ mod tests {
 
     #[test]
     fn pod_slice_without_container() {
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice"
-        );
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, false, true, Some("burstable"))
-        );
+        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice");
+        assert_eq!(parse_cgroup_path(&p), info(None, false, true, Some("burstable")));
     }
 
     #[test]
@@ -343,37 +311,24 @@ mod tests {
     #[test]
     fn plain_docker_systemd() {
         let p = format!("/system.slice/docker-{ID}.scope");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(Some("docker"), true, false, None)
-        );
+        assert_eq!(parse_cgroup_path(&p), info(Some("docker"), true, false, None));
     }
 
     #[test]
     fn podman_and_conmon() {
         let p = format!("/machine.slice/libpod-{ID}.scope");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(Some("podman"), true, false, None)
-        );
+        assert_eq!(parse_cgroup_path(&p), info(Some("podman"), true, false, None));
         // --cgroups=split puts the container's processes in a `container` child.
         let p = format!("/machine.slice/libpod-{ID}.scope/container");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(Some("podman"), true, false, None)
-        );
+        assert_eq!(parse_cgroup_path(&p), info(Some("podman"), true, false, None));
         let p = format!("/machine.slice/libpod-conmon-{ID}.scope");
         assert_eq!(parse_cgroup_path(&p), ContainerInfo::default());
     }
 
     #[test]
     fn rootless_podman_under_user_slice() {
-        let p =
-            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(Some("podman"), true, false, None)
-        );
+        let p = format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
+        assert_eq!(parse_cgroup_path(&p), info(Some("podman"), true, false, None));
     }
 
     #[test]
@@ -416,10 +371,7 @@ mod tests {
     fn nested_container_innermost_wins() {
         let outer = "f".repeat(64);
         let p = format!("/docker/{outer}/kubepods/besteffort/pod{UID}/{ID}");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(None, true, true, Some("besteffort"))
-        );
+        assert_eq!(parse_cgroup_path(&p), info(None, true, true, Some("besteffort")));
     }
 
     #[test]
@@ -440,10 +392,7 @@ mod tests {
     #[test]
     fn whole_proc_line_accepted() {
         let p = format!("0::/system.slice/docker-{ID}.scope");
-        assert_eq!(
-            parse_cgroup_path(&p),
-            info(Some("docker"), true, false, None)
-        );
+        assert_eq!(parse_cgroup_path(&p), info(Some("docker"), true, false, None));
     }
 
     #[test]

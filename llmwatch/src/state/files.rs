@@ -113,10 +113,7 @@ fn in_blobs_dir(path: &Path) -> bool {
 /// Content-addressed stores whose files are named by hash: HF/Ollama `blobs/`, and Git LFS's
 /// `.git/lfs/objects/ab/cd/<oid>` (a cloned model repo keeps a second copy of every weight there).
 fn in_blob_store(path: &Path) -> bool {
-    let comps: Vec<&OsStr> = path
-        .parent()
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
+    let comps: Vec<&OsStr> = path.parent().map(|p| p.iter().collect()).unwrap_or_default();
     in_blobs_dir(path) || comps.windows(2).any(|w| w[0] == "lfs" && w[1] == "objects")
 }
 
@@ -509,8 +506,7 @@ impl WatchedSet {
                 None => diff.added.push(new.clone()),
                 Some(old)
                     if old != new
-                        || self.stamps.get(id).map(|s| s.mtime)
-                            != stamps.get(id).map(|s| s.mtime) =>
+                        || self.stamps.get(id).map(|s| s.mtime) != stamps.get(id).map(|s| s.mtime) =>
                 {
                     diff.changed.push(new.clone())
                 }
@@ -593,10 +589,7 @@ impl WatchedSet {
 
     /// Basenames (path + aliases) of all watched files, for the kernel's rename/unlink filter.
     pub fn name_hashes(&self) -> HashSet<u64> {
-        self.by_name
-            .keys()
-            .map(|n| name_hash(n.as_bytes()))
-            .collect()
+        self.by_name.keys().map(|n| name_hash(n.as_bytes())).collect()
     }
 }
 
@@ -716,10 +709,7 @@ fn examine(path: &Path, id: FileId, names: &[PathBuf]) -> io::Result<Option<Weig
     let file = open_quiet(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() || kernel_dev(meta.dev()) != id.dev || meta.ino() != id.ino {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "replaced during scan",
-        ));
+        return Err(io::Error::new(io::ErrorKind::NotFound, "replaced during scan"));
     }
     let head = read_head(&file)?;
     let mut ordered: Vec<&PathBuf> = names.iter().collect();
@@ -732,12 +722,7 @@ fn examine(path: &Path, id: FileId, names: &[PathBuf]) -> io::Result<Option<Weig
 /// O_NOATIME so scans do not make weights look recently used; O_NONBLOCK so a file swapped for a
 /// FIFO between stat and open cannot hang the scan. O_NOATIME needs ownership or CAP_FOWNER.
 fn open_quiet(path: &Path) -> io::Result<File> {
-    let open = |flags| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-    };
+    let open = |flags| fs::OpenOptions::new().read(true).custom_flags(flags).open(path);
     match open(libc::O_NOATIME | libc::O_NONBLOCK) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NONBLOCK),
         r => r,
@@ -789,10 +774,7 @@ pub enum FilesError {
     #[error("starting inotify watcher: {source}")]
     Init { source: notify::Error },
     #[error("watching {}: {source}", path.display())]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
+    Watch { path: PathBuf, source: notify::Error },
     #[error("starting the watcher thread: {source}")]
     Thread { source: io::Error },
 }
@@ -866,10 +848,7 @@ impl RootWatcher {
 }
 
 fn nearest_existing_ancestor(p: &Path) -> Option<PathBuf> {
-    p.ancestors()
-        .skip(1)
-        .find(|a| a.is_dir())
-        .map(Path::to_owned)
+    p.ancestors().skip(1).find(|a| a.is_dir()).map(Path::to_owned)
 }
 
 fn relevant(ev: &notify::Result<notify::Event>, roots: &[PathBuf], states: &[RootState]) -> bool {
@@ -886,15 +865,17 @@ fn relevant(ev: &notify::Result<notify::Event>, roots: &[PathBuf], states: &[Roo
     match ev.kind {
         // Opens and reads (the model server's, and our own scan's) change nothing in the set.
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-        EventKind::Access(_)
-        | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => return false,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => {
+            return false;
+        }
         _ => {}
     }
     ev.paths.is_empty()
         || ev.paths.iter().any(|p| {
-            roots.iter().zip(states).any(|(r, s)| {
-                p.starts_with(r) || (matches!(s, RootState::Pending(_)) && r.starts_with(p))
-            })
+            roots
+                .iter()
+                .zip(states)
+                .any(|(r, s)| p.starts_with(r) || (matches!(s, RootState::Pending(_)) && r.starts_with(p)))
         })
 }
 
@@ -965,11 +946,7 @@ fn reconcile(
                     && let Some(a) = &now
                 {
                     if let Err(e) = w.watch(a, RecursiveMode::NonRecursive) {
-                        log::warn!(
-                            "watching {} for {} to appear: {e}",
-                            a.display(),
-                            root.display()
-                        );
+                        log::warn!("watching {} for {} to appear: {e}", a.display(), root.display());
                     }
                     *anc = now;
                 }
@@ -983,11 +960,7 @@ fn reconcile(
                 if let Some(a) = &anc
                     && let Err(e) = w.watch(a, RecursiveMode::NonRecursive)
                 {
-                    log::warn!(
-                        "watching {} for {} to appear: {e}",
-                        a.display(),
-                        root.display()
-                    );
+                    log::warn!("watching {} for {} to appear: {e}", a.display(), root.display());
                 }
                 *state = RootState::Pending(anc);
             }
@@ -1089,11 +1062,7 @@ mod tests {
             ),
             ("m.pth", padded(b"\x80\x05\x95"), Some(Pickle)),
             ("m.ckpt", zip_with_member("m/data.pkl"), Some(PytorchZip)),
-            (
-                "vocab.bin",
-                padded(b"just some bytes that are not a model"),
-                None,
-            ),
+            ("vocab.bin", padded(b"just some bytes that are not a model"), None),
             ("proto1.bin", padded(b"\x80\x01abc"), None),
             ("model.onnx", padded(b"\x08\x07\x12\x07pytorch"), Some(Onnx)),
             ("model.onnx.data", padded(b"\x01\x02"), Some(OnnxData)),
@@ -1106,11 +1075,7 @@ mod tests {
             ("model.keras.bad", zip_with_member("metadata.json"), None),
             ("m.tflite", padded(b"\x1c\0\0\0TFL3"), Some(Tflite)),
             ("bad.tflite", padded(b"\x1c\0\0\0TFL2"), None),
-            (
-                "flax_model.msgpack",
-                padded(b"\x81\xa6params"),
-                Some(Msgpack),
-            ),
+            ("flax_model.msgpack", padded(b"\x81\xa6params"), Some(Msgpack)),
             ("notmap.msgpack", padded(b"\x93\x01\x02\x03"), None),
             ("w.npz", zip_with_member("arr_0.npy"), Some(Npz)),
             ("bad.npz", padded(b"not a zip"), None),
@@ -1154,10 +1119,7 @@ mod tests {
         let mut v = vec![0u8; 512];
         v.extend_from_slice(HDF5_MAGIC);
         v.resize(600, 0);
-        assert_eq!(
-            classify_bytes(t.path(), "m.hdf5", &v),
-            Some(WeightFormat::Hdf5)
-        );
+        assert_eq!(classify_bytes(t.path(), "m.hdf5", &v), Some(WeightFormat::Hdf5));
     }
 
     /// models--org--name/{blobs/<hash>, snapshots/<rev>/model.safetensors -> ../../blobs/<hash>}
@@ -1384,9 +1346,7 @@ mod tests {
             ]),
             cwd,
         );
-        assert!(
-            r.contains(&PathBuf::from("/data/hf")) && r.contains(&PathBuf::from("/data/ollama"))
-        );
+        assert!(r.contains(&PathBuf::from("/data/hf")) && r.contains(&PathBuf::from("/data/ollama")));
         assert!(!r.iter().any(|p| p.starts_with("/home/u")), "{r:?}");
         // Running from / makes ./models the same as /models: listed once.
         let r = default_roots_from(env(&[]), Path::new("/"));
@@ -1395,10 +1355,7 @@ mod tests {
 
     async fn expect_signal(rx: &mut tokio::sync::mpsc::Receiver<()>, what: &str) {
         let got = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
-        assert!(
-            matches!(got, Ok(Some(()))),
-            "no signal within 2 s after {what}"
-        );
+        assert!(matches!(got, Ok(Some(()))), "no signal within 2 s after {what}");
     }
 
     #[tokio::test]

@@ -24,10 +24,7 @@ pub struct GpuDevices {
 impl GpuDevices {
     /// From the text of /proc/devices plus operator-configured extra majors.
     pub fn new(proc_devices: &str, extra: &[u32]) -> Self {
-        let mut names: HashMap<u32, String> = FIXED_MAJORS
-            .iter()
-            .map(|(m, n)| (*m, n.to_string()))
-            .collect();
+        let mut names: HashMap<u32, String> = FIXED_MAJORS.iter().map(|(m, n)| (*m, n.to_string())).collect();
         let mut in_char = false;
         for line in proc_devices.lines() {
             if line.starts_with("Character devices") {
@@ -38,10 +35,10 @@ impl GpuDevices {
                 in_char = false;
             }
             let mut it = line.split_whitespace();
-            if let (true, Some(num), Some(name)) = (in_char, it.next(), it.next()) {
-                if let (true, Ok(n)) = (DYNAMIC_DRIVERS.contains(&name), num.parse()) {
-                    names.insert(n, name.to_string());
-                }
+            if let (true, Some(num), Some(name)) = (in_char, it.next(), it.next())
+                && let (true, Ok(n)) = (DYNAMIC_DRIVERS.contains(&name), num.parse())
+            {
+                names.insert(n, name.to_string());
             }
         }
         for m in extra {

@@ -44,13 +44,77 @@ pub struct ProcessTable {
     procs: HashMap<u32, ProcessInfo>,
     containers: HashMap<u64, ContainerInfo>,
     users: HashMap<u32, String>,
+    cgroups: CgroupIndex,
+}
+
+/// cgroup v2 directory inode -> path below the mount, rebuilt (at most every 2 s) on a miss.
+#[derive(Default)]
+struct CgroupIndex {
+    root: Option<std::path::PathBuf>,
+    by_id: HashMap<u64, String>,
+    built: Option<Instant>,
+}
+
+impl CgroupIndex {
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        if self.built.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return None;
+        }
+        self.rebuild();
+        self.by_id.get(&id).cloned()
+    }
+
+    fn rebuild(&mut self) {
+        self.built = Some(Instant::now());
+        if self.root.is_none() {
+            self.root = std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|m| cgroup2_mount(&m));
+        }
+        let Some(root) = self.root.clone() else { return };
+        self.by_id.clear();
+        let mut stack = vec![(root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            use std::os::unix::fs::MetadataExt as _;
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(&root)
+                .map(|r| format!("/{}", r.to_string_lossy()))
+                .unwrap_or_default();
+            self.by_id.insert(meta.ino(), rel);
+            if depth >= 32 {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+}
+
+/// Mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo text.
+fn cgroup2_mount(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(Into::into))?
+    })
 }
 
 impl ProcessTable {
     pub fn new() -> Self {
-        let mut t = ProcessTable::default();
-        t.users = read_passwd();
-        t
+        ProcessTable {
+            users: read_passwd(),
+            ..Default::default()
+        }
     }
 
     /// Learns every process alive now from /proc.
@@ -59,14 +123,10 @@ impl ProcessTable {
             return 0;
         };
         for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(info) = from_proc(pid)
             {
-                if let Some(info) = from_proc(pid) {
-                    self.procs.insert(pid, info);
-                }
+                self.procs.insert(pid, info);
             }
         }
         self.procs.len()
@@ -88,11 +148,7 @@ impl ProcessTable {
     pub fn observe(&mut self, ev: &Event) {
         let t = &ev.task;
         match &ev.kind {
-            EventKind::ProcExec {
-                ppid,
-                filename,
-                argv,
-            } => {
+            EventKind::ProcExec { ppid, filename, argv } => {
                 let info = self.procs.entry(t.pid).or_insert_with(|| ProcessInfo {
                     pid: t.pid,
                     ppid: *ppid,
@@ -185,19 +241,25 @@ impl ProcessTable {
         out
     }
 
-    /// Container of a cgroup id, read once per cgroup from the pid's /proc/<pid>/cgroup.
+    /// Container of the cgroup the kernel captured at event time. A cgroup v2 id is the inode
+    /// number of the cgroup's directory, so it resolves even after the process is gone (and is
+    /// right even if the pid was reused); /proc/<pid>/cgroup is the fallback.
     pub fn container(&mut self, cgroup_id: u64, pid: u32) -> ContainerInfo {
         if let Some(c) = self.containers.get(&cgroup_id) {
             return c.clone();
         }
-        match container::cgroup_path_of(pid) {
-            Ok(path) => {
+        let path = self
+            .cgroups
+            .path(cgroup_id)
+            .or_else(|| container::cgroup_path_of(pid).ok());
+        match path {
+            Some(path) => {
                 let info = container::parse_cgroup_path(&path);
                 self.containers.insert(cgroup_id, info.clone());
                 info
             }
-            // The process is gone; don't cache a guess.
-            Err(_) => ContainerInfo::default(),
+            // Unknown: don't cache a guess.
+            None => ContainerInfo::default(),
         }
     }
 
@@ -331,11 +393,7 @@ mod tests {
         );
         t.observe(&ev(90_000_002, "cat", EventKind::ProcExit { exit_code: 0 }));
         assert!(t.get(90_000_002).unwrap().exited_at.is_some());
-        assert_eq!(
-            t.reap(),
-            0,
-            "exited processes stay resolvable for a grace period"
-        );
+        assert_eq!(t.reap(), 0, "exited processes stay resolvable for a grace period");
     }
 
     #[test]
@@ -365,6 +423,29 @@ mod tests {
         let info = from_proc(me).unwrap();
         assert_eq!(info.pid, me);
         assert!(info.exe.is_some());
+    }
+
+    #[test]
+    fn cgroup2_mount_from_mountinfo() {
+        let m = "35 24 0:30 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n36 24 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(m), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn cgroup_id_resolves_through_directory_inode() {
+        // Our own cgroup: its directory's inode is the id the kernel reports for us.
+        let mut idx = CgroupIndex::default();
+        idx.rebuild();
+        let Some(root) = idx.root.clone() else {
+            panic!("no cgroup2 mount on this host (needed by the agent's container attribution)");
+        };
+        let own = container::cgroup_path_of(std::process::id()).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(root.join(own.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        assert_eq!(idx.path(ino).as_deref(), Some(own.as_str()));
     }
 
     #[test]
