@@ -254,11 +254,45 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     // The end-to-end scenarios run the real binary, so build it first and tell them where it is.
     build(false)?;
     let bin = root.join("target/debug/llmwatch");
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "llmwatch-ebpf"])
+    let mut child = cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "llmwatch-ebpf",
+            "--no-fail-fast",
+        ])
         .args(args)
-        .env("LLMWATCH_BIN", &bin);
-    check(cmd.status()?, "cargo test")
+        .env("LLMWATCH_BIN", &bin)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Pass the output through and add one closing line for the whole run: cargo prints a
+    // result per test binary, and the last one is often a crate with no tests.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    check(status, "cargo test")
 }
 
 /// Effective uid from /proc/self/status ("Uid: real effective saved fs").
