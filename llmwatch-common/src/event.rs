@@ -24,8 +24,9 @@ pub mod kind {
     pub const PROC_FORK: u32 = 10;
     pub const PROC_EXIT: u32 = 11;
     pub const GPU_OPEN: u32 = 12;
-    /// One past the largest kind: sizes per-kind counter arrays.
-    pub const COUNT: u32 = 13;
+    pub const PROC_ACCESS: u32 = 13;
+    /// One past the largest kind: sizes per-kind counter arrays (at most 16).
+    pub const COUNT: u32 = 14;
 }
 
 /// Common prefix of every record. Captured in the kernel at event time so a process that has
@@ -266,4 +267,25 @@ pub struct GpuOpenEvent {
     pub minor: u32,
     pub fd: i32,
     pub flags: u32,
+}
+
+/// How one process reached into another's memory.
+pub mod access_op {
+    pub const PTRACE_ATTACH: u32 = 1;
+    pub const PTRACE_SEIZE: u32 = 2;
+    pub const PROCESS_VM_READV: u32 = 3;
+    pub const PROCESS_VM_WRITEV: u32 = 4;
+    /// open() of /proc/<pid>/mem.
+    pub const PROC_MEM_OPEN: u32 = 5;
+}
+
+/// A process attached to, or read/wrote the memory of, another process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcAccessEvent {
+    pub hdr: EventHeader,
+    /// Bytes transferred (process_vm_readv/writev), else 0.
+    pub bytes: u64,
+    pub target_pid: u32,
+    pub op: u32,
 }

@@ -59,6 +59,11 @@ pub struct Offsets {
     pub req_opcode: u32,
     // struct io_uring_cqe (UAPI, but resolved like the rest)
     pub cqe_res: u32,
+    // /proc/<pid>/mem opens: super_block.s_magic, file.f_path.dentry, dentry.d_name.name, dentry.d_parent
+    pub sb_magic: u32,
+    pub file_dentry: u32,
+    pub dentry_name: u32,
+    pub dentry_parent: u32,
 }
 
 impl Offsets {
@@ -105,6 +110,10 @@ impl Offsets {
             req_file: MISSING,
             req_opcode: MISSING,
             cqe_res: MISSING,
+            sb_magic: MISSING,
+            file_dentry: MISSING,
+            dentry_name: MISSING,
+            dentry_parent: MISSING,
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
         ino: inode.ino,
     };
     if unsafe { WATCHED_FILES.get(&id) }.is_none() {
+        proc_mem_open(file, inode.sb);
         return;
     }
     let (pid, _) = kernel::current_pid_tgid();
@@ -444,4 +445,38 @@ pub fn on_io_uring_complete(req: u64, cqe: u64) {
         (*ev)._pad = 0;
     }
     emit::submit(rec, kind::FILE_READ);
+}
+
+/// An open of /proc/<pid>/mem: reading another process's memory through procfs.
+#[inline(always)]
+fn proc_mem_open(file: u64, sb: u64) {
+    const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+    if read::<u64>(sb, off!(sb_magic)) != Some(PROC_SUPER_MAGIC) {
+        return;
+    }
+    let Some(dentry) = read::<u64>(file, off!(file_dentry)) else { return };
+    let Some(name) = read::<u64>(dentry, off!(dentry_name)) else { return };
+    if read::<[u8; 4]>(name, 0) != Some(*b"mem\0") {
+        return;
+    }
+    let Some(parent) = read::<u64>(dentry, off!(dentry_parent)) else { return };
+    let Some(pname) = read::<u64>(parent, off!(dentry_name)) else { return };
+    let Some(digits) = read::<[u8; 8]>(pname, 0) else { return };
+    // The parent directory is the target pid in decimal.
+    let mut pid: u32 = 0;
+    let mut i = 0;
+    while i < 8 {
+        let d = digits[i];
+        if d == 0 {
+            break;
+        }
+        if !d.is_ascii_digit() {
+            return;
+        }
+        pid = pid * 10 + (d - b'0') as u32;
+        i += 1;
+    }
+    if pid != 0 {
+        crate::process::emit_access(llmwatch_common::event::access_op::PROC_MEM_OPEN, pid, 0);
+    }
 }

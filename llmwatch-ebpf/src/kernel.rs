@@ -79,6 +79,7 @@ pub fn fd_file(fd: u64) -> Option<u64> {
 
 /// What an inode is, read once where a file is opened or mapped.
 pub struct InodeInfo {
+    pub sb: u64,
     pub mode: u16,
     pub dev: u32,
     pub ino: u64,
@@ -102,13 +103,7 @@ pub fn file_inode(file: u64) -> Option<InodeInfo> {
     } else {
         (0, read::<u64>(inode, off!(inode_size)).unwrap_or(0))
     };
-    Some(InodeInfo {
-        mode,
-        dev,
-        ino,
-        rdev,
-        size,
-    })
+    Some(InodeInfo { sb, mode, dev, ino, rdev, size })
 }
 
 /// The `struct sock *` behind a socket file (`file->private_data` is the `struct socket`).

@@ -75,6 +75,9 @@ mod programs {
             nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
                 files::on_path_change(regs, sysno, ret)
             }
+            nr::PTRACE | nr::PROCESS_VM_READV | nr::PROCESS_VM_WRITEV => {
+                crate::process::on_access(regs, sysno, ret)
+            }
             nr::CONNECT => net::on_connect(regs, ret),
             nr::ACCEPT | nr::ACCEPT4 => net::on_accept(ret),
             nr::SENDTO => net::on_sendto(regs, kernel::regs_arg(regs, 4), ret),

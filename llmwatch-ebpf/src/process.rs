@@ -1,7 +1,10 @@
 //! Process lifecycle from the sched tracepoints. Parent and arguments are captured here, at
 //! event time, so short-lived processes are attributed even after they are gone.
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
-use llmwatch_common::event::{ARGS_LEN, PATH_LEN, ProcExecEvent, ProcExitEvent, ProcForkEvent, kind};
+use llmwatch_common::{
+    event::{ARGS_LEN, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent, access_op, kind},
+    syscalls as nr,
+};
 
 use crate::{
     emit,
@@ -88,4 +91,46 @@ pub fn on_exit(task: u64) {
         (*ev)._pad = 0;
     }
     emit::submit(rec, kind::PROC_EXIT);
+}
+
+/// ptrace attach/seize and process_vm_readv/writev that succeeded: one process reaching into
+/// another's memory (where an inference server keeps its weights).
+#[inline(always)]
+pub fn on_access(regs: u64, sysno: u64, ret: i64) {
+    let (op, target, bytes) = match sysno {
+        nr::PTRACE => {
+            const PTRACE_ATTACH: u64 = 16;
+            const PTRACE_SEIZE: u64 = 0x4206;
+            let req = kernel::regs_arg(regs, 0);
+            if ret != 0 || !(req == PTRACE_ATTACH || req == PTRACE_SEIZE) {
+                return;
+            }
+            let op = if req == PTRACE_ATTACH { access_op::PTRACE_ATTACH } else { access_op::PTRACE_SEIZE };
+            (op, kernel::regs_arg(regs, 1), 0)
+        }
+        _ => {
+            if ret <= 0 {
+                return;
+            }
+            let op = if sysno == nr::PROCESS_VM_READV {
+                access_op::PROCESS_VM_READV
+            } else {
+                access_op::PROCESS_VM_WRITEV
+            };
+            (op, kernel::regs_arg(regs, 0), ret as u64)
+        }
+    };
+    emit_access(op, target as u32, bytes);
+}
+
+#[inline(always)]
+pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
+    let Some(mut rec) = emit::reserve::<ProcAccessEvent>(kind::PROC_ACCESS) else { return };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).bytes = bytes;
+        (*ev).target_pid = target_pid;
+        (*ev).op = op;
+    }
+    emit::submit(rec, kind::PROC_ACCESS);
 }

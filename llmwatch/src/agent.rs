@@ -1,4 +1,4 @@
-//! The running agent: kernel events in, enriched events out.
+//! The running agent: kernel events in, enriched events and alerts out.
 //!
 //! One task owns all state, so nothing is locked: it drains the ring buffer when it is
 //! readable, rescans model directories when `notify` says they changed, and on a timer sweeps
@@ -6,6 +6,8 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -18,7 +20,10 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    alerts::Alert,
+    clock::Clock,
     config::Config,
+    rules::Engine,
     enrich::{self, Enriched},
     events::{self, Event, EventKind, ReadReason, Task},
     probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
@@ -29,11 +34,12 @@ use crate::{
     },
 };
 
-/// What the agent writes: enriched events and its own status lines.
+/// What the agent writes: enriched events, alerts and its own status lines.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Output<'a> {
     Event(&'a Enriched),
+    Alert(&'a Alert),
     Status(Status<'a>),
 }
 
@@ -60,9 +66,18 @@ pub enum Status<'a> {
     },
     /// The kernel dropped events (ring buffer full); alerts overlapping this are incomplete.
     AgentEventLoss {
+        time: chrono::DateTime<chrono::Utc>,
         dropped: u64,
         total_dropped: u64,
         stats: &'a KernelStats,
+    },
+    /// The configuration was reloaded, or a reload was refused and the old one kept.
+    ConfigReload {
+        ok: bool,
+        path: &'a std::path::Path,
+        error: Option<String>,
+        /// Keys whose new values only take effect after a restart.
+        restart_needed: Vec<&'static str>,
     },
     /// A record the agent could not decode.
     AgentDecodeError { error: String },
@@ -75,7 +90,11 @@ pub trait Sink {
 }
 
 pub struct Agent {
-    cfg: Config,
+    cfg: Arc<Config>,
+    config_path: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    engine: Engine,
+    alerts: Vec<Alert>,
     probes: Probes,
     maps: KernelMaps,
     files: WatchedSet,
@@ -94,7 +113,7 @@ pub struct Agent {
 
 impl Agent {
     /// Loads and attaches the probes and fills the kernel maps; nothing is read yet.
-    pub fn start(cfg: Config) -> anyhow::Result<Self> {
+    pub fn start(cfg: Config, config_path: Option<PathBuf>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let tracefs = probes::tracefs::ensure_mounted();
         let settings = Settings {
             read_report_bytes: cfg.read_report_bytes,
@@ -129,9 +148,23 @@ impl Agent {
         }
         let mut procs = ProcessTable::new();
         procs.scan_proc();
+        let mut cfg = cfg;
+        // Host names in the egress allowlist: resolved once here (blocking DNS, before the
+        // event loop) and again on every reload.
+        cfg.egress.resolve();
+        if let Ok(host) = std::env::var("LLMWATCH_HOST") {
+            if !host.is_empty() {
+                cfg.host = host;
+            }
+        }
+        let cfg = Arc::new(cfg);
         Ok(Agent {
             files: WatchedSet::new(cfg.model_dirs.clone()),
+            engine: Engine::new(cfg.clone()),
             cfg,
+            config_path,
+            clock,
+            alerts: Vec::new(),
             probes,
             maps,
             procs,
@@ -151,6 +184,7 @@ impl Agent {
             procs: &mut self.procs,
             files: &self.files,
             gpus: &self.gpus,
+            clock: &*self.clock,
         }
     }
 
@@ -165,6 +199,7 @@ impl Agent {
         self.maps.sync_watched(&want, &mut self.in_kernel)?;
         let names = self.files.name_hashes();
         self.maps.sync_names(&names, &mut self.names_in_kernel)?;
+        self.engine.set_weights_present(!self.files.is_empty());
         Ok((diff, report))
     }
 
@@ -204,6 +239,13 @@ impl Agent {
 
         let mut flush = tokio::time::interval(self.cfg.flush_interval);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
+        let _config_watcher = self.config_path.clone().and_then(|p| {
+            RootWatcher::start(std::slice::from_ref(&p), config_tx)
+                .map_err(|e| log::warn!("not watching {} for changes ({e}); reload with SIGHUP", p.display()))
+                .ok()
+        });
         let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -245,8 +287,11 @@ impl Agent {
                     self.sweep_live(sink);
                     self.report_drops(sink);
                     self.procs.reap();
+                    self.engine.expire();
                     sink.flush();
                 }
+                _ = sighup.recv() => self.reload(sink),
+                Some(()) = config_rx.recv() => self.reload(sink),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
@@ -310,6 +355,8 @@ impl Agent {
         }
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
             sink.emit(Output::Event(&enriched));
+            self.engine.on_event(&enriched, &mut self.alerts);
+            self.emit_alerts(sink);
         }
     }
 
@@ -330,12 +377,14 @@ impl Agent {
                             bytes: tracked.bytes - seen,
                             total: tracked.bytes,
                             reason: ReadReason::Flush,
-                            syscall: "flush",
+                            syscall: "flush".into(),
                         },
                     };
                     self.fd_totals.insert(key, tracked.bytes);
                     if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
                         sink.emit(Output::Event(&e));
+                        self.engine.on_event(&e, &mut self.alerts);
+                        self.emit_alerts(sink);
                     }
                 }
                 if exited {
@@ -366,7 +415,8 @@ impl Agent {
                                 6 => "tcp",
                                 17 => "udp",
                                 _ => "other",
-                            },
+                            }
+                            .into(),
                             bytes: stats.bytes - seen,
                             total: stats.bytes,
                             reason: ReadReason::Flush,
@@ -375,6 +425,8 @@ impl Agent {
                     self.send_totals.insert(key, stats.bytes);
                     if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
                         sink.emit(Output::Event(&e));
+                        self.engine.on_event(&e, &mut self.alerts);
+                        self.emit_alerts(sink);
                     }
                 }
                 if exited {
@@ -425,12 +477,82 @@ impl Agent {
             let dropped = total - self.drops_seen;
             self.drops_seen = total;
             log::warn!("kernel dropped {dropped} events (ring buffer full); {total} in all");
+            let time = self.clock.now();
+            self.engine.on_event_loss(dropped, time, &mut self.alerts);
             sink.emit(Output::Status(Status::AgentEventLoss {
+                time,
                 dropped,
                 total_dropped: total,
                 stats: &stats,
             }));
+            self.emit_alerts(sink);
         }
+    }
+
+    fn emit_alerts(&mut self, sink: &mut dyn Sink) {
+        for a in self.alerts.drain(..) {
+            sink.emit(Output::Alert(&a));
+        }
+    }
+
+    /// Reloads the configuration file. A file with any problem is refused whole and the running
+    /// configuration stays; settings that live in the kernel programs need a restart.
+    fn reload(&mut self, sink: &mut dyn Sink) {
+        let Some(path) = self.config_path.clone() else {
+            log::info!("SIGHUP: no --config file to reload");
+            return;
+        };
+        match crate::config::load(&path) {
+            Ok(mut new) => {
+                new.egress.resolve();
+                if let Ok(host) = std::env::var("LLMWATCH_HOST") {
+                    if !host.is_empty() {
+                        new.host = host;
+                    }
+                }
+                let mut restart_needed = Vec::new();
+                if new.read_report_bytes != self.cfg.read_report_bytes {
+                    restart_needed.push("kernel.read_report_bytes");
+                }
+                if new.send_report_bytes != self.cfg.send_report_bytes {
+                    restart_needed.push("kernel.send_report_bytes");
+                }
+                if new.extra_gpu_majors != self.cfg.extra_gpu_majors {
+                    restart_needed.push("gpu.extra_majors");
+                }
+                for port in &self.cfg.inference_ports {
+                    let _ = self.maps.inference_ports.remove(port);
+                }
+                for port in &new.inference_ports {
+                    if let Err(e) = self.maps.inference_ports.insert(port, 1, 0) {
+                        log::error!("inference port {port}: {e}");
+                    }
+                }
+                let roots_changed = new.model_dirs != self.cfg.model_dirs;
+                let new = Arc::new(new);
+                self.cfg = new.clone();
+                self.engine.set_config(new);
+                if roots_changed {
+                    self.files = WatchedSet::new(self.cfg.model_dirs.clone());
+                    restart_needed.push("models.dirs (watched now, but new directories are only noticed on change after a restart)");
+                    if let Err(e) = self.rescan() {
+                        log::error!("rescan after reload: {e:#}");
+                    }
+                }
+                log::info!("configuration reloaded from {}", path.display());
+                sink.emit(Output::Status(Status::ConfigReload { ok: true, path: &path, error: None, restart_needed }));
+            }
+            Err(e) => {
+                log::error!("configuration reload refused, keeping the running one: {e}");
+                sink.emit(Output::Status(Status::ConfigReload {
+                    ok: false,
+                    path: &path,
+                    error: Some(e.to_string()),
+                    restart_needed: vec![],
+                }));
+            }
+        }
+        sink.flush();
     }
 }
 
@@ -491,23 +613,21 @@ impl<W: std::io::Write> Sink for JsonLines<W> {
     }
 }
 
-/// `run` without `--events`: events are counted and a summary logged each minute; status
-/// lines are logged as they come. Alerting rules consume the same stream.
-pub struct Counting {
+/// `run` without `--events`: alerts as JSON lines on stdout, status lines in the log, and a
+/// per-minute count of the events the rules saw.
+pub struct AlertsOnly<W: std::io::Write> {
+    out: W,
     pub by_kind: std::collections::BTreeMap<String, u64>,
     since: std::time::Instant,
 }
 
-impl Default for Counting {
-    fn default() -> Self {
-        Counting {
-            by_kind: Default::default(),
-            since: std::time::Instant::now(),
-        }
+impl<W: std::io::Write> AlertsOnly<W> {
+    pub fn new(out: W) -> Self {
+        AlertsOnly { out, by_kind: Default::default(), since: std::time::Instant::now() }
     }
 }
 
-impl Sink for Counting {
+impl<W: std::io::Write> Sink for AlertsOnly<W> {
     fn emit(&mut self, out: Output<'_>) {
         match out {
             Output::Event(e) => {
@@ -516,6 +636,11 @@ impl Sink for Counting {
                     .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
                     .unwrap_or_default();
                 *self.by_kind.entry(kind).or_default() += 1;
+            }
+            Output::Alert(a) => {
+                if serde_json::to_writer(&mut self.out, a).is_ok() {
+                    let _ = self.out.write_all(b"\n");
+                }
             }
             Output::Status(s) => {
                 if let Ok(line) = serde_json::to_string(&s) {
@@ -526,12 +651,9 @@ impl Sink for Counting {
     }
 
     fn flush(&mut self) {
+        let _ = self.out.flush();
         if self.since.elapsed() >= std::time::Duration::from_secs(60) && !self.by_kind.is_empty() {
-            log::info!(
-                "events in the last {} s: {:?}",
-                self.since.elapsed().as_secs(),
-                self.by_kind
-            );
+            log::info!("events in the last {} s: {:?}", self.since.elapsed().as_secs(), self.by_kind);
             self.by_kind.clear();
             self.since = std::time::Instant::now();
         }

@@ -3,7 +3,7 @@
 //! renames, unlinks) are kept only when the path names a watched file.
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Event, EventKind, FileKey},
@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessView {
     pub pid: u32,
     pub ppid: u32,
@@ -25,11 +25,14 @@ pub struct ProcessView {
     pub user: Option<String>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
-    pub runtime: Option<&'static str>,
+    pub runtime: Option<crate::events::Name>,
+    /// cgroup v2 path (what server identities and container rules match on).
+    #[serde(default)]
+    pub cgroup: Option<String>,
     pub ancestry: Vec<Ancestor>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileView {
     pub path: PathBuf,
     pub dev: u32,
@@ -38,8 +41,10 @@ pub struct FileView {
     pub format: WeightFormat,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enriched {
+    /// Wall-clock time of the event (RFC 3339), from the kernel timestamp.
+    pub time: chrono::DateTime<chrono::Utc>,
     #[serde(flatten)]
     pub event: Event,
     pub process: ProcessView,
@@ -85,6 +90,7 @@ pub struct Context<'a> {
     pub procs: &'a mut ProcessTable,
     pub files: &'a WatchedSet,
     pub gpus: &'a GpuDevices,
+    pub clock: &'a dyn crate::clock::Clock,
 }
 
 /// A failed open of a path that is a GPU device node becomes a `GpuOpen` with the errno.
@@ -166,7 +172,7 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         _ => None,
     };
     let pid = ev.task.pid;
-    let container = procs.container(ev.task.cgroup_id, pid);
+    let (cgroup, container) = procs.container(ev.task.cgroup_id, pid);
     let (ppid, exe, argv, uid) = match procs.get(pid) {
         Some(p) => (p.ppid, p.exe.clone(), p.argv.clone(), p.uid),
         None => (0, None, Vec::new(), ev.task.uid),
@@ -181,14 +187,12 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         user: procs.user_name(uid).map(str::to_string),
         container_id: container.container_id,
         pod_uid: container.pod_uid,
-        runtime: container.runtime,
+        runtime: container.runtime.map(Into::into),
+        cgroup,
         ancestry: procs.ancestry(pid),
     };
-    Some(Enriched {
-        event: ev,
-        process,
-        weight: file,
-    })
+    let time = crate::clock::boot_to_wall(cx.clock, ev.ts_ns);
+    Some(Enriched { time, event: ev, process, weight: file })
 }
 
 #[cfg(test)]
@@ -232,7 +236,9 @@ mod tests {
         let key: FileKey = files.iter().next().unwrap().id.into();
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
+        let clock = crate::clock::SystemClock;
         let mut cx = Context {
+            clock: &clock,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,
@@ -243,7 +249,7 @@ mod tests {
             bytes: 10,
             total: 10,
             reason: ReadReason::First,
-            syscall: "read",
+            syscall: "read".into(),
         });
         let e = enrich(ev, &mut cx).unwrap();
         assert_eq!(e.weight.as_ref().unwrap().path, path);
@@ -276,7 +282,9 @@ mod tests {
         let (_d, files, path) = setup();
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
+        let clock = crate::clock::SystemClock;
         let mut cx = Context {
+            clock: &clock,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,
@@ -289,7 +297,7 @@ mod tests {
                 dirfd: libc::AT_FDCWD,
                 path: Some(p.into()),
                 bytes: 0,
-                syscall: "unlink",
+                syscall: "unlink".into(),
             })
         };
         let kept = enrich(tamper(path.to_str().unwrap()), &mut cx).unwrap();
@@ -301,7 +309,7 @@ mod tests {
             dirfd: libc::AT_FDCWD,
             flags: 0,
             errno: 13,
-            syscall: "openat",
+            syscall: "openat".into(),
         });
         assert!(enrich(denied, &mut cx).is_none());
     }
@@ -311,7 +319,9 @@ mod tests {
         let (_d, files, _) = setup();
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
+        let clock = crate::clock::SystemClock;
         let mut cx = Context {
+            clock: &clock,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,

@@ -2,10 +2,16 @@
 //!
 //! Data flows through the modules in this order:
 //! `probes` (kernel programs, loading, attach) → `events` (decoded kernel records) →
-//! `state` (watched files, processes, containers) → `enrich` (events with who/what) → output.
+//! `state` (watched files, processes, containers) → `enrich` (events with who/what) →
+//! `rules` (correlation into alerts) → `alerts` (the alert contract, dedup) → sinks.
+//! `agent` runs it live; `replay` runs the same rules over a recording.
 pub mod agent;
+pub mod alerts;
+pub mod clock;
 pub mod config;
 pub mod enrich;
 pub mod events;
 pub mod probes;
+pub mod replay;
+pub mod rules;
 pub mod state;

@@ -1,20 +1,17 @@
-//! `llmwatch`: run the agent, print what the kernel sees, or check what this host supports.
-use std::path::PathBuf;
+//! `llmwatch`: run the agent, record and replay what it sees, check what this host supports.
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use llmwatch::{
-    agent::{Agent, Counting, JsonLines},
-    config::Config,
+    agent::{Agent, AlertsOnly, JsonLines, Output, Sink},
+    clock::{Clock, ShiftedClock, SystemClock},
+    config::{self, Config},
     probes,
 };
 
 #[derive(Parser)]
-#[command(
-    name = "llmwatch",
-    version,
-    about = "Guards AI model weights and the hosts serving them (eBPF)"
-)]
+#[command(name = "llmwatch", version, about = "Guards AI model weights and the hosts serving them (eBPF)")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,18 +19,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (the default when no command is given).
+    /// Run the agent (the default when no command is given): alerts as JSON lines on stdout.
     Run {
         #[command(flatten)]
         opts: RunOpts,
-        /// Print every enriched event as one JSON line on stdout.
+        /// Also print every enriched event as one JSON line on stdout.
         #[arg(long)]
         events: bool,
     },
-    /// Run the agent and print every enriched event as one JSON line (same as `run --events`).
+    /// Run the agent and print every enriched event (and alert) as one JSON line.
     Events {
         #[command(flatten)]
         opts: RunOpts,
+    },
+    /// Run the agent and also write the enriched event stream to FILE (JSON lines) for
+    /// `replay`; alerts go to stdout.
+    Record {
+        file: PathBuf,
+        #[command(flatten)]
+        opts: RunOpts,
+    },
+    /// Run the rules over a recorded event stream and print the alerts (no kernel, no root).
+    Replay {
+        file: PathBuf,
+        /// Configuration to judge with (default: built-in).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration file tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Report which kernel hooks this host allows; exits non-zero when the minimum is missing.
     Check {
@@ -43,9 +59,19 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file: every problem with its key path and line; non-zero exit if any.
+    Validate { file: PathBuf },
+}
+
 #[derive(Args, Default)]
 struct RunOpts {
-    /// Directory to search for weight files (repeatable). Replaces the default locations.
+    /// YAML configuration (docs/configuration.md); reloaded on SIGHUP and when the file changes.
+    /// The options below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory to search for weight files (repeatable). Replaces the configured/default ones.
     #[arg(long = "model-dir", value_name = "DIR")]
     model_dirs: Vec<PathBuf>,
     /// Local port of an inference server whose accepted connections are reported (repeatable).
@@ -53,75 +79,148 @@ struct RunOpts {
     #[arg(long = "inference-port", value_name = "PORT")]
     inference_ports: Vec<u16>,
     /// Report bytes read through a descriptor every this many bytes (plus first read and close).
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    read_report_bytes: u64,
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    read_report_bytes: Option<u64>,
     /// Report bytes sent to one destination every this many bytes (plus first send and exit).
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    send_report_bytes: u64,
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    send_report_bytes: Option<u64>,
     /// Extra character-device major to treat as a GPU/accelerator (repeatable), on top of
     /// NVIDIA 195, DRM 226, accel 261 and the drivers /proc/devices lists.
     #[arg(long = "gpu-major", value_name = "MAJOR")]
     gpu_majors: Vec<u32>,
+    /// Run as if the wall clock read this RFC 3339 instant at start-up (time still flows); for
+    /// testing time-dependent rules such as business hours.
+    #[arg(long, value_name = "TIME")]
+    clock_start: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl RunOpts {
-    fn config(self) -> Config {
-        let mut cfg = Config::default();
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => config::load(path)?,
+            None => Config::default(),
+        };
         if !self.model_dirs.is_empty() {
-            cfg.model_dirs = self
-                .model_dirs
-                .into_iter()
-                .map(|d| std::path::absolute(&d).unwrap_or(d))
-                .collect();
+            cfg.model_dirs = self.model_dirs.iter().map(|d| std::path::absolute(d).unwrap_or(d.clone())).collect();
         }
         if !self.inference_ports.is_empty() {
-            cfg.inference_ports = self.inference_ports;
+            cfg.inference_ports = self.inference_ports.clone();
         }
-        cfg.read_report_bytes = self.read_report_bytes;
-        cfg.send_report_bytes = self.send_report_bytes;
-        cfg.extra_gpu_majors = self.gpu_majors;
-        cfg
+        if let Some(n) = self.read_report_bytes {
+            cfg.read_report_bytes = n;
+        }
+        if let Some(n) = self.send_report_bytes {
+            cfg.send_report_bytes = n;
+        }
+        cfg.extra_gpu_majors.extend(&self.gpu_majors);
+        Ok(cfg)
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        match self.clock_start {
+            Some(t) => Arc::new(ShiftedClock::starting_at(t)),
+            None => Arc::new(SystemClock),
+        }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run {
-        opts: RunOpts::default_cli(),
-        events: false,
-    }) {
-        Command::Run { opts, events } => run(opts.config(), events),
-        Command::Events { opts } => run(opts.config(), true),
+    match cli.command.unwrap_or(Command::Run { opts: RunOpts::default(), events: false }) {
+        Command::Run { opts, events } => run(&opts, if events { Mode::Events } else { Mode::Alerts }),
+        Command::Events { opts } => run(&opts, Mode::Events),
+        Command::Record { file, opts } => run(&opts, Mode::Record(file)),
+        Command::Replay { file, config } => replay(&file, config.as_deref()),
+        Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
         Command::Check { json } => check(json),
     }
 }
 
-impl RunOpts {
-    fn default_cli() -> Self {
-        RunOpts {
-            read_report_bytes: 1 << 20,
-            send_report_bytes: 1 << 20,
-            ..Default::default()
+enum Mode {
+    Alerts,
+    Events,
+    Record(PathBuf),
+}
+
+/// Events and status lines to the recording, alerts to stdout.
+struct Recorder<F: std::io::Write, O: std::io::Write> {
+    file: JsonLines<F>,
+    alerts: AlertsOnly<O>,
+}
+
+impl<F: std::io::Write, O: std::io::Write> Sink for Recorder<F, O> {
+    fn emit(&mut self, out: Output<'_>) {
+        match out {
+            Output::Alert(_) => self.alerts.emit(out),
+            other => self.file.emit(other),
         }
+    }
+    fn flush(&mut self) {
+        self.file.flush();
+        self.alerts.flush();
     }
 }
 
-fn run(cfg: Config, events: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
+    let cfg = opts.config()?;
+    let clock = opts.clock();
+    let config_path = opts.config.as_ref().map(|p| std::path::absolute(p).unwrap_or(p.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let agent = Agent::start(cfg)?;
-        if events {
-            let stdout = std::io::stdout();
-            let mut sink = JsonLines::new(std::io::BufWriter::new(stdout.lock()));
-            agent.run(&mut sink).await
-        } else {
-            let mut sink = Counting::default();
-            agent.run(&mut sink).await
+        let agent = Agent::start(cfg, config_path, clock)?;
+        let stdout = std::io::stdout();
+        match mode {
+            Mode::Events => agent.run(&mut JsonLines::new(std::io::BufWriter::new(stdout.lock()))).await,
+            Mode::Alerts => agent.run(&mut AlertsOnly::new(std::io::BufWriter::new(stdout.lock()))).await,
+            Mode::Record(path) => {
+                let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let mut sink = Recorder {
+                    file: JsonLines::new(std::io::BufWriter::new(file)),
+                    alerts: AlertsOnly::new(std::io::BufWriter::new(stdout.lock())),
+                };
+                agent.run(&mut sink).await
+            }
         }
     })
+}
+
+fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut cfg = match config {
+        Some(p) => config::load(p)?,
+        None => Config::default(),
+    };
+    cfg.egress.resolve();
+    let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |a| {
+        if serde_json::to_writer(&mut out, a).is_ok() {
+            let _ = std::io::Write::write_all(&mut out, b"\n");
+        }
+    })?;
+    std::io::Write::flush(&mut out)?;
+    eprintln!(
+        "replayed {} lines: {} events, {} event-loss reports, {} alerts, {} lines skipped",
+        stats.lines, stats.events, stats.losses, stats.alerts, stats.bad_lines
+    );
+    for e in &stats.errors {
+        eprintln!("  {e}");
+    }
+    Ok(())
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    match config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// The capability report: each program type tried for real, then the agent's own hooks.

@@ -8,7 +8,10 @@ use llmwatch_common::{
     event::{self as raw, EventHeader, kind, read_reason, tamper_op},
     syscalls,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// A short name that is static when decoded live and owned when read back from a recording.
+pub type Name = std::borrow::Cow<'static, str>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -25,7 +28,7 @@ pub enum DecodeError {
 }
 
 /// Who did it, as captured in the kernel at event time.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
@@ -36,7 +39,7 @@ pub struct Task {
 }
 
 /// A file identity in kernel encoding.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey {
     pub dev: u32,
     pub ino: u64,
@@ -61,7 +64,7 @@ impl From<FileKey> for raw::FileId {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadReason {
     First,
@@ -85,7 +88,7 @@ impl ReadReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TamperOp {
     Write,
@@ -114,7 +117,7 @@ impl TamperOp {
 }
 
 /// What happened. Field names are part of the JSON event stream users and rules read.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     FileOpen {
@@ -122,14 +125,14 @@ pub enum EventKind {
         fd: i32,
         flags: u32,
         size: u64,
-        syscall: &'static str,
+        syscall: Name,
     },
     FileOpenDenied {
         path: String,
         dirfd: i32,
         flags: u32,
         errno: i32,
-        syscall: &'static str,
+        syscall: Name,
     },
     FileRead {
         file: FileKey,
@@ -137,7 +140,7 @@ pub enum EventKind {
         bytes: u64,
         total: u64,
         reason: ReadReason,
-        syscall: &'static str,
+        syscall: Name,
     },
     FileMmap {
         file: FileKey,
@@ -156,19 +159,19 @@ pub enum EventKind {
         dirfd: i32,
         path: Option<String>,
         bytes: u64,
-        syscall: &'static str,
+        syscall: Name,
     },
     NetConnect {
         dest: IpAddr,
         port: u16,
-        proto: &'static str,
+        proto: Name,
         fd: i32,
         in_progress: bool,
     },
     NetSend {
         dest: IpAddr,
         port: u16,
-        proto: &'static str,
+        proto: Name,
         bytes: u64,
         total: u64,
         reason: ReadReason,
@@ -190,6 +193,8 @@ pub enum EventKind {
     ProcExit {
         exit_code: u32,
     },
+    /// A process attached to or read/wrote another's memory (ptrace, process_vm_*, /proc/<pid>/mem).
+    ProcAccess { target_pid: u32, op: Name, bytes: u64 },
     /// A process opened (or, with `errno`, tried to open) a GPU/accelerator device node.
     GpuOpen {
         major: u32,
@@ -205,7 +210,7 @@ pub enum EventKind {
     },
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// CLOCK_BOOTTIME nanoseconds.
     pub ts_ns: u64,
@@ -281,7 +286,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 fd: e.fd,
                 flags: e.flags,
                 size: e.size,
-                syscall: syscalls::name(e.syscall as u64),
+                syscall: syscalls::name(e.syscall as u64).into(),
             }
         }
         kind::FILE_OPEN_DENIED => {
@@ -291,7 +296,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 dirfd: e.dirfd,
                 flags: e.flags,
                 errno: -e.ret,
-                syscall: syscalls::name(e.syscall as u64),
+                syscall: syscalls::name(e.syscall as u64).into(),
             }
         }
         kind::FILE_READ => {
@@ -304,9 +309,9 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 total: e.total,
                 reason,
                 syscall: if reason == ReadReason::IoUring {
-                    "io_uring"
+                    "io_uring".into()
                 } else {
-                    syscalls::name(e.syscall as u64)
+                    syscalls::name(e.syscall as u64).into()
                 },
             }
         }
@@ -333,7 +338,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 dirfd: e.dirfd,
                 path: (!by_fd).then(|| cstr(&e.path)),
                 bytes: e.bytes,
-                syscall: syscalls::name(e.syscall as u64),
+                syscall: syscalls::name(e.syscall as u64).into(),
             }
         }
         kind::NET_CONNECT => {
@@ -341,7 +346,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             EventKind::NetConnect {
                 dest: ip(e.family, e.addr),
                 port: e.port,
-                proto: sock_type_name(e.sock_type),
+                proto: sock_type_name(e.sock_type).into(),
                 fd: e.fd,
                 in_progress: e.ret != 0,
             }
@@ -351,7 +356,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             EventKind::NetSend {
                 dest: ip(e.family, e.addr),
                 port: e.port,
-                proto: proto_name(e.protocol),
+                proto: proto_name(e.protocol).into(),
                 bytes: e.bytes,
                 total: e.total,
                 reason: ReadReason::from_raw(e.reason),
@@ -398,6 +403,18 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 flags: e.flags,
                 errno: None,
             }
+        }
+        kind::PROC_ACCESS => {
+            let e: raw::ProcAccessEvent = read_as(buf, "proc_access")?;
+            let op = match e.op {
+                raw::access_op::PTRACE_ATTACH => "ptrace_attach",
+                raw::access_op::PTRACE_SEIZE => "ptrace_seize",
+                raw::access_op::PROCESS_VM_READV => "process_vm_readv",
+                raw::access_op::PROCESS_VM_WRITEV => "process_vm_writev",
+                raw::access_op::PROC_MEM_OPEN => "proc_mem_open",
+                _ => "unknown",
+            };
+            EventKind::ProcAccess { target_pid: e.target_pid, op: op.into(), bytes: e.bytes }
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -471,7 +488,7 @@ mod tests {
                 bytes: 4096,
                 total: 8192,
                 reason: ReadReason::Progress,
-                syscall: "pread64"
+                syscall: "pread64".into()
             }
         );
         let json = serde_json::to_value(&ev).unwrap();
@@ -521,7 +538,7 @@ mod tests {
         };
         let ev = decode(&encode(&rec)).unwrap();
         assert!(
-            matches!(ev.kind, EventKind::NetSend { dest, port: 9000, proto: "tcp", .. } if dest == IpAddr::from([127,0,0,1]))
+            matches!(ev.kind, EventKind::NetSend { dest, port: 9000, ref proto, .. } if dest == IpAddr::from([127,0,0,1]) && proto == "tcp")
         );
         let rec6 = raw::NetConnectEvent {
             hdr: hdr(kind::NET_CONNECT),
@@ -539,7 +556,7 @@ mod tests {
             EventKind::NetConnect {
                 dest: "::1".parse().unwrap(),
                 port: 443,
-                proto: "udp",
+                proto: "udp".into(),
                 fd: 5,
                 in_progress: true
             }
@@ -601,7 +618,7 @@ mod tests {
                 dirfd: -100,
                 path: Some("model.safetensors".into()),
                 bytes: 0,
-                syscall: "unlinkat"
+                syscall: "unlinkat".into()
             }
         );
     }

@@ -425,6 +425,10 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), 
     o.mm_arg_start = f("mm_struct", "arg_start")?;
     o.mm_arg_end = f("mm_struct", "arg_end")?;
     o.bprm_filename = f("linux_binprm", "filename")?;
+    o.sb_magic = f("super_block", "s_magic")?;
+    o.file_dentry = f("file", "f_path.dentry")?;
+    o.dentry_name = f("dentry", "d_name.name")?;
+    o.dentry_parent = f("dentry", "d_parent")?;
 
     let mut missing = Vec::new();
     let optional: [(&mut u32, &str, &str, &'static str); 3] = [

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::container::{self, ContainerInfo};
 use crate::events::{Event, EventKind};
@@ -31,18 +31,19 @@ pub struct ProcessInfo {
     pub exited_at: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
 }
 
 #[derive(Default)]
 pub struct ProcessTable {
     procs: HashMap<u32, ProcessInfo>,
-    containers: HashMap<u64, ContainerInfo>,
+    /// cgroup id -> (cgroup path, container identity).
+    containers: HashMap<u64, (String, ContainerInfo)>,
     users: HashMap<u32, String>,
     cgroups: CgroupIndex,
 }
@@ -244,22 +245,19 @@ impl ProcessTable {
     /// Container of the cgroup the kernel captured at event time. A cgroup v2 id is the inode
     /// number of the cgroup's directory, so it resolves even after the process is gone (and is
     /// right even if the pid was reused); /proc/<pid>/cgroup is the fallback.
-    pub fn container(&mut self, cgroup_id: u64, pid: u32) -> ContainerInfo {
-        if let Some(c) = self.containers.get(&cgroup_id) {
-            return c.clone();
+    pub fn container(&mut self, cgroup_id: u64, pid: u32) -> (Option<String>, ContainerInfo) {
+        if let Some((path, c)) = self.containers.get(&cgroup_id) {
+            return (Some(path.clone()), c.clone());
         }
-        let path = self
-            .cgroups
-            .path(cgroup_id)
-            .or_else(|| container::cgroup_path_of(pid).ok());
+        let path = self.cgroups.path(cgroup_id).or_else(|| container::cgroup_path_of(pid).ok());
         match path {
             Some(path) => {
                 let info = container::parse_cgroup_path(&path);
-                self.containers.insert(cgroup_id, info.clone());
-                info
+                self.containers.insert(cgroup_id, (path.clone(), info.clone()));
+                (Some(path), info)
             }
             // Unknown: don't cache a guess.
-            None => ContainerInfo::default(),
+            None => (None, ContainerInfo::default()),
         }
     }
 

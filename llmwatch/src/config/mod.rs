@@ -1,0 +1,236 @@
+//! Agent settings: built-in defaults that work with no file, and the YAML file that overrides
+//! them (`docs/configuration.md` describes every key).
+//!
+//! Loading is all-or-nothing: every problem in a file is collected in one pass (each with its
+//! dotted key path and line) and any problem rejects the file, so a typo can never leave the
+//! agent running on a half-applied configuration.
+pub mod defaults;
+pub mod rules;
+mod types;
+mod validate;
+mod values;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use rules::{
+    BasicRule, BulkRead, ClientFlood, Exfiltration, InferenceExec, OffHours, RULE_IDS, RuleCommon, Rules,
+    SpawnStorm, UnexpectedReader,
+};
+pub use types::{
+    BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, Maintenance, Pattern,
+    ProcessFacts, ServerIdentity, Severity, UserRef,
+};
+
+use crate::state::files::default_roots;
+
+/// Local ports whose accepted connections are reported: vLLM/TGI/Triton HTTP (8000, 8080),
+/// Triton gRPC/metrics (8001, 8002), Ollama (11434), llama.cpp server (8080), SGLang (30000).
+pub const DEFAULT_INFERENCE_PORTS: &[u16] = &[8000, 8001, 8002, 8080, 11434, 30000];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Directories searched for weight files.
+    pub model_dirs: Vec<PathBuf>,
+    pub inference_ports: Vec<u16>,
+    /// Kernel reports bytes read per descriptor every this many bytes (and on first read/close).
+    pub read_report_bytes: u64,
+    /// Same for bytes sent per destination.
+    pub send_report_bytes: u64,
+    /// Extra GPU/accelerator majors beyond the fixed and /proc/devices ones.
+    pub extra_gpu_majors: Vec<u32>,
+    /// How often in-kernel counters of live processes are swept into events.
+    pub flush_interval: Duration,
+    /// Name of this host on alerts.
+    pub host: String,
+    /// Known-good hashes of weight files (`sha256sum` format).
+    pub manifest: Option<PathBuf>,
+    /// Inference servers, first match wins.
+    pub servers: Vec<ServerIdentity>,
+    /// Where inference servers may connect.
+    pub egress: EgressAllow,
+    pub business_hours: BusinessHours,
+    /// Programs that may use GPUs (globs on comm, exe path or exe file name).
+    pub gpu_allow: Vec<Pattern>,
+    pub exfil_tools: Vec<ExfilTool>,
+    pub rules: Rules,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model_dirs: default_roots(),
+            inference_ports: DEFAULT_INFERENCE_PORTS.to_vec(),
+            read_report_bytes: 1 << 20,
+            send_report_bytes: 1 << 20,
+            extra_gpu_majors: Vec::new(),
+            flush_interval: Duration::from_secs(5),
+            host: defaults::hostname(),
+            manifest: None,
+            servers: defaults::servers(),
+            egress: EgressAllow::default_allow(),
+            business_hours: BusinessHours::default(),
+            gpu_allow: defaults::gpu_allow(),
+            exfil_tools: defaults::exfil_tools(),
+            rules: Rules::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The first server identity the process matches.
+    pub fn server_for(&self, p: &ProcessFacts) -> Option<&ServerIdentity> {
+        self.servers.iter().find(|s| s.matches(p))
+    }
+
+    /// Whether a program may use GPUs: a `gpu.allow` glob matches its comm (see
+    /// `Pattern::matches_comm`), its exe path or its exe file name.
+    pub fn gpu_allowed(&self, comm: &str, exe: Option<&str>) -> bool {
+        self.gpu_allow.iter().any(|p| {
+            p.matches_comm(comm) || exe.is_some_and(|e| p.matches(e) || p.matches(types::basename(e)))
+        })
+    }
+
+    /// The exfiltration tool a program is (see `ExfilTool::matches`).
+    pub fn exfil_tool_for(&self, exe_or_comm: &str, argv: &[String]) -> Option<&ExfilTool> {
+        self.exfil_tools.iter().find(|t| t.matches(exe_or_comm, argv))
+    }
+}
+
+impl EgressAllow {
+    /// Only DNS (any destination, port 53). Private ranges are not allowed by default: an
+    /// attacker's staging box is as likely to sit in 10.0.0.0/8 as anywhere.
+    pub fn default_allow() -> Self {
+        EgressAllow::new(vec![EgressEntry {
+            target: EgressTarget::Any,
+            port: Some(53),
+        }])
+    }
+}
+
+impl Default for BusinessHours {
+    /// Monday to Friday, 08:00 to 20:00 in the host's time zone.
+    fn default() -> Self {
+        use chrono::Weekday::*;
+        BusinessHours {
+            tz: defaults::local_timezone(),
+            days: vec![Mon, Tue, Wed, Thu, Fri],
+            start: chrono::NaiveTime::from_hms_opt(8, 0, 0).expect("valid time"),
+            end: chrono::NaiveTime::from_hms_opt(20, 0, 0),
+            maintenance: Vec::new(),
+        }
+    }
+}
+
+/// One mistake in a configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Problem {
+    /// Dotted key path: `rules.weight.bulk_read.min_fraction`, `egress.allow[2]`; empty for the
+    /// file as a whole (a YAML syntax error).
+    pub path: String,
+    /// 1-based line in the file.
+    pub line: Option<usize>,
+    /// What is wrong, naming the bad value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.path.as_str(), self.line) {
+            ("", Some(l)) => write!(f, "line {l}: {}", self.message),
+            ("", None) => f.write_str(&self.message),
+            (p, Some(l)) => write!(f, "{p} (line {l}): {}", self.message),
+            (p, None) => write!(f, "{p}: {}", self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}", invalid_message(file.as_deref(), problems))]
+    Invalid {
+        file: Option<PathBuf>,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems of an invalid file (none for an I/O error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Io { .. } => &[],
+        }
+    }
+}
+
+fn invalid_message(file: Option<&Path>, problems: &[Problem]) -> String {
+    let n = problems.len();
+    let mut s = match file {
+        Some(f) => format!(
+            "invalid configuration {} ({n} problem{}):",
+            f.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+        None => format!(
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    for p in problems {
+        s.push_str("\n  ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+            file: Some(path.to_path_buf()),
+            problems,
+        },
+        other => other,
+    })
+}
+
+/// Parses configuration text; an empty text (or only comments) gives the defaults. Every
+/// problem is reported, not just the first.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let problems = vec![Problem {
+                path: String::new(),
+                line: Some(e.line),
+                message: format!("YAML syntax: {}", e.message),
+            }];
+            return Err(ConfigError::Invalid { file: None, problems });
+        }
+    };
+    let mut cfg = Config::default();
+    let mut problems = Vec::new();
+    if let Some(root) = root {
+        problems = validate::apply(&root, &mut cfg);
+    }
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(ConfigError::Invalid { file: None, problems })
+    }
+}

@@ -1,0 +1,582 @@
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use chrono::{NaiveTime, TimeZone, Utc, Weekday};
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../deploy/llmwatch.example.yaml");
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// The problem at `path`, which must be the only one there.
+fn at<'a>(ps: &'a [Problem], path: &str) -> &'a Problem {
+    let found: Vec<&Problem> = ps.iter().filter(|p| p.path == path).collect();
+    assert_eq!(found.len(), 1, "one problem at {path} in {ps:#?}");
+    found[0]
+}
+
+fn argv(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+fn facts<'a>(comm: &'a str, exe: Option<&'a str>, argv: &'a [String]) -> ProcessFacts<'a> {
+    ProcessFacts {
+        exe,
+        comm,
+        argv,
+        container_id: None,
+        cgroup: None,
+        uid: 1000,
+        user: Some("vllm"),
+    }
+}
+
+#[test]
+fn example_file_parses() {
+    let c = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.host, "gpu-node-17");
+    assert_eq!(
+        c.model_dirs,
+        [
+            PathBuf::from("/models"),
+            "/var/lib/models".into(),
+            "/data/llm".into()
+        ]
+    );
+    assert_eq!(c.manifest, Some(PathBuf::from("/etc/llmwatch/weights.sha256")));
+    assert_eq!(c.servers.len(), 3);
+    assert_eq!(
+        c.servers[0].users,
+        [UserRef::Name("vllm".into()), UserRef::Uid(1000)]
+    );
+    assert_eq!(c.servers[1].startup_window, Duration::from_secs(900));
+    assert_eq!(c.egress.entries.len(), 6);
+    assert_eq!(c.business_hours.tz, chrono_tz::Europe::Berlin);
+    assert_eq!(c.business_hours.end, NaiveTime::from_hms_opt(20, 0, 0));
+    assert_eq!(c.business_hours.maintenance.len(), 2);
+    // "2026-12-24 09:00" in Berlin (CET, UTC+1).
+    assert_eq!(
+        c.business_hours.maintenance[1].start,
+        Utc.with_ymd_and_hms(2026, 12, 24, 8, 0, 0).unwrap()
+    );
+    assert_eq!(c.extra_gpu_majors, [511]);
+    assert_eq!(c.exfil_tools.len(), 13);
+    assert_eq!(c.read_report_bytes, 1 << 20);
+    assert_eq!(c.flush_interval, Duration::from_secs(5));
+    assert_eq!(c.rules.tamper.common.severity, Severity::Critical);
+    assert_eq!(c.rules.off_hours.common.suppress, Duration::from_secs(1800));
+    assert_eq!(c.rules.exfiltration.window, Duration::from_secs(3600));
+    assert_eq!(c.rules.inference_exec.allow.len(), 3);
+    assert_eq!(c.rules.event_loss.common.suppress, Duration::from_secs(300));
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let d = Config::default();
+    for text in ["", "# only a comment\n", "---\n", "models:\nrules:\n"] {
+        let c = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(c, d, "{text:?}");
+    }
+    assert_eq!(d.inference_ports, DEFAULT_INFERENCE_PORTS);
+    assert_eq!(d.read_report_bytes, 1 << 20);
+    assert_eq!(
+        d.egress.entries,
+        [EgressEntry {
+            target: EgressTarget::Any,
+            port: Some(53)
+        }]
+    );
+    assert!(!d.host.is_empty());
+    assert_eq!(d.rules.bulk_read.min_bytes, 10 << 30);
+    assert_eq!(d.rules.bulk_read.common.severity, Severity::High);
+    assert_eq!(d.rules.unexpected_reader.common.severity, Severity::Medium);
+    assert_eq!(d.rules.exfiltration.common.severity, Severity::Critical);
+    for id in RULE_IDS {
+        let c = d.rules.common(id).unwrap();
+        assert!(c.enabled, "{id}");
+        assert_eq!(c.suppress, Duration::from_secs(600), "{id}");
+    }
+    assert_eq!(RULE_IDS.len(), 13);
+    assert!(d.rules.common("weight.nope").is_none());
+}
+
+#[test]
+fn every_mistake_is_reported_with_path_and_line() {
+    let text = "\
+host: node-1
+models:
+  extra_dir: [/data]
+inference_ports: [8000, 70000]
+servers:
+  - name: bad
+    exe: [\"[\"]
+egress:
+  allow: [\":53\", \"10.0.0.0/33\"]
+business_hours:
+  timezone: Mars/Base
+  start: \"25:00\"
+  maintenance:
+    - {start: 2026-12-02T02:00:00Z, end: 2026-12-01T22:00:00Z}
+rules:
+  weight.bulk_read:
+    min_bytes: -5
+    min_fraction: 1.5
+  weight.bulk_reed: {enabled: false}
+  exfil.tool: {severity: severe}
+";
+    let ps = problems(text);
+    let check = |path: &str, line: usize, needle: &str| {
+        let p = at(&ps, path);
+        assert_eq!(p.line, Some(line), "{p:?}");
+        assert!(p.message.contains(needle), "{p:?} should mention {needle:?}");
+    };
+    check("models.extra_dir", 3, "did you mean \"extra_dirs\"");
+    check("inference_ports[1]", 4, "70000");
+    check("servers[0].exe[0]", 7, "\"[\"");
+    check("egress.allow[1]", 9, "10.0.0.0/33");
+    check("business_hours.timezone", 11, "Mars/Base");
+    check("business_hours.start", 12, "25:00");
+    check("business_hours.maintenance[0].end", 14, "not after start");
+    check("rules.weight.bulk_read.min_bytes", 17, "-5");
+    check("rules.weight.bulk_read.min_fraction", 18, "1.5");
+    check("rules.weight.bulk_reed", 19, "did you mean \"weight.bulk_read\"");
+    check("rules.exfil.tool.severity", 20, "severe");
+    assert_eq!(ps.len(), 11, "{ps:#?}");
+    // The error text lists them all, one per line.
+    let msg = parse(text).unwrap_err().to_string();
+    assert_eq!(msg.lines().count(), 12, "{msg}");
+    assert!(
+        msg.contains("rules.weight.bulk_read.min_fraction (line 18): "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_types_and_misplaced_keys() {
+    let ps = problems(
+        "\
+inference_ports: 8000
+extra_dirs: [/x]
+models: [/models]
+gpu: {extra_majors: [abc]}
+servers:
+  - {name: x, users: [root], exe: []}
+  - {name: y, comm: [z]}
+  - {name: y, comm: [z]}
+kernel: {read_report_bytes: 0, flush_interval: soon}
+rules:
+  gpu.spawn_storm: {max_spawns: 0, per: 0s}
+  weight.tamper: maybe
+  inference.exec: {alow: []}
+exfil_tools: [\"a b c\"]
+host: [a]
+",
+    );
+    assert!(at(&ps, "inference_ports").message.contains("expected a list"));
+    assert!(at(&ps, "extra_dirs").message.contains("models.extra_dirs"));
+    assert!(at(&ps, "models").message.contains("expected a mapping"));
+    assert!(at(&ps, "gpu.extra_majors[0]").message.contains("abc"));
+    assert!(
+        at(&ps, "servers[0]")
+            .message
+            .contains("at least one of exe, comm or argv")
+    );
+    assert!(at(&ps, "servers[2].name").message.contains("\"y\""));
+    assert!(
+        at(&ps, "kernel.read_report_bytes")
+            .message
+            .contains("more than 0")
+    );
+    assert!(at(&ps, "kernel.flush_interval").message.contains("soon"));
+    assert!(at(&ps, "rules.gpu.spawn_storm.max_spawns").message.contains('0'));
+    assert!(at(&ps, "rules.gpu.spawn_storm.per").message.contains("0s"));
+    assert!(at(&ps, "rules.weight.tamper").message.contains("maybe"));
+    assert!(
+        at(&ps, "rules.inference.exec.alow")
+            .message
+            .contains("did you mean \"allow\"")
+    );
+    assert!(at(&ps, "exfil_tools[0]").message.contains("a b c"));
+    assert!(at(&ps, "host").message.contains("got a list"));
+    assert_eq!(ps.len(), 14, "{ps:#?}");
+    // Sorted by line.
+    assert!(ps.windows(2).all(|w| w[0].line <= w[1].line));
+}
+
+#[test]
+fn duplicate_keys_are_reported() {
+    let ps = problems("host: a\nhost: b\n");
+    let p = at(&ps, "host");
+    assert_eq!(p.line, Some(2));
+    assert!(p.message.contains("line 1"), "{p:?}");
+}
+
+#[test]
+fn yaml_syntax_error_reports_its_line() {
+    let ps = problems("host: a\nmodels:\n  dirs: [/models\ninference_ports: [1]\n");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert!(ps[0].path.is_empty());
+    assert!(matches!(ps[0].line, Some(3..=4)), "{ps:?}");
+    let ps = problems("host: a\n  bad: indent\n");
+    assert_eq!(ps[0].line, Some(2), "{ps:?}");
+    let ps = problems("- just\n- a list\n");
+    assert!(ps[0].message.contains("mapping"), "{ps:?}");
+}
+
+#[test]
+fn load_reads_files_and_names_them() {
+    let dir = std::env::temp_dir().join(format!("llmwatch-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "host: h\n").unwrap();
+    assert_eq!(load(&good).unwrap().host, "h");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "hots: h\n").unwrap();
+    let e = load(&bad).unwrap_err();
+    assert!(matches!(&e, ConfigError::Invalid { file: Some(f), .. } if f == &bad));
+    assert!(e.to_string().contains("bad.yaml"), "{e}");
+    assert!(matches!(
+        load(&dir.join("missing.yaml")),
+        Err(ConfigError::Io { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn server_identity_ands_lists_and_ors_entries() {
+    let p = |s: &str| Pattern::new(s).unwrap();
+    let id = ServerIdentity {
+        name: "x".into(),
+        exe: vec![p("*/python3*"), p("*/pypy*")],
+        comm: vec![],
+        argv: vec![p("*serve*")],
+        containers: vec![],
+        cgroups: vec![],
+        users: vec![UserRef::Name("svc".into()), UserRef::Uid(1000)],
+        startup_window: Duration::ZERO,
+    };
+    let a = argv("python3 -m serve");
+    assert!(id.matches(&facts("python3", Some("/usr/bin/python3.11"), &a)));
+    assert!(
+        id.matches(&facts("pypy", Some("/opt/pypy3"), &a)),
+        "second exe entry"
+    );
+    assert!(!id.matches(&facts("python3", None, &a)), "exe unknown");
+    let other = argv("python3 -m train");
+    assert!(
+        !id.matches(&facts("python3", Some("/usr/bin/python3"), &other)),
+        "argv must match too"
+    );
+    let mut f = facts("python3", Some("/usr/bin/python3"), &a);
+    f.uid = 0;
+    f.user = Some("root");
+    assert!(!id.matches(&f), "users must match too");
+    f.user = Some("svc");
+    assert!(id.matches(&f), "by name");
+
+    let mut c = id.clone();
+    c.containers = vec![p("*")];
+    assert!(
+        !c.matches(&facts("python3", Some("/usr/bin/python3"), &a)),
+        "not in a container"
+    );
+    let mut f = facts("python3", Some("/usr/bin/python3"), &a);
+    f.container_id = Some("abc123");
+    assert!(c.matches(&f));
+
+    let empty = ServerIdentity {
+        exe: vec![],
+        argv: vec![],
+        ..id
+    };
+    assert!(
+        !empty.matches(&facts("python3", Some("/usr/bin/python3"), &a)),
+        "no exe/comm/argv"
+    );
+}
+
+#[test]
+fn default_servers_match_known_launches_only() {
+    let c = Config::default();
+    let name = |comm: &str, exe: &str, line: &str| {
+        let a = argv(line);
+        c.server_for(&facts(comm, Some(exe), &a)).map(|s| s.name.clone())
+    };
+    let vllm = "python3 -m vllm.entrypoints.openai.api_server --model x";
+    assert_eq!(
+        name("python3", "/usr/bin/python3.12", vllm).as_deref(),
+        Some("vllm")
+    );
+    assert_eq!(
+        name(
+            "vllm",
+            "/usr/bin/python3.12",
+            "/usr/bin/python3 /usr/local/bin/vllm serve m"
+        )
+        .as_deref(),
+        Some("vllm")
+    );
+    assert_eq!(
+        name("ollama", "/usr/local/bin/ollama", "ollama serve").as_deref(),
+        Some("ollama")
+    );
+    assert_eq!(
+        name(
+            "text-generation",
+            "/usr/local/bin/text-generation-launcher",
+            "text-generation-launcher --model-id m"
+        )
+        .as_deref(),
+        Some("tgi")
+    );
+    assert_eq!(
+        name(
+            "tritonserver",
+            "/opt/tritonserver/bin/tritonserver",
+            "tritonserver --model-repository=/m"
+        )
+        .as_deref(),
+        Some("triton")
+    );
+    assert_eq!(
+        name(
+            "llama-server",
+            "/usr/local/bin/llama-server",
+            "llama-server -m /models/x.gguf"
+        )
+        .as_deref(),
+        Some("llama.cpp")
+    );
+    assert_eq!(
+        name(
+            "python3",
+            "/usr/bin/python3",
+            "python3 -m sglang.launch_server --model-path m"
+        )
+        .as_deref(),
+        Some("sglang")
+    );
+    assert_eq!(name("cat", "/usr/bin/cat", "cat model.bin"), None);
+    assert_eq!(name("cp", "/usr/bin/cp", "cp -r /models/vllm /tmp/x"), None);
+    assert_eq!(name("ollama", "/usr/local/bin/ollama", "ollama list"), None);
+}
+
+#[test]
+fn gpu_allow_matches_comm_exe_or_file_name() {
+    let c = Config::default();
+    assert!(c.gpu_allowed("python3", Some("/usr/bin/python3.11")));
+    assert!(
+        c.gpu_allowed("pt_main_thread", Some("/usr/bin/python3.11")),
+        "exe file name"
+    );
+    assert!(c.gpu_allowed("nvidia-smi", None));
+    assert!(!c.gpu_allowed("xmrig", Some("/tmp/xmrig")));
+    let c = parse("gpu: {allow: [\"*/tritonserver\"]}").unwrap();
+    assert!(c.gpu_allowed("tritonserver", Some("/opt/tritonserver/bin/tritonserver")));
+    assert!(!c.gpu_allowed("python3", Some("/usr/bin/python3")));
+}
+
+#[test]
+fn comm_patterns_match_truncated_names() {
+    let p = Pattern::new("text-generation-launcher").unwrap();
+    assert!(p.matches_comm("text-generation"));
+    assert!(!p.matches_comm("text-generatio"));
+    assert!(
+        !Pattern::new("text-generation-*")
+            .unwrap()
+            .matches_comm("text-generatio")
+    );
+    assert!(Pattern::new("vllm*").unwrap().matches_comm("vllm"));
+}
+
+#[test]
+fn egress_allow_cidrs_ports_and_hosts() {
+    let c = parse(
+        "egress:\n  allow: [\"10.0.0.0/8\", \"fd00::/8\", \":53\", \"localhost:8080\", \"[::1]:9090\", \"192.168.1.5\"]\n",
+    )
+    .unwrap();
+    let mut e = c.egress;
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(e.allows(ip("10.1.2.3"), 443));
+    assert!(
+        e.allows(ip("::ffff:10.1.2.3"), 443),
+        "v4-mapped v6 compares as v4"
+    );
+    assert!(!e.allows(ip("11.1.2.3"), 443));
+    assert!(e.allows(ip("fd12::1"), 1));
+    assert!(!e.allows(ip("fe80::1"), 1));
+    assert!(e.allows(ip("8.8.8.8"), 53), "port-only entry");
+    assert!(!e.allows(ip("8.8.8.8"), 54));
+    assert!(e.allows(ip("::1"), 9090));
+    assert!(!e.allows(ip("::1"), 9091));
+    assert!(e.allows(ip("192.168.1.5"), 22));
+    assert!(!e.allows(ip("192.168.1.6"), 22));
+    // Host entries allow nothing until resolved.
+    assert!(!e.allows(ip("127.0.0.1"), 8080));
+    assert_eq!(e.hosts().collect::<Vec<_>>(), ["localhost"]);
+    e.resolve();
+    assert!(e.allows(ip("127.0.0.1"), 8080), "{:?}", e.resolved);
+    assert!(!e.allows(ip("127.0.0.1"), 8081));
+    assert_eq!(
+        e.allowed_by(ip("127.0.0.1"), 8080).unwrap().to_string(),
+        "localhost:8080"
+    );
+    assert_eq!(e.allowed_by(ip("::1"), 9090).unwrap().to_string(), "[::1]:9090");
+    assert_eq!(e.allowed_by(ip("10.9.9.9"), 1).unwrap().to_string(), "10.0.0.0/8");
+    // Default: DNS only, loopback is outside.
+    let d = EgressAllow::default_allow();
+    assert!(!d.allows(ip("127.0.0.1"), 8080));
+    assert!(!d.allows(ip("10.0.0.1"), 443));
+    assert!(d.allows(ip("1.1.1.1"), 53));
+}
+
+#[test]
+fn business_hours_follow_the_zone_across_dst() {
+    let c = parse(
+        "business_hours: {timezone: Europe/Berlin, days: [Mon, tuesday], start: \"08:00\", end: \"20:00\"}",
+    )
+    .unwrap();
+    let bh = &c.business_hours;
+    assert_eq!(bh.days, [Weekday::Mon, Weekday::Tue]);
+    let utc = |y, mo, d, h, mi| Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+    // Monday 2026-03-23, CET (UTC+1): 08:00 local is 07:00 UTC.
+    assert!(!bh.is_business_time(utc(2026, 3, 23, 6, 59)));
+    assert!(bh.is_business_time(utc(2026, 3, 23, 7, 0)));
+    assert!(bh.is_business_time(utc(2026, 3, 23, 18, 59)));
+    assert!(!bh.is_business_time(utc(2026, 3, 23, 19, 0)));
+    // Monday 2026-03-30, after the switch to CEST (UTC+2): 08:00 local is 06:00 UTC.
+    assert!(bh.is_business_time(utc(2026, 3, 30, 6, 0)));
+    assert!(!bh.is_business_time(utc(2026, 3, 30, 5, 59)));
+    assert!(!bh.is_business_time(utc(2026, 3, 30, 18, 0)));
+    // Wednesday: not a business day.
+    assert!(!bh.is_business_time(utc(2026, 4, 1, 10, 0)));
+}
+
+#[test]
+fn business_hours_until_midnight_overnight_and_maintenance() {
+    let c = parse(
+        "business_hours:
+  timezone: UTC
+  days: [fri]
+  start: \"18:00\"
+  end: \"24:00\"
+  maintenance:
+    - {start: 2026-12-02T22:00:00Z, end: 2026-12-03T02:00:00Z, reason: model rollout}
+",
+    )
+    .unwrap();
+    let bh = &c.business_hours;
+    assert_eq!(bh.end, None);
+    let utc = |y, mo, d, h, mi| Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+    // Friday 2026-12-04.
+    assert!(bh.is_business_time(utc(2026, 12, 4, 23, 59)));
+    assert!(!bh.is_business_time(utc(2026, 12, 5, 0, 0)));
+    assert!(!bh.is_business_time(utc(2026, 12, 4, 17, 59)));
+    // Wednesday night: maintenance.
+    let t = utc(2026, 12, 2, 23, 0);
+    assert!(bh.is_business_time(t));
+    assert!(!bh.in_hours(t));
+    assert_eq!(bh.in_maintenance(t).unwrap().reason, "model rollout");
+    assert!(
+        bh.in_maintenance(utc(2026, 12, 3, 2, 0)).is_none(),
+        "end is exclusive"
+    );
+
+    let night =
+        parse("business_hours: {timezone: UTC, days: [mon], start: \"22:00\", end: \"06:00\"}").unwrap();
+    let bh = &night.business_hours;
+    // Monday 2026-03-23 22:00 to Tuesday 06:00.
+    assert!(bh.is_business_time(utc(2026, 3, 23, 23, 0)));
+    assert!(bh.is_business_time(utc(2026, 3, 24, 5, 59)));
+    assert!(!bh.is_business_time(utc(2026, 3, 24, 6, 0)));
+    assert!(
+        !bh.is_business_time(utc(2026, 3, 23, 5, 0)),
+        "Sunday night is not Monday's shift"
+    );
+
+    let ps = problems("business_hours: {start: \"08:00\", end: \"08:00\", days: [someday]}");
+    assert!(at(&ps, "business_hours.end").message.contains("same time"));
+    assert!(at(&ps, "business_hours.days[0]").message.contains("someday"));
+    let ps = problems("business_hours: {timezone: Europe/Berln}");
+    assert!(
+        at(&ps, "business_hours.timezone")
+            .message
+            .contains("Europe/Berlin")
+    );
+}
+
+#[test]
+fn exfil_tools_match_program_and_subcommand() {
+    let aws = ExfilTool::parse("aws s3").unwrap();
+    assert!(aws.matches("aws", &argv("aws s3 cp /models/x s3://b/")));
+    assert!(aws.matches("aws", &argv("aws --profile prod s3 cp x y")));
+    assert!(!aws.matches("aws", &argv("aws ec2 describe-instances")));
+    assert!(!aws.matches("aws", &argv("aws ec2 describe-instances --filter s3")));
+    let rclone = ExfilTool::parse("rclone").unwrap();
+    assert!(rclone.matches("/usr/bin/rclone", &argv("rclone copy /models remote:")));
+    assert!(rclone.matches("/usr/bin/rclone", &[]));
+    assert!(!rclone.matches("/usr/bin/rsync", &argv("rsync a b")));
+    // A Python console script: argv[0] is the interpreter.
+    let hf = ExfilTool::parse("huggingface-cli upload").unwrap();
+    assert!(hf.matches(
+        "python3.11",
+        &argv("/usr/bin/python3 /usr/local/bin/huggingface-cli upload me/m .")
+    ));
+    assert!(!hf.matches(
+        "python3.11",
+        &argv("/usr/bin/python3 /usr/local/bin/huggingface-cli download me/m")
+    ));
+    // comm is cut to 15 characters.
+    let t = ExfilTool::parse("transmission-cli").unwrap();
+    assert!(t.matches("transmission-cl", &[]));
+    let c = Config::default();
+    assert_eq!(
+        c.exfil_tool_for("gsutil", &argv("gsutil cp a gs://b"))
+            .unwrap()
+            .to_string(),
+        "gsutil"
+    );
+    assert!(
+        c.exfil_tool_for("curl", &argv("curl -T x http://y")).is_none(),
+        "curl is left to correlation"
+    );
+    assert!(c.exfil_tool_for("nc", &argv("nc host 1")).is_none());
+}
+
+#[test]
+fn rule_shorthand_and_overrides() {
+    let c = parse("rules:\n  exfil.tool: false\n  weight.bulk_read: {severity: Critical, suppress: 0, min_bytes: 512MiB}\n")
+        .unwrap();
+    assert!(!c.rules.common("exfil.tool").unwrap().enabled);
+    assert_eq!(c.rules.bulk_read.common.severity, Severity::Critical);
+    assert_eq!(c.rules.bulk_read.common.suppress, Duration::ZERO);
+    assert_eq!(c.rules.bulk_read.min_bytes, 512 << 20);
+    assert_eq!(
+        serde_json::to_string(&Severity::Critical).unwrap(),
+        "\"critical\""
+    );
+    let c = parse("inference_ports: [8000, 9000, 8000]\nmodels: {dirs: [/a], extra_dirs: [/a, /b]}").unwrap();
+    assert_eq!(c.inference_ports, [8000, 9000]);
+    assert_eq!(c.model_dirs, [PathBuf::from("/a"), "/b".into()]);
+}
+
+#[test]
+fn local_timezone_sources_in_order() {
+    use super::defaults::local_timezone_from as tz;
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(tz(s(":Europe/Paris"), s("UTC"), None), chrono_tz::Europe::Paris);
+    assert_eq!(
+        tz(s("CET-1CEST"), s("Asia/Tokyo\n"), None),
+        chrono_tz::Asia::Tokyo
+    );
+    assert_eq!(
+        tz(None, None, s("../usr/share/zoneinfo/America/New_York")),
+        chrono_tz::America::New_York
+    );
+    assert_eq!(tz(None, None, None), chrono_tz::UTC);
+}

@@ -1,0 +1,853 @@
+//! Walks the YAML tree, applies each known key onto a default `Config` and collects every
+//! problem on the way (a bad value leaves the default in place, so checking goes on and later
+//! problems are found too; the caller discards the config when any problem was found).
+use std::{path::PathBuf, time::Duration};
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+
+use super::{
+    Config, ExfilTool, Maintenance, Pattern, Problem, RULE_IDS, RuleCommon, ServerIdentity, UserRef,
+    defaults::DEFAULT_STARTUP_WINDOW,
+    rules::{self, COMMON_KEYS, rule_keys},
+    values,
+    yaml::{Node, Value},
+};
+
+const TOP: &[&str] = &[
+    "host",
+    "models",
+    "inference_ports",
+    "servers",
+    "egress",
+    "business_hours",
+    "gpu",
+    "exfil_tools",
+    "kernel",
+    "rules",
+];
+const MODELS: &[&str] = &["dirs", "extra_dirs", "manifest"];
+const SERVER: &[&str] = &[
+    "name",
+    "exe",
+    "comm",
+    "argv",
+    "containers",
+    "cgroups",
+    "users",
+    "startup_window",
+];
+const EGRESS: &[&str] = &["allow"];
+const HOURS: &[&str] = &["timezone", "days", "start", "end", "maintenance"];
+const MAINTENANCE: &[&str] = &["start", "end", "reason"];
+const GPU: &[&str] = &["allow", "extra_majors"];
+const KERNEL: &[&str] = &["read_report_bytes", "send_report_bytes", "flush_interval"];
+
+/// Every mapping's keys, to point a key written in the wrong place to where it belongs.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("", TOP),
+    ("models", MODELS),
+    ("servers[]", SERVER),
+    ("egress", EGRESS),
+    ("business_hours", HOURS),
+    ("business_hours.maintenance[]", MAINTENANCE),
+    ("gpu", GPU),
+    ("kernel", KERNEL),
+];
+
+pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
+    let mut c = Checker::default();
+    c.root(root, cfg);
+    c.problems
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The set keys of one mapping (null values, meaning "not set", left out).
+struct Fields<'n> {
+    entries: Vec<(&'n str, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_null())
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn bad(&mut self, path: &str, node: &Node, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            line: Some(node.line),
+            message: message.into(),
+        });
+    }
+
+    /// Runs `f`; Some(its value) only when it reported no problem.
+    fn clean<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        let before = self.problems.len();
+        let v = f(self);
+        (self.problems.len() == before).then_some(v)
+    }
+
+    /// The keys of a mapping; unknown and repeated keys are reported. `section` names the
+    /// mapping in `SECTIONS`.
+    fn fields<'n>(&mut self, path: &str, node: &'n Node, known: &[&str], section: &str) -> Fields<'n> {
+        let mut f = Fields { entries: Vec::new() };
+        match &node.value {
+            _ if node.is_null() => {}
+            Value::Map(entries) => {
+                let mut seen: Vec<(&str, usize)> = Vec::new();
+                for (k, v) in entries {
+                    let Some(name) = k.scalar() else {
+                        self.bad(path, k, format!("a key must be a name, got {}", k.describe()));
+                        continue;
+                    };
+                    let kp = join(path, name);
+                    if let Some((_, line)) = seen.iter().find(|(n, _)| *n == name) {
+                        self.bad(&kp, k, format!("{name:?} is set twice (also on line {line})"));
+                        continue;
+                    }
+                    seen.push((name, k.line));
+                    if known.contains(&name) {
+                        f.entries.push((name, v));
+                    } else {
+                        self.bad(&kp, k, unknown_key(name, known, section));
+                    }
+                }
+            }
+            _ => self.bad(
+                path,
+                node,
+                format!("expected a mapping (key: value), got {}", node.describe()),
+            ),
+        }
+        f
+    }
+
+    fn scalar<'n>(&mut self, path: &str, node: &'n Node, what: &str) -> Option<&'n str> {
+        let s = node.scalar();
+        if s.is_none() {
+            self.bad(path, node, format!("expected {what}, got {}", node.describe()));
+        }
+        s
+    }
+
+    fn value<T>(
+        &mut self,
+        path: &str,
+        node: &Node,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let s = self.scalar(path, node, what)?;
+        parse(s).map_err(|m| self.bad(path, node, m)).ok()
+    }
+
+    /// Sets `slot` from `key` when the key is set and valid.
+    fn set<T>(
+        &mut self,
+        fields: &Fields,
+        path: &str,
+        key: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        slot: &mut T,
+    ) {
+        if let Some(n) = fields.get(key)
+            && let Some(v) = self.value(&join(path, key), n, what, parse)
+        {
+            *slot = v;
+        }
+    }
+
+    /// The items of a list with their paths; None (reported) when the node is not a list.
+    fn items<'n>(&mut self, path: &str, node: &'n Node) -> Option<Vec<(String, &'n Node)>> {
+        match &node.value {
+            Value::Seq(items) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("{path}[{i}]"), n))
+                    .collect(),
+            ),
+            _ if node.is_null() => Some(Vec::new()),
+            Value::Scalar { text, .. } => {
+                self.bad(
+                    path,
+                    node,
+                    format!("expected a list, got {text:?} (write [{text:?}] for one item)"),
+                );
+                None
+            }
+            _ => {
+                self.bad(path, node, format!("expected a list, got {}", node.describe()));
+                None
+            }
+        }
+    }
+
+    /// A list of scalars; None when the node or any item is bad (so a half-read list never
+    /// replaces a default).
+    fn list<T>(
+        &mut self,
+        path: &str,
+        node: &Node,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let items = self.items(path, node)?;
+        let out: Vec<Option<T>> = items
+            .iter()
+            .map(|(p, n)| self.value(p, n, what, &parse))
+            .collect();
+        out.into_iter().collect()
+    }
+
+    fn set_list<T>(
+        &mut self,
+        fields: &Fields,
+        path: &str,
+        key: &str,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+        slot: &mut Vec<T>,
+    ) {
+        if let Some(n) = fields.get(key)
+            && let Some(v) = self.list(&join(path, key), n, what, parse)
+        {
+            *slot = v;
+        }
+    }
+
+    fn root(&mut self, root: &Node, cfg: &mut Config) {
+        if !matches!(root.value, Value::Map(_)) && !root.is_null() {
+            self.bad(
+                "",
+                root,
+                format!(
+                    "the file must be a mapping of keys (host:, models:, ...), got {}",
+                    root.describe()
+                ),
+            );
+            return;
+        }
+        let f = self.fields("", root, TOP, "");
+        self.set(&f, "", "host", "a host name", non_empty, &mut cfg.host);
+        if let Some(n) = f.get("models") {
+            self.models(n, cfg);
+        }
+        self.set_list(
+            &f,
+            "",
+            "inference_ports",
+            "a port",
+            values::port,
+            &mut cfg.inference_ports,
+        );
+        let mut seen = Vec::new();
+        cfg.inference_ports.retain(|p| {
+            !seen.contains(p) && {
+                seen.push(*p);
+                true
+            }
+        });
+        if let Some(n) = f.get("servers") {
+            self.servers(n, cfg);
+        }
+        if let Some(n) = f.get("egress") {
+            let e = self.fields("egress", n, EGRESS, "egress");
+            self.set_list(
+                &e,
+                "egress",
+                "allow",
+                "an address, network, host or :port",
+                values::egress_entry,
+                &mut cfg.egress.entries,
+            );
+        }
+        if let Some(n) = f.get("business_hours") {
+            self.business_hours(n, cfg);
+        }
+        if let Some(n) = f.get("gpu") {
+            let g = self.fields("gpu", n, GPU, "gpu");
+            self.set_list(&g, "gpu", "allow", "a glob", glob, &mut cfg.gpu_allow);
+            let major = |s: &str| values::integer(s, 1, 4095).map(|v| v as u32);
+            self.set_list(
+                &g,
+                "gpu",
+                "extra_majors",
+                "a device major (1..=4095)",
+                major,
+                &mut cfg.extra_gpu_majors,
+            );
+        }
+        self.set_list(
+            &f,
+            "",
+            "exfil_tools",
+            "a program",
+            ExfilTool::parse,
+            &mut cfg.exfil_tools,
+        );
+        if let Some(n) = f.get("kernel") {
+            let k = self.fields("kernel", n, KERNEL, "kernel");
+            self.set(
+                &k,
+                "kernel",
+                "read_report_bytes",
+                "a size",
+                positive_size,
+                &mut cfg.read_report_bytes,
+            );
+            self.set(
+                &k,
+                "kernel",
+                "send_report_bytes",
+                "a size",
+                positive_size,
+                &mut cfg.send_report_bytes,
+            );
+            self.set(
+                &k,
+                "kernel",
+                "flush_interval",
+                "a duration",
+                positive_duration,
+                &mut cfg.flush_interval,
+            );
+        }
+        if let Some(n) = f.get("rules") {
+            self.rules(n, cfg);
+        }
+    }
+
+    fn models(&mut self, node: &Node, cfg: &mut Config) {
+        let f = self.fields("models", node, MODELS, "models");
+        self.set_list(
+            &f,
+            "models",
+            "dirs",
+            "a directory",
+            absolute_path,
+            &mut cfg.model_dirs,
+        );
+        let mut extra = Vec::new();
+        self.set_list(
+            &f,
+            "models",
+            "extra_dirs",
+            "a directory",
+            absolute_path,
+            &mut extra,
+        );
+        for d in extra {
+            if !cfg.model_dirs.contains(&d) {
+                cfg.model_dirs.push(d);
+            }
+        }
+        if let Some(n) = f.get("manifest") {
+            cfg.manifest = self.value("models.manifest", n, "a file path", absolute_path);
+        }
+    }
+
+    fn servers(&mut self, node: &Node, cfg: &mut Config) {
+        let Some(items) = self.items("servers", node) else {
+            return;
+        };
+        let parsed = self.clean(|c| {
+            let mut out: Vec<ServerIdentity> = Vec::new();
+            for (p, n) in &items {
+                let Some(s) = c.clean(|c| c.server(p, n)).flatten() else {
+                    continue;
+                };
+                if out.iter().any(|o| o.name == s.name) {
+                    c.bad(
+                        &join(p, "name"),
+                        n,
+                        format!("another server is already named {:?}", s.name),
+                    );
+                }
+                out.push(s);
+            }
+            out
+        });
+        if let Some(servers) = parsed {
+            cfg.servers = servers;
+        }
+    }
+
+    fn server(&mut self, path: &str, node: &Node) -> Option<ServerIdentity> {
+        if !matches!(node.value, Value::Map(_)) {
+            self.bad(
+                path,
+                node,
+                format!(
+                    "expected a server (name:, exe:, comm:, argv:, ...), got {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        let f = self.fields(path, node, SERVER, "servers[]");
+        let name = match f.get("name") {
+            Some(n) => self.value(&join(path, "name"), n, "a name", non_empty),
+            None => {
+                self.bad(path, node, "missing name");
+                None
+            }
+        };
+        let mut globs = |key: &str| {
+            f.get(key)
+                .and_then(|n| self.list(&join(path, key), n, "a glob", glob))
+                .unwrap_or_default()
+        };
+        let (exe, comm, argv) = (globs("exe"), globs("comm"), globs("argv"));
+        let (containers, cgroups) = (globs("containers"), globs("cgroups"));
+        let users = f
+            .get("users")
+            .and_then(|n| self.list(&join(path, "users"), n, "a user name or uid", user_ref))
+            .unwrap_or_default();
+        let mut startup_window = DEFAULT_STARTUP_WINDOW;
+        self.set(
+            &f,
+            path,
+            "startup_window",
+            "a duration",
+            values::duration,
+            &mut startup_window,
+        );
+        let selectors = ["exe", "comm", "argv"];
+        let unset = |k: &&str| {
+            f.get(k)
+                .is_none_or(|n| matches!(&n.value, Value::Seq(v) if v.is_empty()))
+        };
+        if selectors.iter().all(unset) {
+            self.bad(
+                path,
+                node,
+                "needs at least one of exe, comm or argv: containers, cgroups and users alone would make \
+                 every process there an inference server",
+            );
+        }
+        Some(ServerIdentity {
+            name: name?,
+            exe,
+            comm,
+            argv,
+            containers,
+            cgroups,
+            users,
+            startup_window,
+        })
+    }
+
+    fn business_hours(&mut self, node: &Node, cfg: &mut Config) {
+        let p = "business_hours";
+        let f = self.fields(p, node, HOURS, p);
+        let bh = &mut cfg.business_hours;
+        self.set(&f, p, "timezone", "a time zone", time_zone, &mut bh.tz);
+        if let Some(n) = f.get("days")
+            && let Some(mut days) = self.list("business_hours.days", n, "a day", values::weekday)
+        {
+            let mut seen = Vec::new();
+            days.retain(|d| {
+                !seen.contains(d) && {
+                    seen.push(*d);
+                    true
+                }
+            });
+            bh.days = days;
+        }
+        let start = f.get("start").and_then(|n| {
+            self.value("business_hours.start", n, "a time (HH:MM)", |s| {
+                values::time_of_day(s, false)
+            })
+        });
+        let end = f.get("end").and_then(|n| {
+            self.value("business_hours.end", n, "a time (HH:MM)", |s| {
+                values::time_of_day(s, true)
+            })
+        });
+        if let Some(Some(s)) = start {
+            bh.start = s;
+        }
+        if let Some(e) = end {
+            bh.end = e;
+        }
+        if (start.is_some() || end.is_some()) && bh.end == Some(bh.start) {
+            let n = f.get("end").or(f.get("start")).unwrap_or(node);
+            let at = if f.get("end").is_some() {
+                "business_hours.end"
+            } else {
+                "business_hours.start"
+            };
+            self.bad(
+                at,
+                n,
+                "start and end are the same time; for all day write start: \"00:00\", end: \"24:00\"",
+            );
+        }
+        if let Some(n) = f.get("maintenance") {
+            let tz = bh.tz;
+            let Some(items) = self.items("business_hours.maintenance", n) else {
+                return;
+            };
+            let parsed: Vec<Option<Maintenance>> = items
+                .iter()
+                .map(|(p, n)| self.clean(|c| c.maintenance(p, n, tz)).flatten())
+                .collect();
+            if let Some(m) = parsed.into_iter().collect::<Option<Vec<_>>>() {
+                cfg.business_hours.maintenance = m;
+            }
+        }
+    }
+
+    fn maintenance(&mut self, path: &str, node: &Node, tz: chrono_tz::Tz) -> Option<Maintenance> {
+        if !matches!(node.value, Value::Map(_)) {
+            self.bad(
+                path,
+                node,
+                format!(
+                    "expected a window (start:, end:, reason:), got {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        let f = self.fields(path, node, MAINTENANCE, "business_hours.maintenance[]");
+        let mut at = |key: &str| match f.get(key) {
+            Some(n) => self
+                .value(&join(path, key), n, "a date and time", |s| date_time(s, tz))
+                .map(|t| (t, n)),
+            None => {
+                self.bad(path, node, format!("missing {key}"));
+                None
+            }
+        };
+        let (start, end) = (at("start"), at("end"));
+        let mut reason = String::new();
+        self.set(&f, path, "reason", "a text", |s| Ok(s.to_string()), &mut reason);
+        let ((start, _), (end, end_node)) = (start?, end?);
+        if end <= start {
+            self.bad(
+                &join(path, "end"),
+                end_node,
+                format!(
+                    "end {} is not after start {}",
+                    end.to_rfc3339(),
+                    start.to_rfc3339()
+                ),
+            );
+            return None;
+        }
+        Some(Maintenance { start, end, reason })
+    }
+
+    fn rules(&mut self, node: &Node, cfg: &mut Config) {
+        let Value::Map(entries) = &node.value else {
+            self.bad(
+                "rules",
+                node,
+                format!("expected a mapping of rule ids, got {}", node.describe()),
+            );
+            return;
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in entries {
+            let Some(id) = k.scalar() else {
+                self.bad(
+                    "rules",
+                    k,
+                    format!("a rule id must be a name, got {}", k.describe()),
+                );
+                continue;
+            };
+            let path = join("rules", id);
+            if seen.contains(&id) {
+                self.bad(&path, k, format!("rule {id:?} is configured twice"));
+                continue;
+            }
+            seen.push(id);
+            if !RULE_IDS.contains(&id) {
+                let hint = match values::closest(id, RULE_IDS.iter().copied()) {
+                    Some(c) => format!("; did you mean {c:?}?"),
+                    None => format!("; rules are: {}", RULE_IDS.join(", ")),
+                };
+                self.bad(&path, k, format!("unknown rule {id:?}{hint}"));
+                continue;
+            }
+            if v.is_null() {
+                continue;
+            }
+            self.rule(id, &path, v, cfg);
+        }
+    }
+
+    fn rule(&mut self, id: &str, path: &str, node: &Node, cfg: &mut Config) {
+        // `exfil.tool: false` is short for `exfil.tool: {enabled: false}`.
+        if let Value::Scalar { text, .. } = &node.value {
+            match values::boolean(text) {
+                Ok(b) => {
+                    if let Some(c) = cfg.rules.common_mut(id) {
+                        c.enabled = b;
+                    }
+                }
+                Err(_) => self.bad(
+                    path,
+                    node,
+                    format!(
+                        "expected the rule's settings (enabled:, severity:, ...) or true/false, got {text:?}"
+                    ),
+                ),
+            }
+            return;
+        }
+        let mut known: Vec<&str> = COMMON_KEYS.to_vec();
+        known.extend_from_slice(rule_keys(id));
+        let f = self.fields(path, node, &known, path);
+        let Some(common) = cfg.rules.common_mut(id) else {
+            return;
+        };
+        self.common(&f, path, common);
+        let r = &mut cfg.rules;
+        match id {
+            rules::UNEXPECTED_READER => {
+                self.set(
+                    &f,
+                    path,
+                    "high_fraction",
+                    "a fraction",
+                    values::fraction,
+                    &mut r.unexpected_reader.high_fraction,
+                );
+            }
+            rules::BULK_READ => {
+                let b = &mut r.bulk_read;
+                self.set(
+                    &f,
+                    path,
+                    "min_fraction",
+                    "a fraction",
+                    values::fraction,
+                    &mut b.min_fraction,
+                );
+                self.set(&f, path, "min_bytes", "a size", values::size, &mut b.min_bytes);
+                self.set(&f, path, "window", "a duration", positive_duration, &mut b.window);
+            }
+            rules::EXFILTRATION => {
+                let e = &mut r.exfiltration;
+                self.set(
+                    &f,
+                    path,
+                    "min_read_bytes",
+                    "a size",
+                    values::size,
+                    &mut e.min_read_bytes,
+                );
+                self.set(
+                    &f,
+                    path,
+                    "min_read_fraction",
+                    "a fraction",
+                    values::fraction,
+                    &mut e.min_read_fraction,
+                );
+                self.set(
+                    &f,
+                    path,
+                    "send_fraction",
+                    "a fraction",
+                    values::fraction,
+                    &mut e.send_fraction,
+                );
+                self.set(&f, path, "window", "a duration", positive_duration, &mut e.window);
+            }
+            rules::OFF_HOURS_ACCESS => {
+                let o = &mut r.off_hours;
+                self.set(&f, path, "min_bytes", "a size", values::size, &mut o.min_bytes);
+                self.set(
+                    &f,
+                    path,
+                    "min_fraction",
+                    "a fraction",
+                    values::fraction,
+                    &mut o.min_fraction,
+                );
+            }
+            rules::INFERENCE_EXEC => {
+                self.set_list(&f, path, "allow", "a glob", glob, &mut r.inference_exec.allow);
+            }
+            rules::GPU_SPAWN_STORM => {
+                let s = &mut r.gpu_spawn_storm;
+                self.set(&f, path, "max_spawns", "a count", count, &mut s.max_spawns);
+                self.set(&f, path, "per", "a duration", positive_duration, &mut s.per);
+                self.set(
+                    &f,
+                    path,
+                    "max_concurrent",
+                    "a count",
+                    count,
+                    &mut s.max_concurrent,
+                );
+            }
+            rules::API_CLIENT_FLOOD => {
+                let a = &mut r.api_client_flood;
+                self.set(
+                    &f,
+                    path,
+                    "max_connections",
+                    "a count",
+                    count,
+                    &mut a.max_connections,
+                );
+                self.set(&f, path, "max_bytes", "a size", positive_size, &mut a.max_bytes);
+                self.set(&f, path, "per", "a duration", positive_duration, &mut a.per);
+            }
+            _ => {}
+        }
+    }
+
+    fn common(&mut self, f: &Fields, path: &str, common: &mut RuleCommon) {
+        self.set(
+            f,
+            path,
+            "enabled",
+            "true or false",
+            values::boolean,
+            &mut common.enabled,
+        );
+        self.set(
+            f,
+            path,
+            "severity",
+            "a severity",
+            values::severity,
+            &mut common.severity,
+        );
+        self.set(
+            f,
+            path,
+            "suppress",
+            "a duration",
+            values::duration,
+            &mut common.suppress,
+        );
+    }
+}
+
+fn unknown_key(name: &str, known: &[&str], section: &str) -> String {
+    if let Some(c) = values::closest(name, known.iter().copied()) {
+        return format!("unknown key {name:?}; did you mean {c:?}?");
+    }
+    // Right name, wrong place: `extra_dirs` at the top instead of under `models`.
+    let elsewhere: Vec<String> = SECTIONS
+        .iter()
+        .filter(|(s, keys)| *s != section && keys.contains(&name))
+        .map(|(s, _)| join(s, name))
+        .collect();
+    if !elsewhere.is_empty() {
+        return format!(
+            "unknown key {name:?} here; it belongs at {}",
+            elsewhere.join(" or ")
+        );
+    }
+    format!("unknown key {name:?}; expected one of: {}", known.join(", "))
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Err("must not be empty".into()),
+        t => Ok(t.to_string()),
+    }
+}
+
+fn glob(s: &str) -> Result<Pattern, String> {
+    if s.is_empty() {
+        return Err("empty glob (it would match only an empty text)".into());
+    }
+    Pattern::new(s).map_err(|e| format!("{s:?} is not a valid glob: {}", e.kind()))
+}
+
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    if s.starts_with('/') {
+        Ok(PathBuf::from(s))
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute path (the agent runs as a service; write /...)"
+        ))
+    }
+}
+
+fn user_ref(s: &str) -> Result<UserRef, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return t
+            .parse::<u32>()
+            .map(UserRef::Uid)
+            .map_err(|_| format!("{s:?} is not a uid"));
+    }
+    if t.is_empty() || t.contains(char::is_whitespace) || t.contains(':') {
+        return Err(format!("{s:?} is not a user name or uid"));
+    }
+    Ok(UserRef::Name(t.to_string()))
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    values::integer(s, 1, u32::MAX as u64).map(|v| v as u32)
+}
+
+fn positive_size(s: &str) -> Result<u64, String> {
+    match values::size(s)? {
+        0 => Err(format!("{s:?}: must be more than 0")),
+        v => Ok(v),
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match values::duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be longer than 0")),
+        d => Ok(d),
+    }
+}
+
+fn time_zone(s: &str) -> Result<chrono_tz::Tz, String> {
+    s.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+        let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+        match values::closest(s, names) {
+            Some(c) => format!("{s:?} is not a time zone; did you mean {c:?}?"),
+            None => format!("{s:?} is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)"),
+        }
+    })
+}
+
+/// RFC 3339 (`2026-12-01T22:00:00Z`, `...+01:00`, a space for the `T` as YAML allows), or a
+/// date and time without offset, read in the business-hours time zone.
+fn date_time(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, String> {
+    let t = s.trim().replacen(' ', "T", 1);
+    if let Ok(d) = DateTime::parse_from_rfc3339(&t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(&t, f).ok())
+        .ok_or_else(|| format!("{s:?} is not a date and time (write e.g. 2026-12-01T22:00:00Z)"))?;
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|d| d.with_timezone(&Utc))
+        .ok_or_else(|| format!("{s:?} does not exist in {tz} (skipped by a daylight-saving change)"))
+}

@@ -1,0 +1,345 @@
+//! The correlation engine: enriched events in, alerts out.
+//!
+//! The same code runs live and over a recording (`llmwatch replay`): it keeps its own state
+//! (which process is an inference server, what each process tree read and sent) and takes time
+//! from the events, so results do not depend on when it runs.
+mod activity;
+mod process;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::{
+    alerts::{Alert, AlertFile, AlertNetwork, AlertProcess, Dedup, Window, new_id},
+    config::{Config, ProcessFacts, Severity},
+    enrich::{Enriched, ProcessView},
+    events::EventKind,
+};
+
+/// Programs that start sessions or run services: a process tree is not correlated above them
+/// (everything on the host descends from init; a login shell is a meaningful unit, sshd is not).
+const BOUNDARY_COMMS: &[&str] = &[
+    "systemd", "init", "sshd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc",
+    "conmon", "crun", "tini", "dumb-init", "kubelet", "dockerd", "cron", "crond", "atd", "supervisord",
+    "tmux: server", "screen", "login", "agetty", "sudo", "su", "s6-supervise", "runsv",
+];
+/// How many ancestors above a process take part in its correlation groups.
+const GROUP_DEPTH: usize = 2;
+
+/// What the engine remembers about one process.
+#[derive(Debug, Clone)]
+struct ProcState {
+    /// Name of the inference-server identity it matches (or inherited as a worker).
+    server: Option<String>,
+    /// Reads before this instant are the server's start-up load.
+    startup_until: DateTime<Utc>,
+    exe: Option<String>,
+    last_seen: DateTime<Utc>,
+    exited: bool,
+}
+
+/// Output of the engine for one input.
+pub type Alerts = Vec<Alert>;
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    procs: HashMap<u32, ProcState>,
+    activity: activity::Activity,
+    process_rules: process::ProcessRules,
+    dedup: Dedup,
+    /// Intervals in which the kernel lost events.
+    losses: VecDeque<Window>,
+    last_loss_report: Option<DateTime<Utc>>,
+    weights_present: bool,
+    /// Latest event time seen; drives expiry in replay as well as live.
+    now: Option<DateTime<Utc>>,
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<Config>) -> Self {
+        Engine {
+            cfg,
+            procs: HashMap::new(),
+            activity: Default::default(),
+            process_rules: Default::default(),
+            dedup: Dedup::default(),
+            losses: VecDeque::new(),
+            last_loss_report: None,
+            weights_present: true,
+            now: None,
+        }
+    }
+
+    /// A new configuration (reload). Per-process server identities are re-derived lazily.
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        self.cfg = cfg;
+        self.procs.clear();
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether this host holds weights (exfil tools only matter where there is something to take).
+    pub fn set_weights_present(&mut self, present: bool) {
+        self.weights_present = present;
+    }
+
+    pub fn on_event(&mut self, ev: &Enriched, out: &mut Alerts) {
+        let t = ev.time;
+        self.now = Some(self.now.map_or(t, |n| n.max(t)));
+        let pid = ev.process.pid;
+        match &ev.event.kind {
+            EventKind::ProcFork { child_pid } => {
+                let parent = self.proc_state(&ev.process, t).clone();
+                self.procs.insert(*child_pid, ProcState { last_seen: t, exited: false, ..parent });
+                return;
+            }
+            EventKind::ProcExec { filename, argv, .. } => {
+                let before = self.procs.get(&pid).cloned();
+                self.on_exec(ev, before.as_ref(), filename, argv, out);
+                return;
+            }
+            EventKind::ProcExit { .. } => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.exited = true;
+                    p.last_seen = t;
+                }
+                self.activity.on_exit(pid);
+                self.process_rules.on_exit(pid);
+                return;
+            }
+            _ => {}
+        }
+        let state = self.proc_state(&ev.process, t).clone();
+        let is_server = state.server.is_some();
+        let startup_load = is_server && t < state.startup_until;
+        let ctx = Ctx { ev, t, server: state.server.as_deref(), startup_load };
+        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        match &ev.event.kind {
+            EventKind::FileOpen { .. }
+            | EventKind::FileRead { .. }
+            | EventKind::FileMmap { .. }
+            | EventKind::FileTamper { .. }
+            | EventKind::FileOpenDenied { .. }
+            | EventKind::NetSend { .. }
+            | EventKind::NetAccept { .. } => {
+                let groups = correlation_groups(&ev.process);
+                self.activity.on_event(&ctx, &groups, &mut sink);
+            }
+            EventKind::NetConnect { dest, port, .. } => {
+                self.process_rules.on_connect(&ctx, *dest, *port, &mut sink);
+            }
+            EventKind::GpuOpen { .. } => self.process_rules.on_gpu_open(&ctx, &mut sink),
+            EventKind::ProcAccess { target_pid, .. } => {
+                let target = self.procs.get(target_pid).and_then(|p| p.server.clone());
+                self.process_rules.on_proc_access(&ctx, target.as_deref(), &mut sink);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exec(
+        &mut self,
+        ev: &Enriched,
+        before: Option<&ProcState>,
+        filename: &str,
+        argv: &[String],
+        out: &mut Alerts,
+    ) {
+        let t = ev.time;
+        let pid = ev.process.pid;
+        let matched = self.cfg.server_for(&facts(&ev.process, Some(filename), argv)).cloned();
+        // A server's worker re-executing the same interpreter stays part of the server.
+        let inherited = before.filter(|b| b.server.is_some() && b.exe.as_deref() == Some(filename));
+        let state = match (&matched, inherited) {
+            (Some(id), _) => ProcState {
+                server: Some(id.name.clone()),
+                startup_until: t + delta(id.startup_window),
+                exe: Some(filename.to_string()),
+                last_seen: t,
+                exited: false,
+            },
+            (None, Some(b)) => ProcState { exe: Some(filename.to_string()), last_seen: t, ..b.clone() },
+            (None, None) => ProcState {
+                server: None,
+                startup_until: t,
+                exe: Some(filename.to_string()),
+                last_seen: t,
+                exited: false,
+            },
+        };
+        let spawned_by_server = before.and_then(|b| b.server.clone()).filter(|_| inherited.is_none() && matched.is_none());
+        self.procs.insert(pid, state.clone());
+        let ctx = Ctx { ev, t, server: state.server.as_deref(), startup_load: false };
+        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        self.process_rules.on_exec(&ctx, filename, argv, spawned_by_server.as_deref(), self.weights_present, &mut sink);
+    }
+
+    /// The kernel reported lost events at `t` (its ring buffer was full).
+    pub fn on_event_loss(&mut self, dropped: u64, t: DateTime<Utc>, out: &mut Alerts) {
+        // The loss happened since the previous report (or within the last flush interval).
+        let start = self.last_loss_report.unwrap_or(t - delta(self.cfg.flush_interval)).min(t);
+        self.last_loss_report = Some(t);
+        self.losses.push_back(Window { start, end: t });
+        let summary = format!("the kernel dropped {dropped} events (ring buffer full); alerts in this window may be incomplete");
+        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        sink.emit(AlertSpec {
+            rule: "agent.event_loss",
+            severity: None,
+            summary,
+            time: t,
+            process: agent_process(),
+            files: vec![],
+            network: vec![],
+            window: Window { start, end: t },
+            key: "agent.event_loss".into(),
+        });
+    }
+
+    /// Forgets state older than every rule's window.
+    pub fn expire(&mut self) {
+        let Some(now) = self.now else { return };
+        let keep = TimeDelta::hours(2);
+        self.procs.retain(|_, p| !(p.exited && now - p.last_seen > TimeDelta::minutes(1)));
+        self.activity.expire(now, keep);
+        self.process_rules.expire(now, keep);
+        self.dedup.expire(now, keep);
+        while self.losses.front().is_some_and(|w| now - w.end > keep) {
+            self.losses.pop_front();
+        }
+    }
+
+    fn proc_state(&mut self, p: &ProcessView, t: DateTime<Utc>) -> &ProcState {
+        let cfg = &self.cfg;
+        let st = self.procs.entry(p.pid).or_insert_with(|| {
+            let id = cfg.server_for(&facts(p, p.exe.as_deref(), &p.argv));
+            // Started before we saw it: give it a start-up window from now, so a server that
+            // is loading while the agent starts is not flagged.
+            ProcState {
+                server: id.map(|i| i.name.clone()),
+                startup_until: t + id.map(|i| delta(i.startup_window)).unwrap_or_default(),
+                exe: p.exe.clone(),
+                last_seen: t,
+                exited: false,
+            }
+        });
+        st.last_seen = t;
+        st
+    }
+}
+
+fn facts<'a>(p: &'a ProcessView, exe: Option<&'a str>, argv: &'a [String]) -> ProcessFacts<'a> {
+    ProcessFacts {
+        exe,
+        comm: &p.comm,
+        argv,
+        container_id: p.container_id.as_deref(),
+        cgroup: p.cgroup.as_deref(),
+        uid: p.uid,
+        user: p.user.as_deref(),
+    }
+}
+
+pub(crate) fn delta(d: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// The process itself and up to `GROUP_DEPTH` ancestors below a session/service boundary: a
+/// reader and a sender that share one of these are one "process tree" (e.g. `cat m | nc`).
+fn correlation_groups(p: &ProcessView) -> Vec<u32> {
+    let mut out = vec![p.pid];
+    for a in p.ancestry.iter().take(GROUP_DEPTH) {
+        if a.pid <= 1 || BOUNDARY_COMMS.contains(&a.comm.as_str()) || a.comm.starts_with("containerd-shim") {
+            break;
+        }
+        out.push(a.pid);
+    }
+    out
+}
+
+fn agent_process() -> AlertProcess {
+    AlertProcess {
+        pid: std::process::id(),
+        comm: "llmwatch".into(),
+        exe: std::env::current_exe().ok().map(|p| p.to_string_lossy().into_owned()),
+        uid: unsafe { libc::geteuid() },
+        user: None,
+        container_id: None,
+        pod: None,
+        ancestry: vec![],
+    }
+}
+
+/// One event being judged.
+pub(crate) struct Ctx<'a> {
+    pub ev: &'a Enriched,
+    pub t: DateTime<Utc>,
+    /// Server identity name of the acting process, if it is an inference server.
+    pub server: Option<&'a str>,
+    /// The event is part of that server's start-up load.
+    pub startup_load: bool,
+}
+
+/// What a rule wants to say; the sink applies enablement, severity override, dedup and the
+/// incomplete mark.
+pub(crate) struct AlertSpec {
+    pub rule: &'static str,
+    /// None: the rule's configured severity.
+    pub severity: Option<Severity>,
+    pub summary: String,
+    pub time: DateTime<Utc>,
+    pub process: AlertProcess,
+    pub files: Vec<AlertFile>,
+    pub network: Vec<AlertNetwork>,
+    pub window: Window,
+    pub key: String,
+}
+
+pub(crate) struct AlertSink<'a> {
+    engine_cfg: &'a Config,
+    dedup: &'a mut Dedup,
+    losses: &'a VecDeque<Window>,
+    out: &'a mut Alerts,
+}
+
+impl AlertSink<'_> {
+    pub fn cfg(&self) -> &Config {
+        self.engine_cfg
+    }
+
+    pub fn emit(&mut self, spec: AlertSpec) {
+        let Some(common) = self.engine_cfg.rules.common(spec.rule) else {
+            debug_assert!(false, "unknown rule {}", spec.rule);
+            return;
+        };
+        if !common.enabled {
+            return;
+        }
+        let key = format!("{}:{}", spec.rule, spec.key);
+        let Some(suppressed) = self.dedup.admit(&key, spec.time, common.suppress) else { return };
+        let incomplete = self.losses.iter().any(|l| l.start <= spec.window.end && spec.window.start <= l.end);
+        self.out.push(Alert {
+            id: new_id(),
+            time: spec.time,
+            rule: spec.rule.to_string(),
+            severity: spec.severity.unwrap_or(common.severity),
+            summary: spec.summary,
+            host: self.engine_cfg.host.clone(),
+            process: spec.process,
+            files: spec.files,
+            network: spec.network,
+            window: spec.window,
+            incomplete,
+            dedup_key: key,
+            suppressed,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

