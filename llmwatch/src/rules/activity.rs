@@ -12,7 +12,7 @@ use crate::{
     alerts::{AlertFile, AlertNetwork, AlertProcess, Window},
     config::Severity,
     enrich::FileView,
-    events::{EventKind, FileKey},
+    events::{EventKind, FileKey, TamperOp},
 };
 
 /// Bytes one group read from one file.
@@ -112,8 +112,17 @@ impl Activity {
             }
             EventKind::FileTamper { op, .. } => {
                 if let Some(w) = &ev.weight {
-                    let what = serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_string));
-                    tamper(ctx, w, &what.unwrap_or_else(|| "changed".into()).replace('_', " "), sink);
+                    let what = match op {
+                        TamperOp::Write => "written to",
+                        TamperOp::Truncate => "truncated",
+                        TamperOp::RenameFrom => "renamed away",
+                        TamperOp::RenameTo => "replaced by a rename over it",
+                        TamperOp::Unlink => "deleted",
+                        TamperOp::OpenTruncate => "opened with O_TRUNC",
+                        TamperOp::OpenWrite => "opened for writing",
+                        TamperOp::Unknown => "changed",
+                    };
+                    tamper(ctx, w, what, sink);
                 }
             }
             EventKind::NetSend { dest, port, bytes, .. } => {

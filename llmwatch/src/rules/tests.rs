@@ -235,7 +235,7 @@ fn tamper_on_change_ops_and_write_opens() {
     r.feed(1, &p, EventKind::FileOpen { file: FileKey { dev: 8, ino: 4 }, fd: 3, flags: libc::O_WRONLY as u32, size: MIB, syscall: "openat".into() }, Some(&w));
     let t = r.of("weight.tamper");
     assert_eq!(t.len(), 2, "{:#?}", r.alerts);
-    assert!(t[0].summary.contains("rename to"), "{}", t[0].summary);
+    assert!(t[0].summary.contains("replaced by a rename"), "{}", t[0].summary);
     // A read-only open is not a change.
     let mut r = Run::new(cfg(""), MONDAY_10);
     r.feed(0, &p, EventKind::FileOpen { file: FileKey { dev: 8, ino: 4 }, fd: 3, flags: 0, size: MIB, syscall: "openat".into() }, Some(&w));
