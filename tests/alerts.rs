@@ -205,3 +205,27 @@ fn config_validate_names_every_problem_with_its_line() {
     let out = Command::new(llmwatch_e2e::agent_binary()).args(["config", "validate", &good]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn repointing_a_snapshot_link_is_tamper() {
+    let dir = TempDir::new("repoint");
+    let repo = dir.path().join("models--acme--tiny");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/main")).unwrap();
+    let a = repo.join("blobs/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    let b = repo.join("blobs/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+    write_safetensors(&a, 100_000);
+    write_safetensors(&b, 120_000);
+    let link = repo.join("snapshots/main/model.safetensors");
+    std::os::unix::fs::symlink(format!("../../blobs/{}", a.file_name().unwrap().to_str().unwrap()), &link).unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    assert_eq!(agent.ready["watched_files"], 2);
+    // Swap the model behind the name, as `ln -sfn` does (new link, renamed over the old one).
+    let tmp = repo.join("snapshots/main/.tmp-link");
+    std::os::unix::fs::symlink(format!("../../blobs/{}", b.file_name().unwrap().to_str().unwrap()), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    let alert = agent
+        .wait_for(secs(15), |v| v["rule"] == "weight.tamper" && v["summary"].as_str().is_some_and(|s| s.contains("points to a different file")))
+        .expect("repointed snapshot link not reported");
+    assert_eq!(alert["files"][0]["path"], b.to_str().unwrap());
+}

@@ -194,7 +194,17 @@ impl Agent {
 
     /// Rescans the model directories and makes the kernel's watched set match.
     fn rescan(&mut self) -> anyhow::Result<(crate::state::files::Diff, ScanReport)> {
+        let links_before: HashMap<PathBuf, FileId> =
+            self.files.iter().flat_map(|f| f.aliases.iter().map(move |a| (a.clone(), f.id))).collect();
         let (diff, report) = self.files.rescan();
+        let now = self.clock.now();
+        for f in self.files.iter() {
+            for a in &f.aliases {
+                if links_before.get(a).is_some_and(|old| *old != f.id) {
+                    self.engine.on_link_repointed(a, &enrich::file_view(f), now, &mut self.alerts);
+                }
+            }
+        }
         let want: HashSet<FileId> = self.files.iter().map(|f| f.id).collect();
         self.maps.sync_watched(&want, &mut self.in_kernel)?;
         let names = self.files.name_hashes();
@@ -268,7 +278,9 @@ impl Agent {
                     sink.flush();
                 }
                 Some(()) = rescan_rx.recv() => {
-                    match self.rescan() {
+                    let rescanned = self.rescan();
+                    self.emit_alerts(sink);
+                    match rescanned {
                         Ok((diff, report)) => {
                             if !(diff.added.is_empty() && diff.removed.is_empty()) {
                                 sink.emit(Output::Status(Status::WatchUpdate {

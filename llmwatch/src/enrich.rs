@@ -53,7 +53,7 @@ pub struct Enriched {
     pub weight: Option<FileView>,
 }
 
-fn file_view(f: &WatchedFile) -> FileView {
+pub fn file_view(f: &WatchedFile) -> FileView {
     FileView {
         path: f.path.clone(),
         dev: f.id.dev,

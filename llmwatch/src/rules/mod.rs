@@ -201,6 +201,39 @@ impl Engine {
         });
     }
 
+    /// A Hugging Face snapshot link (or any watched alias) now resolves to a different file:
+    /// the model a server loads by name was swapped underneath it.
+    pub fn on_link_repointed(&mut self, link: &std::path::Path, now: &crate::enrich::FileView, t: DateTime<Utc>, out: &mut Alerts) {
+        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        sink.emit(AlertSpec {
+            rule: "weight.tamper",
+            severity: None,
+            summary: format!("{} now points to a different file ({}); the model behind that name was swapped", link.display(), now.path.display()),
+            time: t,
+            process: agent_process(),
+            files: vec![AlertFile::of(now, 0)],
+            network: vec![],
+            window: Window { start: t, end: t },
+            key: format!("link:{}:{}:{}", link.display(), now.dev, now.ino),
+        });
+    }
+
+    /// A file's SHA-256 differs from the manifest.
+    pub fn on_manifest_mismatch(&mut self, file: &crate::enrich::FileView, expected: &str, actual: &str, t: DateTime<Utc>, out: &mut Alerts) {
+        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        sink.emit(AlertSpec {
+            rule: "weight.tamper",
+            severity: Some(Severity::Critical),
+            summary: format!("{} does not match the manifest: sha256 {actual}, expected {expected}", file.path.display()),
+            time: t,
+            process: agent_process(),
+            files: vec![AlertFile::of(file, 0)],
+            network: vec![],
+            window: Window { start: t, end: t },
+            key: format!("manifest:{}:{actual}", file.path.display()),
+        });
+    }
+
     /// Forgets state older than every rule's window.
     pub fn expire(&mut self) {
         let Some(now) = self.now else { return };
