@@ -37,7 +37,10 @@ fn http_sink() -> (u16, std::thread::JoinHandle<u64>) {
                     let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     body_len = Some((end + 4, len));
                 }
@@ -73,7 +76,9 @@ fn cat_piped_to_an_upload_raises_exfiltration() {
         .unwrap();
     assert!(status.success());
     assert!(sink.join().unwrap() >= size as u64);
-    let a = agent.wait_for(secs(10), alert("weight.exfiltration")).expect("no weight.exfiltration alert");
+    let a = agent
+        .wait_for(secs(10), alert("weight.exfiltration"))
+        .expect("no weight.exfiltration alert");
     assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
     assert_eq!(a["severity"], "critical");
     assert_eq!(a["files"][0]["path"], model.to_str().unwrap());
@@ -85,7 +90,12 @@ fn cat_piped_to_an_upload_raises_exfiltration() {
     let summary = a["summary"].as_str().unwrap();
     assert!(summary.contains(&format!("127.0.0.1:{port}")), "{summary}");
     // The process chain names the shell that joined cat and curl.
-    let chain: Vec<&str> = a["process"]["ancestry"].as_array().unwrap().iter().map(|p| p["comm"].as_str().unwrap()).collect();
+    let chain: Vec<&str> = a["process"]["ancestry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["comm"].as_str().unwrap())
+        .collect();
     assert!(chain.contains(&"bash"), "{chain:?}");
 }
 
@@ -103,14 +113,31 @@ fn cp_at_an_off_hours_time_raises_off_hours_access() {
          rules: {weight.off_hours_access: {min_bytes: 1MiB}}\n",
     );
     // Sunday 04:00 in Berlin.
-    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"]);
-    let cp = Command::new("cp").arg(&model).arg(out.path().join("copy.gguf")).spawn().unwrap();
+    let mut agent = Agent::watching(
+        &[dir.path()],
+        &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"],
+    );
+    let cp = Command::new("cp")
+        .arg(&model)
+        .arg(out.path().join("copy.gguf"))
+        .spawn()
+        .unwrap();
     let cp_pid = cp.id();
     assert!(cp.wait_with_output().unwrap().status.success());
-    let a = agent.wait_for(secs(10), alert("weight.off_hours_access")).expect("no off-hours alert");
+    let a = agent
+        .wait_for(secs(10), alert("weight.off_hours_access"))
+        .expect("no off-hours alert");
     assert_eq!(a["process"]["pid"], cp_pid);
-    assert!(a["summary"].as_str().unwrap().contains("Sun 04:"), "{}", a["summary"]);
-    assert!(a["time"].as_str().unwrap().starts_with("2026-11-22T03:"), "{}", a["time"]);
+    assert!(
+        a["summary"].as_str().unwrap().contains("Sun 04:"),
+        "{}",
+        a["summary"]
+    );
+    assert!(
+        a["time"].as_str().unwrap().starts_with("2026-11-22T03:"),
+        "{}",
+        a["time"]
+    );
     // cp is also an unexpected reader and a bulk read.
     assert!(agent.wait_for(secs(5), alert("weight.bulk_read")).is_some());
 }
@@ -125,27 +152,50 @@ fn allowed_server_reading_its_model_raises_nothing() {
         cfgdir.path(),
         "servers:\n  - name: test-server\n    argv: ['fake-inference-server *']\n    startup_window: 10m\n",
     );
-    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"]);
+    let mut agent = Agent::watching(
+        &[dir.path()],
+        &["--config", &cfg, "--clock-start", "2026-11-22T03:00:00Z"],
+    );
     // The "server": argv[0] says what it is; it reads (and maps) its whole model.
     let server = Command::new("bash")
         .arg("-c")
-        .arg(format!("exec -a fake-inference-server cat {} > /dev/null", model.display()))
+        .arg(format!(
+            "exec -a fake-inference-server cat {} > /dev/null",
+            model.display()
+        ))
         .spawn()
         .unwrap();
     let server_pid = server.id();
     assert!(server.wait_with_output().unwrap().status.success());
     // A marker: an unexpected reader afterwards. Once its alert is in, the server's would be too.
-    let marker = Command::new("head").arg("-c").arg("100").arg(&model).stdout(Stdio::null()).spawn().unwrap();
+    let marker = Command::new("head")
+        .arg("-c")
+        .arg("100")
+        .arg(&model)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let marker_pid = marker.id();
     assert!(marker.wait_with_output().unwrap().status.success());
     agent
-        .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == marker_pid)
+        .wait_for(secs(10), |v| {
+            v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == marker_pid
+        })
         .expect("marker alert");
-    let about_server: Vec<&Value> =
-        agent.seen.iter().filter(|v| v.get("rule").is_some() && v["process"]["pid"] == server_pid).collect();
-    assert!(about_server.is_empty(), "allowed server raised: {about_server:#?}");
-    let reads: Vec<&Value> =
-        agent.seen.iter().filter(|v| v["kind"] == "file_read" && v["task"]["pid"] == server_pid).collect();
+    let about_server: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v.get("rule").is_some() && v["process"]["pid"] == server_pid)
+        .collect();
+    assert!(
+        about_server.is_empty(),
+        "allowed server raised: {about_server:#?}"
+    );
+    let reads: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["kind"] == "file_read" && v["task"]["pid"] == server_pid)
+        .collect();
     assert!(!reads.is_empty(), "the server's reads were not even seen");
 }
 
@@ -154,18 +204,33 @@ fn burst_of_gpu_processes_raises_spawn_storm() {
     let dir = TempDir::new("storm");
     let node = dir.path().join("nvidia0");
     let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) }, 0);
-    let cfg = write_config(dir.path(), "rules: {gpu.spawn_storm: {max_spawns: 10, per: 1m}}\n");
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) },
+        0
+    );
+    let cfg = write_config(
+        dir.path(),
+        "rules: {gpu.spawn_storm: {max_spawns: 10, per: 1m}}\n",
+    );
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
     let status = Command::new("bash")
         .arg("-c")
-        .arg(format!("for i in $(seq 20); do cat {} 2>/dev/null; done; true", node.display()))
+        .arg(format!(
+            "for i in $(seq 20); do cat {} 2>/dev/null; done; true",
+            node.display()
+        ))
         .status()
         .unwrap();
     assert!(status.success());
-    let a = agent.wait_for(secs(10), alert("gpu.spawn_storm")).expect("no gpu.spawn_storm alert");
+    let a = agent
+        .wait_for(secs(10), alert("gpu.spawn_storm"))
+        .expect("no gpu.spawn_storm alert");
     assert_eq!(a["severity"], "high");
-    assert!(a["summary"].as_str().unwrap().contains("GPU processes"), "{}", a["summary"]);
+    assert!(
+        a["summary"].as_str().unwrap().contains("GPU processes"),
+        "{}",
+        a["summary"]
+    );
     // Each cat was also an unexpected GPU user.
     assert!(agent.wait_for(secs(2), alert("gpu.unexpected_user")).is_some());
 }
@@ -173,9 +238,16 @@ fn burst_of_gpu_processes_raises_spawn_storm() {
 #[test]
 fn memory_scrape_of_a_server_by_proc_mem() {
     let dir = TempDir::new("scrape");
-    let cfg = write_config(dir.path(), "servers:\n  - name: sleeper\n    argv: ['fake-model-server *']\n");
+    let cfg = write_config(
+        dir.path(),
+        "servers:\n  - name: sleeper\n    argv: ['fake-model-server *']\n",
+    );
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
-    let mut server = Command::new("bash").arg("-c").arg("exec -a fake-model-server sleep 30").spawn().unwrap();
+    let mut server = Command::new("bash")
+        .arg("-c")
+        .arg("exec -a fake-model-server sleep 30")
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = server.id();
     // Reading its memory through procfs (root may).
@@ -185,7 +257,11 @@ fn memory_scrape_of_a_server_by_proc_mem() {
     let _ = server.wait();
     let a = a.expect("no host.memory_scrape alert");
     assert_eq!(a["severity"], "critical");
-    assert!(a["summary"].as_str().unwrap().contains("proc_mem_open"), "{}", a["summary"]);
+    assert!(
+        a["summary"].as_str().unwrap().contains("proc_mem_open"),
+        "{}",
+        a["summary"]
+    );
 }
 
 #[test]
@@ -195,14 +271,26 @@ fn config_validate_names_every_problem_with_its_line() {
         dir.path(),
         "egress:\n  allow: ['10.0.0.0/33']\nbusiness_hours:\n  start: '25:00'\nrulez: {}\n",
     );
-    let out = Command::new(llmwatch_e2e::agent_binary()).args(["config", "validate", &bad]).output().unwrap();
+    let out = Command::new(llmwatch_e2e::agent_binary())
+        .args(["config", "validate", &bad])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "a bad file must fail validation");
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("egress.allow[0]") && text.contains("line 2"), "{text}");
-    assert!(text.contains("business_hours.start") && text.contains("line 4"), "{text}");
+    assert!(
+        text.contains("egress.allow[0]") && text.contains("line 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("business_hours.start") && text.contains("line 4"),
+        "{text}"
+    );
     assert!(text.contains("rulez") && text.contains("line 5"), "{text}");
     let good = write_config(dir.path(), "inference_ports: [8000]\n");
-    let out = Command::new(llmwatch_e2e::agent_binary()).args(["config", "validate", &good]).output().unwrap();
+    let out = Command::new(llmwatch_e2e::agent_binary())
+        .args(["config", "validate", &good])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -217,15 +305,28 @@ fn repointing_a_snapshot_link_is_tamper() {
     write_safetensors(&a, 100_000);
     write_safetensors(&b, 120_000);
     let link = repo.join("snapshots/main/model.safetensors");
-    std::os::unix::fs::symlink(format!("../../blobs/{}", a.file_name().unwrap().to_str().unwrap()), &link).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../blobs/{}", a.file_name().unwrap().to_str().unwrap()),
+        &link,
+    )
+    .unwrap();
     let mut agent = Agent::watching(&[dir.path()], &[]);
     assert_eq!(agent.ready["watched_files"], 2);
     // Swap the model behind the name, as `ln -sfn` does (new link, renamed over the old one).
     let tmp = repo.join("snapshots/main/.tmp-link");
-    std::os::unix::fs::symlink(format!("../../blobs/{}", b.file_name().unwrap().to_str().unwrap()), &tmp).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../blobs/{}", b.file_name().unwrap().to_str().unwrap()),
+        &tmp,
+    )
+    .unwrap();
     std::fs::rename(&tmp, &link).unwrap();
     let alert = agent
-        .wait_for(secs(15), |v| v["rule"] == "weight.tamper" && v["summary"].as_str().is_some_and(|s| s.contains("points to a different file")))
+        .wait_for(secs(15), |v| {
+            v["rule"] == "weight.tamper"
+                && v["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("points to a different file"))
+        })
         .expect("repointed snapshot link not reported");
     assert_eq!(alert["files"][0]["path"], b.to_str().unwrap());
 }

@@ -454,14 +454,24 @@ fn proc_mem_open(file: u64, sb: u64) {
     if read::<u64>(sb, off!(sb_magic)) != Some(PROC_SUPER_MAGIC) {
         return;
     }
-    let Some(dentry) = read::<u64>(file, off!(file_dentry)) else { return };
-    let Some(name) = read::<u64>(dentry, off!(dentry_name)) else { return };
+    let Some(dentry) = read::<u64>(file, off!(file_dentry)) else {
+        return;
+    };
+    let Some(name) = read::<u64>(dentry, off!(dentry_name)) else {
+        return;
+    };
     if read::<[u8; 4]>(name, 0) != Some(*b"mem\0") {
         return;
     }
-    let Some(parent) = read::<u64>(dentry, off!(dentry_parent)) else { return };
-    let Some(pname) = read::<u64>(parent, off!(dentry_name)) else { return };
-    let Some(digits) = read::<[u8; 8]>(pname, 0) else { return };
+    let Some(parent) = read::<u64>(dentry, off!(dentry_parent)) else {
+        return;
+    };
+    let Some(pname) = read::<u64>(parent, off!(dentry_name)) else {
+        return;
+    };
+    let Some(digits) = read::<[u8; 8]>(pname, 0) else {
+        return;
+    };
     // The parent directory is the target pid in decimal.
     let mut pid: u32 = 0;
     let mut i = 0;

@@ -103,7 +103,14 @@ pub fn file_inode(file: u64) -> Option<InodeInfo> {
     } else {
         (0, read::<u64>(inode, off!(inode_size)).unwrap_or(0))
     };
-    Some(InodeInfo { sb, mode, dev, ino, rdev, size })
+    Some(InodeInfo {
+        sb,
+        mode,
+        dev,
+        ino,
+        rdev,
+        size,
+    })
 }
 
 /// The `struct sock *` behind a socket file (`file->private_data` is the `struct socket`).

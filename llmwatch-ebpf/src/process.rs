@@ -2,7 +2,9 @@
 //! event time, so short-lived processes are attributed even after they are gone.
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
 use llmwatch_common::{
-    event::{ARGS_LEN, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent, access_op, kind},
+    event::{
+        ARGS_LEN, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent, access_op, kind,
+    },
     syscalls as nr,
 };
 
@@ -105,7 +107,11 @@ pub fn on_access(regs: u64, sysno: u64, ret: i64) {
             if ret != 0 || !(req == PTRACE_ATTACH || req == PTRACE_SEIZE) {
                 return;
             }
-            let op = if req == PTRACE_ATTACH { access_op::PTRACE_ATTACH } else { access_op::PTRACE_SEIZE };
+            let op = if req == PTRACE_ATTACH {
+                access_op::PTRACE_ATTACH
+            } else {
+                access_op::PTRACE_SEIZE
+            };
             (op, kernel::regs_arg(regs, 1), 0)
         }
         _ => {
@@ -125,7 +131,9 @@ pub fn on_access(regs: u64, sysno: u64, ret: i64) {
 
 #[inline(always)]
 pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
-    let Some(mut rec) = emit::reserve::<ProcAccessEvent>(kind::PROC_ACCESS) else { return };
+    let Some(mut rec) = emit::reserve::<ProcAccessEvent>(kind::PROC_ACCESS) else {
+        return;
+    };
     let ev = rec.as_mut_ptr();
     unsafe {
         (*ev).bytes = bytes;

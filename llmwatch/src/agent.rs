@@ -23,10 +23,10 @@ use crate::{
     alerts::Alert,
     clock::Clock,
     config::Config,
-    rules::Engine,
     enrich::{self, Enriched},
     events::{self, Event, EventKind, ReadReason, Task},
     probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
+    rules::Engine,
     state::{
         files::{RootWatcher, ScanReport, WatchedSet},
         gpu::GpuDevices,
@@ -79,6 +79,8 @@ pub enum Status<'a> {
         /// Keys whose new values only take effect after a restart.
         restart_needed: Vec<&'static str>,
     },
+    /// The agent is stopping: what it handled and what the kernel lost.
+    AgentStopped { events: u64, kernel_drops: u64 },
     /// A record the agent could not decode.
     AgentDecodeError { error: String },
 }
@@ -109,6 +111,8 @@ pub struct Agent {
     send_totals: HashMap<SendKey, u64>,
     gpu_seen: HashSet<(u32, u32, u32)>,
     drops_seen: u64,
+    /// Kernel records decoded and handled since start.
+    events_handled: u64,
 }
 
 impl Agent {
@@ -176,6 +180,7 @@ impl Agent {
             send_totals: HashMap::new(),
             gpu_seen: HashSet::new(),
             drops_seen: 0,
+            events_handled: 0,
         })
     }
 
@@ -194,14 +199,18 @@ impl Agent {
 
     /// Rescans the model directories and makes the kernel's watched set match.
     fn rescan(&mut self) -> anyhow::Result<(crate::state::files::Diff, ScanReport)> {
-        let links_before: HashMap<PathBuf, FileId> =
-            self.files.iter().flat_map(|f| f.aliases.iter().map(move |a| (a.clone(), f.id))).collect();
+        let links_before: HashMap<PathBuf, FileId> = self
+            .files
+            .iter()
+            .flat_map(|f| f.aliases.iter().map(move |a| (a.clone(), f.id)))
+            .collect();
         let (diff, report) = self.files.rescan();
         let now = self.clock.now();
         for f in self.files.iter() {
             for a in &f.aliases {
                 if links_before.get(a).is_some_and(|old| *old != f.id) {
-                    self.engine.on_link_repointed(a, &enrich::file_view(f), now, &mut self.alerts);
+                    self.engine
+                        .on_link_repointed(a, &enrich::file_view(f), now, &mut self.alerts);
                 }
             }
         }
@@ -253,7 +262,12 @@ impl Agent {
         let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
         let _config_watcher = self.config_path.clone().and_then(|p| {
             RootWatcher::start(std::slice::from_ref(&p), config_tx)
-                .map_err(|e| log::warn!("not watching {} for changes ({e}); reload with SIGHUP", p.display()))
+                .map_err(|e| {
+                    log::warn!(
+                        "not watching {} for changes ({e}); reload with SIGHUP",
+                        p.display()
+                    )
+                })
                 .ok()
         });
         let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
@@ -308,11 +322,17 @@ impl Agent {
                 _ = sigterm.recv() => break,
             }
         }
-        log::info!("stopping");
+        self.report_drops(sink);
+        sink.emit(Output::Status(Status::AgentStopped {
+            events: self.events_handled,
+            kernel_drops: self.drops_seen,
+        }));
+        sink.flush();
         Ok(())
     }
 
     fn handle(&mut self, mut ev: Event, sink: &mut dyn Sink) {
+        self.events_handled += 1;
         self.procs.observe(&ev);
         let pid = ev.task.pid;
         match &mut ev.kind {
@@ -552,7 +572,12 @@ impl Agent {
                     }
                 }
                 log::info!("configuration reloaded from {}", path.display());
-                sink.emit(Output::Status(Status::ConfigReload { ok: true, path: &path, error: None, restart_needed }));
+                sink.emit(Output::Status(Status::ConfigReload {
+                    ok: true,
+                    path: &path,
+                    error: None,
+                    restart_needed,
+                }));
             }
             Err(e) => {
                 log::error!("configuration reload refused, keeping the running one: {e}");
@@ -635,7 +660,11 @@ pub struct AlertsOnly<W: std::io::Write> {
 
 impl<W: std::io::Write> AlertsOnly<W> {
     pub fn new(out: W) -> Self {
-        AlertsOnly { out, by_kind: Default::default(), since: std::time::Instant::now() }
+        AlertsOnly {
+            out,
+            by_kind: Default::default(),
+            since: std::time::Instant::now(),
+        }
     }
 }
 
@@ -665,7 +694,11 @@ impl<W: std::io::Write> Sink for AlertsOnly<W> {
     fn flush(&mut self) {
         let _ = self.out.flush();
         if self.since.elapsed() >= std::time::Duration::from_secs(60) && !self.by_kind.is_empty() {
-            log::info!("events in the last {} s: {:?}", self.since.elapsed().as_secs(), self.by_kind);
+            log::info!(
+                "events in the last {} s: {:?}",
+                self.since.elapsed().as_secs(),
+                self.by_kind
+            );
             self.by_kind.clear();
             self.since = std::time::Instant::now();
         }

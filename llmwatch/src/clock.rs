@@ -22,7 +22,9 @@ pub struct ShiftedClock {
 
 impl ShiftedClock {
     pub fn starting_at(start: DateTime<Utc>) -> Self {
-        ShiftedClock { offset: start - Utc::now() }
+        ShiftedClock {
+            offset: start - Utc::now(),
+        }
     }
 }
 
@@ -40,7 +42,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn at(t: DateTime<Utc>) -> Self {
-        ManualClock { now: std::sync::Mutex::new(t) }
+        ManualClock {
+            now: std::sync::Mutex::new(t),
+        }
     }
     pub fn set(&self, t: DateTime<Utc>) {
         *self.now.lock().unwrap_or_else(|e| e.into_inner()) = t;
@@ -55,7 +59,10 @@ impl Clock for ManualClock {
 
 /// CLOCK_BOOTTIME now, in the kernel's `bpf_ktime_get_boot_ns` units.
 pub fn boot_ns_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -76,7 +83,10 @@ mod tests {
         let clock = ManualClock::at("2026-11-22T03:00:00Z".parse().unwrap());
         let t = boot_to_wall(&clock, boot_ns_now() - 2_000_000_000);
         let delta = clock.now() - t;
-        assert!(delta >= chrono::TimeDelta::seconds(2) && delta < chrono::TimeDelta::seconds(3), "{delta}");
+        assert!(
+            delta >= chrono::TimeDelta::seconds(2) && delta < chrono::TimeDelta::seconds(3),
+            "{delta}"
+        );
     }
 
     #[test]

@@ -192,7 +192,12 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         ancestry: procs.ancestry(pid),
     };
     let time = crate::clock::boot_to_wall(cx.clock, ev.ts_ns);
-    Some(Enriched { time, event: ev, process, weight: file })
+    Some(Enriched {
+        time,
+        event: ev,
+        process,
+        weight: file,
+    })
 }
 
 #[cfg(test)]

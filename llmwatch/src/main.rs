@@ -11,7 +11,11 @@ use llmwatch::{
 };
 
 #[derive(Parser)]
-#[command(name = "llmwatch", version, about = "Guards AI model weights and the hosts serving them (eBPF)")]
+#[command(
+    name = "llmwatch",
+    version,
+    about = "Guards AI model weights and the hosts serving them (eBPF)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -51,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Benchmark floor: attach empty programs to the agent's hooks and wait (cargo xtask bench).
+    #[command(hide = true)]
+    BenchFloor,
+    /// Engine throughput on synthetic events, one core (cargo xtask bench).
+    #[command(hide = true)]
+    BenchEngine { events: u64 },
     /// Report which kernel hooks this host allows; exits non-zero when the minimum is missing.
     Check {
         /// Print the report as JSON.
@@ -101,7 +111,11 @@ impl RunOpts {
             None => Config::default(),
         };
         if !self.model_dirs.is_empty() {
-            cfg.model_dirs = self.model_dirs.iter().map(|d| std::path::absolute(d).unwrap_or(d.clone())).collect();
+            cfg.model_dirs = self
+                .model_dirs
+                .iter()
+                .map(|d| std::path::absolute(d).unwrap_or(d.clone()))
+                .collect();
         }
         if !self.inference_ports.is_empty() {
             cfg.inference_ports = self.inference_ports.clone();
@@ -127,14 +141,141 @@ impl RunOpts {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run { opts: RunOpts::default(), events: false }) {
+    match cli.command.unwrap_or(Command::Run {
+        opts: RunOpts::default(),
+        events: false,
+    }) {
         Command::Run { opts, events } => run(&opts, if events { Mode::Events } else { Mode::Alerts }),
         Command::Events { opts } => run(&opts, Mode::Events),
         Command::Record { file, opts } => run(&opts, Mode::Record(file)),
         Command::Replay { file, config } => replay(&file, config.as_deref()),
-        Command::Config { command: ConfigCommand::Validate { file } } => validate(&file),
+        Command::Config {
+            command: ConfigCommand::Validate { file },
+        } => validate(&file),
         Command::Check { json } => check(json),
+        Command::BenchFloor => bench_floor(),
+        Command::BenchEngine { events } => bench_engine(events),
     }
+}
+
+/// Replays `n` synthetic enriched events (reads, sends, opens, execs of 1000 processes)
+/// through the rules on this thread and prints events per second.
+fn bench_engine(n: u64) -> anyhow::Result<()> {
+    use llmwatch::{
+        enrich::{Enriched, FileView, ProcessView},
+        events::{Event, EventKind, FileKey, ReadReason, Task},
+        rules::Engine,
+        state::{files::WeightFormat, process::Ancestor},
+    };
+    let t0: chrono::DateTime<chrono::Utc> = "2026-11-23T10:00:00Z".parse()?;
+    let weight = FileView {
+        path: "/models/m.safetensors".into(),
+        dev: 8,
+        ino: 1,
+        size: 1 << 40,
+        format: WeightFormat::Safetensors,
+    };
+    let make = |i: u64| -> Enriched {
+        let pid = 10_000 + (i % 1000) as u32;
+        let kind = match i % 4 {
+            0 => EventKind::FileRead {
+                file: FileKey { dev: 8, ino: 1 },
+                fd: 3,
+                bytes: 4096,
+                total: 4096,
+                reason: ReadReason::Progress,
+                syscall: "read".into(),
+            },
+            1 => EventKind::NetSend {
+                dest: std::net::IpAddr::from([10, 0, (i % 7) as u8, 1]),
+                port: 443,
+                proto: "tcp".into(),
+                bytes: 100,
+                total: 100,
+                reason: ReadReason::Progress,
+            },
+            2 => EventKind::FileOpen {
+                file: FileKey { dev: 8, ino: 1 },
+                fd: 3,
+                flags: 0,
+                size: 1 << 40,
+                syscall: "openat".into(),
+            },
+            _ => EventKind::ProcExit { exit_code: 0 },
+        };
+        let has_weight = matches!(kind, EventKind::FileRead { .. } | EventKind::FileOpen { .. });
+        Enriched {
+            time: t0 + chrono::TimeDelta::microseconds(i as i64),
+            event: Event {
+                ts_ns: i,
+                task: Task {
+                    pid,
+                    tid: pid,
+                    uid: 1000,
+                    gid: 1000,
+                    comm: "worker".into(),
+                    cgroup_id: 1,
+                },
+                kind,
+            },
+            process: ProcessView {
+                pid,
+                ppid: 1,
+                comm: "worker".into(),
+                exe: Some("/usr/bin/worker".into()),
+                argv: vec!["worker".into()],
+                uid: 1000,
+                user: None,
+                container_id: None,
+                pod_uid: None,
+                runtime: None,
+                cgroup: None,
+                ancestry: vec![Ancestor {
+                    pid: 900,
+                    comm: "bash".into(),
+                    exe: None,
+                }],
+            },
+            weight: has_weight.then(|| weight.clone()),
+        }
+    };
+    let events: Vec<Enriched> = (0..n.min(1_000_000)).map(make).collect();
+    let mut engine = Engine::new(Arc::new(Config::default()));
+    let mut alerts = Vec::new();
+    let start = std::time::Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        for ev in &events {
+            engine.on_event(ev, &mut alerts);
+            alerts.clear();
+        }
+        done += events.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "engine alone (replay of synthetic events, one core): {:.0} events/s (target >= 1000000)",
+        done as f64 / secs
+    );
+    Ok(())
+}
+
+fn bench_floor() -> anyhow::Result<()> {
+    let (_ebpf, hooks) = probes::attach_floor()?;
+    println!(
+        "{}",
+        serde_json::json!({"kind": "agent_ready", "floor": true, "hooks": hooks})
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })
 }
 
 enum Mode {
@@ -165,16 +306,30 @@ impl<F: std::io::Write, O: std::io::Write> Sink for Recorder<F, O> {
 fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
     let cfg = opts.config()?;
     let clock = opts.clock();
-    let config_path = opts.config.as_ref().map(|p| std::path::absolute(p).unwrap_or(p.clone()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let config_path = opts
+        .config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or(p.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let agent = Agent::start(cfg, config_path, clock)?;
         let stdout = std::io::stdout();
         match mode {
-            Mode::Events => agent.run(&mut JsonLines::new(std::io::BufWriter::new(stdout.lock()))).await,
-            Mode::Alerts => agent.run(&mut AlertsOnly::new(std::io::BufWriter::new(stdout.lock()))).await,
+            Mode::Events => {
+                agent
+                    .run(&mut JsonLines::new(std::io::BufWriter::new(stdout.lock())))
+                    .await
+            }
+            Mode::Alerts => {
+                agent
+                    .run(&mut AlertsOnly::new(std::io::BufWriter::new(stdout.lock())))
+                    .await
+            }
             Mode::Record(path) => {
-                let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let file =
+                    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
                 let mut sink = Recorder {
                     file: JsonLines::new(std::io::BufWriter::new(file)),
                     alerts: AlertsOnly::new(std::io::BufWriter::new(stdout.lock())),

@@ -5,12 +5,7 @@ use std::{io::BufRead, sync::Arc};
 
 use serde::Deserialize;
 
-use crate::{
-    alerts::Alert,
-    config::Config,
-    enrich::Enriched,
-    rules::Engine,
-};
+use crate::{alerts::Alert, config::Config, enrich::Enriched, rules::Engine};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ReplayStats {

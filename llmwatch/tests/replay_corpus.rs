@@ -10,10 +10,17 @@ fn scenarios_dir() -> std::path::PathBuf {
 fn replay(name: &str) -> (BTreeSet<String>, Vec<llmwatch::alerts::Alert>) {
     let dir = scenarios_dir();
     let config = dir.join(format!("{name}.yaml"));
-    let cfg = if config.exists() { llmwatch::config::load(&config).unwrap() } else { Default::default() };
+    let cfg = if config.exists() {
+        llmwatch::config::load(&config).unwrap()
+    } else {
+        Default::default()
+    };
     let input = std::fs::File::open(dir.join(format!("{name}.jsonl"))).unwrap();
     let mut alerts = Vec::new();
-    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |a| alerts.push(a.clone())).unwrap();
+    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |a| {
+        alerts.push(a.clone())
+    })
+    .unwrap();
     assert_eq!(stats.bad_lines, 0, "{name}: {:?}", stats.errors);
     assert!(stats.events > 0, "{name}: empty recording");
     (alerts.iter().map(|a| a.rule.clone()).collect(), alerts)
@@ -23,15 +30,25 @@ fn replay(name: &str) -> (BTreeSet<String>, Vec<llmwatch::alerts::Alert>) {
 fn every_recorded_scenario_raises_exactly_its_expected_rules() {
     let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".jsonl")
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
     assert!(names.len() >= 5, "corpus is missing scenarios: {names:?}");
     for name in names {
         let expected_text = std::fs::read_to_string(scenarios_dir().join(format!("{name}.expected")))
             .unwrap_or_else(|_| panic!("{name}.jsonl has no {name}.expected"));
-        let expected: BTreeSet<String> =
-            expected_text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let expected: BTreeSet<String> = expected_text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
         let (got, alerts) = replay(&name);
         assert_eq!(got, expected, "{name}: {alerts:#?}");
     }

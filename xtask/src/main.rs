@@ -7,6 +7,8 @@ use std::{
     process::{Command, ExitStatus},
 };
 
+mod bench;
+
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,25 @@ enum Task {
     },
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Measure the agent's cost side by side with no agent, the bare hooks and bpftrace (root).
+    Bench {
+        /// Rounds per setup; the best round counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Size of the page-cached weight file in MiB.
+        #[arg(long, default_value_t = 512)]
+        file_mib: u64,
+        /// Shorter runs (a smoke test of the harness, not numbers to report).
+        #[arg(long)]
+        quick: bool,
+    },
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        secs: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +86,31 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&root, &args)
+        }
+        Task::Bench {
+            rounds,
+            file_mib,
+            quick,
+        } => {
+            setup()?;
+            build(true)?;
+            bench::run(
+                &root,
+                bench::Opts {
+                    rounds,
+                    file_mib,
+                    quick,
+                },
+            )?;
+            let engine = Command::new(root.join("target/release/llmwatch"))
+                .args(["bench-engine", "1000000"])
+                .output()?;
+            print!("{}", String::from_utf8_lossy(&engine.stdout));
+            Ok(())
+        }
+        Task::BenchWorker { dir, secs } => {
+            bench::worker(&dir, secs);
+            Ok(())
         }
         Task::Lint => {
             setup()?;

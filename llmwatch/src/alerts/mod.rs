@@ -51,7 +51,13 @@ pub struct AlertFile {
 
 impl AlertFile {
     pub fn of(f: &FileView, bytes_read: u64) -> Self {
-        AlertFile { path: f.path.to_string_lossy().into_owned(), dev: f.dev, ino: f.ino, size: f.size, bytes_read }
+        AlertFile {
+            path: f.path.to_string_lossy().into_owned(),
+            dev: f.dev,
+            ino: f.ino,
+            size: f.size,
+            bytes_read,
+        }
     }
 }
 
@@ -93,7 +99,10 @@ pub struct Alert {
 /// A random 128-bit id (hex), unique per alert.
 pub fn new_id() -> String {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
         // Fall back to time and a counter: still unique within this agent.
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);

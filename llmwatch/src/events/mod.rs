@@ -194,7 +194,11 @@ pub enum EventKind {
         exit_code: u32,
     },
     /// A process attached to or read/wrote another's memory (ptrace, process_vm_*, /proc/<pid>/mem).
-    ProcAccess { target_pid: u32, op: Name, bytes: u64 },
+    ProcAccess {
+        target_pid: u32,
+        op: Name,
+        bytes: u64,
+    },
     /// A process opened (or, with `errno`, tried to open) a GPU/accelerator device node.
     GpuOpen {
         major: u32,
@@ -414,7 +418,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 raw::access_op::PROC_MEM_OPEN => "proc_mem_open",
                 _ => "unknown",
             };
-            EventKind::ProcAccess { target_pid: e.target_pid, op: op.into(), bytes: e.bytes }
+            EventKind::ProcAccess {
+                target_pid: e.target_pid,
+                op: op.into(),
+                bytes: e.bytes,
+            }
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };

@@ -34,8 +34,9 @@ pub const MAX_CONTAINERS: usize = 64;
 pub const CONTAINER_ID_LEN: usize = 12;
 
 /// Upper bounds of `llmwatch_event_to_alert_seconds`: 1 ms to 10 s.
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Values of `outcome` in `llmwatch_webhook_deliveries_total`.
 pub const DELIVERY_OUTCOMES: &[&str] = &["delivered", "retried", "failed", "spooled", "dropped"];
@@ -158,13 +159,21 @@ impl Metrics {
             &["kind"],
         );
         let hook_attached = IntGaugeVec::new(
-            Opts::new("llmwatch_hook_attached", "Whether a kernel hook is attached (1) or not (0)."),
+            Opts::new(
+                "llmwatch_hook_attached",
+                "Whether a kernel hook is attached (1) or not (0).",
+            ),
             &["hook"],
         )
         .expect("valid gauge");
-        r.register(Box::new(hook_attached.clone())).expect("unique metric");
+        r.register(Box::new(hook_attached.clone()))
+            .expect("unique metric");
         let watched_files = gauge(&r, "llmwatch_watched_files", "Weight files currently watched.");
-        let watched_bytes = gauge(&r, "llmwatch_watched_bytes", "Total size of the weight files currently watched.");
+        let watched_bytes = gauge(
+            &r,
+            "llmwatch_watched_bytes",
+            "Total size of the weight files currently watched.",
+        );
         let weight_read_bytes = counter_vec(
             &r,
             "llmwatch_weight_read_bytes_total",
@@ -178,7 +187,12 @@ impl Metrics {
             &["class"],
         );
         let gpu_processes = gauge(&r, "llmwatch_gpu_processes", "Processes currently using a GPU.");
-        let alerts = counter_vec(&r, "llmwatch_alerts_total", "Alerts raised, by rule and severity.", &["rule", "severity"]);
+        let alerts = counter_vec(
+            &r,
+            "llmwatch_alerts_total",
+            "Alerts raised, by rule and severity.",
+            &["rule", "severity"],
+        );
         let alerts_suppressed = counter_vec(
             &r,
             "llmwatch_alerts_suppressed_total",
@@ -191,7 +205,11 @@ impl Metrics {
             "Webhook delivery attempts, by outcome (delivered, retried, failed, spooled, dropped).",
             &["outcome"],
         );
-        let spool_depth = gauge(&r, "llmwatch_spool_depth", "Alerts waiting in the on-disk spool for delivery.");
+        let spool_depth = gauge(
+            &r,
+            "llmwatch_spool_depth",
+            "Alerts waiting in the on-disk spool for delivery.",
+        );
         let spool_dropped = counter_vec(
             &r,
             "llmwatch_spool_dropped_total",
@@ -206,7 +224,8 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid histogram");
-        r.register(Box::new(event_to_alert_seconds.clone())).expect("unique metric");
+        r.register(Box::new(event_to_alert_seconds.clone()))
+            .expect("unique metric");
         let config_reloads = counter_vec(
             &r,
             "llmwatch_config_reloads_total",
@@ -218,9 +237,13 @@ impl Metrics {
             "Kernel records the agent could not decode.",
         )
         .expect("valid counter");
-        r.register(Box::new(decode_errors.clone())).expect("unique metric");
+        r.register(Box::new(decode_errors.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
-            Opts::new("llmwatch_build_info", "Always 1; the version label says which agent is running."),
+            Opts::new(
+                "llmwatch_build_info",
+                "Always 1; the version label says which agent is running.",
+            ),
             &["version"],
         )
         .expect("valid gauge");
@@ -228,11 +251,16 @@ impl Metrics {
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("unique metric");
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
 
         // Series with known label values start at 0, so rate() and increase() see the first one.
-        for kind in (1..llmwatch_common::event::kind::COUNT).map(kind_name).filter(|k| *k != "unknown") {
+        for kind in (1..llmwatch_common::event::kind::COUNT)
+            .map(kind_name)
+            .filter(|k| *k != "unknown")
+        {
             events.with_label_values(&[kind]);
             kernel_ringbuf_drops.with_label_values(&[kind]);
             kernel_events.with_label_values(&[kind]);
@@ -309,18 +337,21 @@ impl Metrics {
         }
     }
 
-    /// Adds what `cumulative` grew by since the last call. A value below the last one means the
-    /// source was reset (counted again from 0), so all of it is new.
+    /// Adds what `cumulative` grew by beyond the largest value seen so far. A smaller value (a
+    /// failed map read counts as 0) adds nothing, and is not taken as a reset: the kernel's
+    /// counters live as long as the agent, so counting it all again would count twice.
     fn advance(&self, which: Cumulative, counter: &IntCounterVec, kind: &str, cumulative: u64) {
         let mut seen = self.cumulative.lock().unwrap_or_else(|e| e.into_inner());
         let last = seen.entry((which, kind.to_string())).or_insert(0);
-        let delta = if cumulative >= *last { cumulative - *last } else { cumulative };
-        *last = cumulative;
+        let delta = cumulative.saturating_sub(*last);
+        *last = (*last).max(cumulative);
         counter.with_label_values(&[kind]).inc_by(delta);
     }
 
     pub fn set_hook(&self, hook: &str, attached: bool) {
-        self.hook_attached.with_label_values(&[hook]).set(i64::from(attached));
+        self.hook_attached
+            .with_label_values(&[hook])
+            .set(i64::from(attached));
     }
 
     pub fn set_watched(&self, files: usize, bytes: u64) {
@@ -331,9 +362,15 @@ impl Metrics {
     /// `bytes` read from weight files by a process of `class` (`inference_server`, or anything
     /// else, counted as `other`) in `container` (a container id, or `None` on the host).
     pub fn weight_read(&self, class: &str, container: Option<&str>, bytes: u64) {
-        let class = if class == "inference_server" { class } else { "other" };
+        let class = if class == "inference_server" {
+            class
+        } else {
+            "other"
+        };
         let container = self.container_label(container);
-        self.weight_read_bytes.with_label_values(&[class, &container]).inc_by(bytes);
+        self.weight_read_bytes
+            .with_label_values(&[class, &container])
+            .inc_by(bytes);
     }
 
     /// The label value for a container: its 12-character id prefix, `host` for none, and
@@ -343,7 +380,10 @@ impl Metrics {
             None | Some("") => return "host".to_string(),
             Some(id) => id,
         };
-        let end = id.char_indices().nth(CONTAINER_ID_LEN).map_or(id.len(), |(i, _)| i);
+        let end = id
+            .char_indices()
+            .nth(CONTAINER_ID_LEN)
+            .map_or(id.len(), |(i, _)| i);
         let id = &id[..end];
         let mut seen = self.containers.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(id) {
@@ -404,7 +444,9 @@ impl Metrics {
     }
 
     pub fn config_reload(&self, ok: bool) {
-        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     pub fn decode_error(&self) {

@@ -113,7 +113,9 @@ pub(super) async fn serve_with(
 async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let (metrics, health) = (metrics.clone(), health.clone());
@@ -164,8 +166,8 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Result<Head> 
 
 /// Where the blank line that ends a request head ends (CRLF CRLF, or bare LF LF).
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -178,20 +180,42 @@ async fn connection(
     health: &Health,
     limits: Limits,
 ) -> std::io::Result<()> {
-    let response = match tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_request)).await {
-        Err(_) => Response::text(408, "request timeout"),
+    let head = tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_request)).await;
+    let (response, unread_input) = match head {
+        Err(_) => (Response::text(408, "request timeout"), true),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Head::Closed)) => return Ok(()),
-        Ok(Ok(Head::TooLarge)) => Response::text(431, "request head too large"),
-        Ok(Ok(Head::Complete(head))) => respond(&head, metrics, health),
+        Ok(Ok(Head::TooLarge)) => (Response::text(431, "request head too large"), true),
+        Ok(Ok(Head::Complete(head))) => (respond(&head, metrics, health), false),
     };
     let bytes = response.to_bytes();
-    tokio::time::timeout(limits.write_timeout, async {
+    let send = async {
         stream.write_all(&bytes).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        if unread_input {
+            drain(&mut stream).await;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(limits.write_timeout, send)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not take the response"))?
+}
+
+/// Takes (and discards) some of what a client is still sending after its answer: closing a
+/// socket with unread input resets the connection, and the client may lose the answer.
+async fn drain(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not take the response"))?
+    .await;
 }
 
 #[derive(Debug)]
@@ -225,7 +249,11 @@ impl Response {
             505 => "HTTP Version Not Supported",
             _ => "",
         };
-        let allow = if self.status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+        let allow = if self.status == 405 {
+            "Allow: GET, HEAD\r\n"
+        } else {
+            ""
+        };
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
             self.status,
@@ -248,7 +276,8 @@ pub(super) fn respond(head: &[u8], metrics: &Metrics, health: &Health) -> Respon
         return Response::text(400, "bad request");
     };
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Response::text(400, "bad request");
     };

@@ -123,14 +123,7 @@ impl Probes {
 
     fn attach_all(&mut self) {
         for &(program, tp, purpose, required) in HOOKS {
-            let hook: &'static str = match tp {
-                "sys_exit" => "raw_tracepoint/sys_exit",
-                "sched_process_exec" => "raw_tracepoint/sched_process_exec",
-                "sched_process_fork" => "raw_tracepoint/sched_process_fork",
-                "sched_process_exit" => "raw_tracepoint/sched_process_exit",
-                "sock_send_length" => "raw_tracepoint/sock_send_length",
-                _ => "raw_tracepoint/io_uring_complete",
-            };
+            let hook = tp_hook_name(tp);
             let skip = program == "llmwatch_io_uring_complete"
                 && self
                     .missing_offsets
@@ -339,6 +332,39 @@ impl KernelMaps {
         }
         *have = want.clone();
         Ok(())
+    }
+}
+
+/// The benchmark floor: empty programs attached to the agent's hooks, held until dropped.
+pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
+    if OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let mut ebpf = load_object(&Offsets::missing(), &Settings::default())?;
+    let mut hooks = Vec::new();
+    for &(program, tp, purpose, required) in HOOKS {
+        let floor = program.replacen("llmwatch_", "floor_", 1);
+        let r = attach_raw_tracepoint(&mut ebpf, &floor, tp);
+        hooks.push(HookStatus {
+            program,
+            hook: tp_hook_name(tp),
+            purpose,
+            required,
+            attached: r.is_ok(),
+            error: r.err(),
+        });
+    }
+    Ok((ebpf, hooks))
+}
+
+fn tp_hook_name(tp: &str) -> &'static str {
+    match tp {
+        "sys_exit" => "raw_tracepoint/sys_exit",
+        "sched_process_exec" => "raw_tracepoint/sched_process_exec",
+        "sched_process_fork" => "raw_tracepoint/sched_process_fork",
+        "sched_process_exit" => "raw_tracepoint/sched_process_exit",
+        "sock_send_length" => "raw_tracepoint/sock_send_length",
+        _ => "raw_tracepoint/io_uring_complete",
     }
 }
 

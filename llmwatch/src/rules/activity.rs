@@ -65,7 +65,11 @@ fn file_alert(f: &FileUse) -> AlertFile {
 }
 
 fn fraction(bytes: u64, size: u64) -> f64 {
-    if size == 0 { 0.0 } else { bytes as f64 / size as f64 }
+    if size == 0 {
+        0.0
+    } else {
+        bytes as f64 / size as f64
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -76,7 +80,11 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 impl Activity {
@@ -102,7 +110,12 @@ impl Activity {
                     self.read(ctx, groups, w, *bytes, sink);
                 }
             }
-            EventKind::FileMmap { len, offset, file_size, .. } => {
+            EventKind::FileMmap {
+                len,
+                offset,
+                file_size,
+                ..
+            } => {
                 if let Some(w) = &ev.weight {
                     // A mapping exposes at most the file from its offset on.
                     let exposed = (*len).min(file_size.saturating_sub(*offset));
@@ -125,7 +138,9 @@ impl Activity {
                     tamper(ctx, w, what, sink);
                 }
             }
-            EventKind::NetSend { dest, port, bytes, .. } => {
+            EventKind::NetSend {
+                dest, port, bytes, ..
+            } => {
                 self.send(ctx, groups, *dest, *port, *bytes, sink);
                 if ctx.server.is_some() {
                     self.served(ctx, *dest, 0, *bytes, sink);
@@ -141,7 +156,13 @@ impl Activity {
             return;
         }
         let pid = ctx.ev.process.pid;
-        let key = (pid, FileKey { dev: w.dev, ino: w.ino });
+        let key = (
+            pid,
+            FileKey {
+                dev: w.dev,
+                ino: w.ino,
+            },
+        );
         let total = {
             let e = self.per_process.entry(key).or_insert(0);
             *e += bytes;
@@ -149,12 +170,30 @@ impl Activity {
         };
         let cfg = &sink.cfg().rules.unexpected_reader;
         let high = fraction(total, w.size) >= cfg.high_fraction;
-        let who = ctx.ev.process.exe.as_deref().unwrap_or(&ctx.ev.process.comm).to_string();
-        let (sev, tag) = if high { (Some(Severity::High), "high") } else { (None, "open") };
-        let summary = if high {
-            format!("{who} (pid {pid}), not an inference server, read {} of {} ({:.0}%)", human(total), w.path.display(), 100.0 * fraction(total, w.size))
+        let who = ctx
+            .ev
+            .process
+            .exe
+            .as_deref()
+            .unwrap_or(&ctx.ev.process.comm)
+            .to_string();
+        let (sev, tag) = if high {
+            (Some(Severity::High), "high")
         } else {
-            format!("{who} (pid {pid}), not an inference server, opened {}", w.path.display())
+            (None, "open")
+        };
+        let summary = if high {
+            format!(
+                "{who} (pid {pid}), not an inference server, read {} of {} ({:.0}%)",
+                human(total),
+                w.path.display(),
+                100.0 * fraction(total, w.size)
+            )
+        } else {
+            format!(
+                "{who} (pid {pid}), not an inference server, opened {}",
+                w.path.display()
+            )
         };
         sink.emit(AlertSpec {
             rule: "weight.unexpected_reader",
@@ -164,7 +203,10 @@ impl Activity {
             process: AlertProcess::of(ctx.ev),
             files: vec![AlertFile::of(w, total)],
             network: vec![],
-            window: Window { start: ctx.t, end: ctx.t },
+            window: Window {
+                start: ctx.t,
+                end: ctx.t,
+            },
             key: format!("{pid}:{}:{}:{tag}", w.dev, w.ino),
         });
     }
@@ -173,7 +215,10 @@ impl Activity {
         if ctx.startup_load || bytes == 0 {
             return; // an allowed server loading its model
         }
-        let key = FileKey { dev: w.dev, ino: w.ino };
+        let key = FileKey {
+            dev: w.dev,
+            ino: w.ino,
+        };
         for g in groups {
             let group = self.groups.entry(*g).or_default();
             let f = group.files.entry(key).or_insert_with(|| FileUse {
@@ -203,17 +248,27 @@ impl Activity {
 
     /// weight.bulk_read and weight.off_hours_access; true when either fired.
     fn bulk(&self, ctx: &Ctx<'_>, g: u32, key: FileKey, sink: &mut AlertSink<'_>) -> bool {
-        let Some(group) = self.groups.get(&g) else { return false };
-        let Some(f) = group.files.get(&key) else { return false };
+        let Some(group) = self.groups.get(&g) else {
+            return false;
+        };
+        let Some(f) = group.files.get(&key) else {
+            return false;
+        };
         let rules = &sink.cfg().rules;
-        let (bulk_min_fraction, bulk_min_bytes, bulk_window) =
-            (rules.bulk_read.min_fraction, rules.bulk_read.min_bytes, rules.bulk_read.window);
+        let (bulk_min_fraction, bulk_min_bytes, bulk_window) = (
+            rules.bulk_read.min_fraction,
+            rules.bulk_read.min_bytes,
+            rules.bulk_read.window,
+        );
         let (off_min_fraction, off_min_bytes) = (rules.off_hours.min_fraction, rules.off_hours.min_bytes);
         let since = ctx.t - delta(bulk_window);
         let (total, files) = group.read_in(since);
         let file_frac = fraction(f.bytes, f.view.size);
         let process = group.reader.clone().unwrap_or_else(|| AlertProcess::of(ctx.ev));
-        let window = Window { start: files.iter().map(|f| f.first).min().unwrap_or(ctx.t), end: ctx.t };
+        let window = Window {
+            start: files.iter().map(|f| f.first).min().unwrap_or(ctx.t),
+            end: ctx.t,
+        };
         let mut fired = false;
         if file_frac >= bulk_min_fraction || total >= bulk_min_bytes {
             let before = sink_len(sink);
@@ -266,17 +321,27 @@ impl Activity {
         fired
     }
 
-    fn send(&mut self, ctx: &Ctx<'_>, groups: &[u32], dest: IpAddr, port: u16, bytes: u64, sink: &mut AlertSink<'_>) {
+    fn send(
+        &mut self,
+        ctx: &Ctx<'_>,
+        groups: &[u32],
+        dest: IpAddr,
+        port: u16,
+        bytes: u64,
+        sink: &mut AlertSink<'_>,
+    ) {
         if bytes == 0 {
             return;
         }
         let allowed = sink.cfg().egress.allows(dest, port);
         for g in groups {
             let group = self.groups.entry(*g).or_default();
-            let s = group
-                .sends
-                .entry((dest, port))
-                .or_insert(SendUse { bytes: 0, first: ctx.t, last: ctx.t, allowed });
+            let s = group.sends.entry((dest, port)).or_insert(SendUse {
+                bytes: 0,
+                first: ctx.t,
+                last: ctx.t,
+                allowed,
+            });
             s.bytes += bytes;
             s.last = ctx.t;
             group.last = Some(ctx.t);
@@ -294,7 +359,9 @@ impl Activity {
     /// weight.exfiltration: the group read enough weights and sent a share of it outside the
     /// egress allowlist within the window.
     fn exfiltration(&self, ctx: &Ctx<'_>, g: u32, sink: &mut AlertSink<'_>) -> bool {
-        let Some(group) = self.groups.get(&g) else { return false };
+        let Some(group) = self.groups.get(&g) else {
+            return false;
+        };
         let cfg = &sink.cfg().rules.exfiltration;
         let since = ctx.t - delta(cfg.window);
         let (read, files) = group.read_in(since);
@@ -302,12 +369,17 @@ impl Activity {
             return false;
         }
         let enough = read >= cfg.min_read_bytes
-            || files.iter().any(|f| fraction(f.bytes, f.view.size) >= cfg.min_read_fraction);
+            || files
+                .iter()
+                .any(|f| fraction(f.bytes, f.view.size) >= cfg.min_read_fraction);
         if !enough {
             return false;
         }
-        let mut outside: Vec<(&(IpAddr, u16), &SendUse)> =
-            group.sends.iter().filter(|(_, s)| !s.allowed && s.last >= since).collect();
+        let mut outside: Vec<(&(IpAddr, u16), &SendUse)> = group
+            .sends
+            .iter()
+            .filter(|(_, s)| !s.allowed && s.last >= since)
+            .collect();
         let sent: u64 = outside.iter().map(|(_, s)| s.bytes).sum();
         if sent == 0 || (sent as f64) < cfg.send_fraction * read as f64 {
             return false;
@@ -316,7 +388,12 @@ impl Activity {
         let ((top_ip, top_port), _) = outside[0];
         let first_reader = files.iter().map(|f| f.first_reader).min().unwrap_or(0);
         let process = group.reader.clone().unwrap_or_else(|| AlertProcess::of(ctx.ev));
-        let start = files.iter().map(|f| f.first).chain(outside.iter().map(|(_, s)| s.first)).min().unwrap_or(ctx.t);
+        let start = files
+            .iter()
+            .map(|f| f.first)
+            .chain(outside.iter().map(|(_, s)| s.first))
+            .min()
+            .unwrap_or(ctx.t);
         let before = sink_len(sink);
         sink.emit(AlertSpec {
             rule: "weight.exfiltration",
@@ -354,7 +431,9 @@ impl Activity {
         while q.front().is_some_and(|(t, _, _)| ctx.t - *t > per) {
             q.pop_front();
         }
-        let (c, b) = q.iter().fold((0u64, 0u64), |(c, b), (_, dc, db)| (c + dc, b + db));
+        let (c, b) = q
+            .iter()
+            .fold((0u64, 0u64), |(c, b), (_, dc, db)| (c + dc, b + db));
         if c <= max_conns && b <= max_bytes {
             return;
         }
@@ -379,7 +458,8 @@ impl Activity {
 
     pub fn expire(&mut self, now: DateTime<Utc>, keep: TimeDelta) {
         self.groups.retain(|_, g| g.last.is_some_and(|t| now - t < keep));
-        self.clients.retain(|_, q| q.back().is_some_and(|(t, _, _)| now - *t < keep));
+        self.clients
+            .retain(|_, q| q.back().is_some_and(|(t, _, _)| now - *t < keep));
     }
 }
 
@@ -388,12 +468,20 @@ fn tamper(ctx: &Ctx<'_>, w: &FileView, what: &str, sink: &mut AlertSink<'_>) {
     sink.emit(AlertSpec {
         rule: "weight.tamper",
         severity: None,
-        summary: format!("{} (pid {}): weight file {} {what}", p.comm, p.pid, w.path.display()),
+        summary: format!(
+            "{} (pid {}): weight file {} {what}",
+            p.comm,
+            p.pid,
+            w.path.display()
+        ),
         time: ctx.t,
         process: AlertProcess::of(ctx.ev),
         files: vec![AlertFile::of(w, 0)],
         network: vec![],
-        window: Window { start: ctx.t, end: ctx.t },
+        window: Window {
+            start: ctx.t,
+            end: ctx.t,
+        },
         key: format!("{}:{}:{}:{what}", p.pid, w.dev, w.ino),
     });
 }
@@ -404,5 +492,11 @@ fn sink_len(sink: &AlertSink<'_>) -> usize {
 
 fn humantime_short(d: TimeDelta) -> String {
     let s = d.num_seconds().max(0);
-    if s < 120 { format!("{s} s") } else if s < 7200 { format!("{} min", s / 60) } else { format!("{} h", s / 3600) }
+    if s < 120 {
+        format!("{s} s")
+    } else if s < 7200 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} h", s / 3600)
+    }
 }

@@ -23,9 +23,31 @@ use crate::{
 /// Programs that start sessions or run services: a process tree is not correlated above them
 /// (everything on the host descends from init; a login shell is a meaningful unit, sshd is not).
 const BOUNDARY_COMMS: &[&str] = &[
-    "systemd", "init", "sshd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc",
-    "conmon", "crun", "tini", "dumb-init", "kubelet", "dockerd", "cron", "crond", "atd", "supervisord",
-    "tmux: server", "screen", "login", "agetty", "sudo", "su", "s6-supervise", "runsv",
+    "systemd",
+    "init",
+    "sshd",
+    "containerd",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "runc",
+    "conmon",
+    "crun",
+    "tini",
+    "dumb-init",
+    "kubelet",
+    "dockerd",
+    "cron",
+    "crond",
+    "atd",
+    "supervisord",
+    "tmux: server",
+    "screen",
+    "login",
+    "agetty",
+    "sudo",
+    "su",
+    "s6-supervise",
+    "runsv",
 ];
 /// How many ancestors above a process take part in its correlation groups.
 const GROUP_DEPTH: usize = 2;
@@ -96,7 +118,14 @@ impl Engine {
         match &ev.event.kind {
             EventKind::ProcFork { child_pid } => {
                 let parent = self.proc_state(&ev.process, t).clone();
-                self.procs.insert(*child_pid, ProcState { last_seen: t, exited: false, ..parent });
+                self.procs.insert(
+                    *child_pid,
+                    ProcState {
+                        last_seen: t,
+                        exited: false,
+                        ..parent
+                    },
+                );
                 return;
             }
             EventKind::ProcExec { filename, argv, .. } => {
@@ -118,8 +147,18 @@ impl Engine {
         let state = self.proc_state(&ev.process, t).clone();
         let is_server = state.server.is_some();
         let startup_load = is_server && t < state.startup_until;
-        let ctx = Ctx { ev, t, server: state.server.as_deref(), startup_load };
-        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        let ctx = Ctx {
+            ev,
+            t,
+            server: state.server.as_deref(),
+            startup_load,
+        };
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
         match &ev.event.kind {
             EventKind::FileOpen { .. }
             | EventKind::FileRead { .. }
@@ -137,7 +176,8 @@ impl Engine {
             EventKind::GpuOpen { .. } => self.process_rules.on_gpu_open(&ctx, &mut sink),
             EventKind::ProcAccess { target_pid, .. } => {
                 let target = self.procs.get(target_pid).and_then(|p| p.server.clone());
-                self.process_rules.on_proc_access(&ctx, target.as_deref(), &mut sink);
+                self.process_rules
+                    .on_proc_access(&ctx, target.as_deref(), &mut sink);
             }
             _ => {}
         }
@@ -153,7 +193,10 @@ impl Engine {
     ) {
         let t = ev.time;
         let pid = ev.process.pid;
-        let matched = self.cfg.server_for(&facts(&ev.process, Some(filename), argv)).cloned();
+        let matched = self
+            .cfg
+            .server_for(&facts(&ev.process, Some(filename), argv))
+            .cloned();
         // A server's worker re-executing the same interpreter stays part of the server.
         let inherited = before.filter(|b| b.server.is_some() && b.exe.as_deref() == Some(filename));
         let state = match (&matched, inherited) {
@@ -164,7 +207,11 @@ impl Engine {
                 last_seen: t,
                 exited: false,
             },
-            (None, Some(b)) => ProcState { exe: Some(filename.to_string()), last_seen: t, ..b.clone() },
+            (None, Some(b)) => ProcState {
+                exe: Some(filename.to_string()),
+                last_seen: t,
+                ..b.clone()
+            },
             (None, None) => ProcState {
                 server: None,
                 startup_until: t,
@@ -173,21 +220,50 @@ impl Engine {
                 exited: false,
             },
         };
-        let spawned_by_server = before.and_then(|b| b.server.clone()).filter(|_| inherited.is_none() && matched.is_none());
+        let spawned_by_server = before
+            .and_then(|b| b.server.clone())
+            .filter(|_| inherited.is_none() && matched.is_none());
         self.procs.insert(pid, state.clone());
-        let ctx = Ctx { ev, t, server: state.server.as_deref(), startup_load: false };
-        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
-        self.process_rules.on_exec(&ctx, filename, argv, spawned_by_server.as_deref(), self.weights_present, &mut sink);
+        let ctx = Ctx {
+            ev,
+            t,
+            server: state.server.as_deref(),
+            startup_load: false,
+        };
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
+        self.process_rules.on_exec(
+            &ctx,
+            filename,
+            argv,
+            spawned_by_server.as_deref(),
+            self.weights_present,
+            &mut sink,
+        );
     }
 
     /// The kernel reported lost events at `t` (its ring buffer was full).
     pub fn on_event_loss(&mut self, dropped: u64, t: DateTime<Utc>, out: &mut Alerts) {
         // The loss happened since the previous report (or within the last flush interval).
-        let start = self.last_loss_report.unwrap_or(t - delta(self.cfg.flush_interval)).min(t);
+        let start = self
+            .last_loss_report
+            .unwrap_or(t - delta(self.cfg.flush_interval))
+            .min(t);
         self.last_loss_report = Some(t);
         self.losses.push_back(Window { start, end: t });
-        let summary = format!("the kernel dropped {dropped} events (ring buffer full); alerts in this window may be incomplete");
-        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+        let summary = format!(
+            "the kernel dropped {dropped} events (ring buffer full); alerts in this window may be incomplete"
+        );
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
         sink.emit(AlertSpec {
             rule: "agent.event_loss",
             severity: None,
@@ -203,12 +279,27 @@ impl Engine {
 
     /// A Hugging Face snapshot link (or any watched alias) now resolves to a different file:
     /// the model a server loads by name was swapped underneath it.
-    pub fn on_link_repointed(&mut self, link: &std::path::Path, now: &crate::enrich::FileView, t: DateTime<Utc>, out: &mut Alerts) {
-        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+    pub fn on_link_repointed(
+        &mut self,
+        link: &std::path::Path,
+        now: &crate::enrich::FileView,
+        t: DateTime<Utc>,
+        out: &mut Alerts,
+    ) {
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
         sink.emit(AlertSpec {
             rule: "weight.tamper",
             severity: None,
-            summary: format!("{} now points to a different file ({}); the model behind that name was swapped", link.display(), now.path.display()),
+            summary: format!(
+                "{} now points to a different file ({}); the model behind that name was swapped",
+                link.display(),
+                now.path.display()
+            ),
             time: t,
             process: agent_process(),
             files: vec![AlertFile::of(now, 0)],
@@ -219,12 +310,27 @@ impl Engine {
     }
 
     /// A file's SHA-256 differs from the manifest.
-    pub fn on_manifest_mismatch(&mut self, file: &crate::enrich::FileView, expected: &str, actual: &str, t: DateTime<Utc>, out: &mut Alerts) {
-        let mut sink = AlertSink { engine_cfg: &self.cfg, dedup: &mut self.dedup, losses: &self.losses, out };
+    pub fn on_manifest_mismatch(
+        &mut self,
+        file: &crate::enrich::FileView,
+        expected: &str,
+        actual: &str,
+        t: DateTime<Utc>,
+        out: &mut Alerts,
+    ) {
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
         sink.emit(AlertSpec {
             rule: "weight.tamper",
             severity: Some(Severity::Critical),
-            summary: format!("{} does not match the manifest: sha256 {actual}, expected {expected}", file.path.display()),
+            summary: format!(
+                "{} does not match the manifest: sha256 {actual}, expected {expected}",
+                file.path.display()
+            ),
             time: t,
             process: agent_process(),
             files: vec![AlertFile::of(file, 0)],
@@ -238,7 +344,8 @@ impl Engine {
     pub fn expire(&mut self) {
         let Some(now) = self.now else { return };
         let keep = TimeDelta::hours(2);
-        self.procs.retain(|_, p| !(p.exited && now - p.last_seen > TimeDelta::minutes(1)));
+        self.procs
+            .retain(|_, p| !(p.exited && now - p.last_seen > TimeDelta::minutes(1)));
         self.activity.expire(now, keep);
         self.process_rules.expire(now, keep);
         self.dedup.expire(now, keep);
@@ -299,7 +406,9 @@ fn agent_process() -> AlertProcess {
     AlertProcess {
         pid: std::process::id(),
         comm: "llmwatch".into(),
-        exe: std::env::current_exe().ok().map(|p| p.to_string_lossy().into_owned()),
+        exe: std::env::current_exe()
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
         uid: unsafe { libc::geteuid() },
         user: None,
         container_id: None,
@@ -354,8 +463,13 @@ impl AlertSink<'_> {
             return;
         }
         let key = format!("{}:{}", spec.rule, spec.key);
-        let Some(suppressed) = self.dedup.admit(&key, spec.time, common.suppress) else { return };
-        let incomplete = self.losses.iter().any(|l| l.start <= spec.window.end && spec.window.start <= l.end);
+        let Some(suppressed) = self.dedup.admit(&key, spec.time, common.suppress) else {
+            return;
+        };
+        let incomplete = self
+            .losses
+            .iter()
+            .any(|l| l.start <= spec.window.end && spec.window.start <= l.end);
         self.out.push(Alert {
             id: new_id(),
             time: spec.time,

@@ -14,7 +14,9 @@ use crate::{
 };
 
 /// Programs that give an attacker a shell: never expected under an inference server.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "fish", "busybox", "ash", "csh", "tcsh"];
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "fish", "busybox", "ash", "csh", "tcsh",
+];
 
 #[derive(Default)]
 pub(crate) struct ProcessRules {
@@ -39,12 +41,19 @@ impl ProcessRules {
         sink: &mut AlertSink<'_>,
     ) {
         let p = &ctx.ev.process;
-        let window = Window { start: ctx.t, end: ctx.t };
+        let window = Window {
+            start: ctx.t,
+            end: ctx.t,
+        };
         if let Some(server) = spawned_by_server {
             let allow = &sink.cfg().rules.inference_exec.allow;
             let name = basename(filename);
             if SHELLS.contains(&name) || !allow.iter().any(|a| a.matches(filename)) {
-                let what = if SHELLS.contains(&name) { "a shell" } else { "an unexpected program" };
+                let what = if SHELLS.contains(&name) {
+                    "a shell"
+                } else {
+                    "an unexpected program"
+                };
                 sink.emit(AlertSpec {
                     rule: "inference.exec",
                     severity: None,
@@ -59,17 +68,23 @@ impl ProcessRules {
             }
         }
         if weights_present {
-            let tool = sink.cfg().exfil_tools.iter().find(|t| t.matches(basename(filename), argv)).map(|t| {
-                match &t.subcommand {
+            let tool = sink
+                .cfg()
+                .exfil_tools
+                .iter()
+                .find(|t| t.matches(basename(filename), argv))
+                .map(|t| match &t.subcommand {
                     Some(s) => format!("{} {s}", t.program),
                     None => t.program.clone(),
-                }
-            });
+                });
             if let Some(tool) = tool {
                 sink.emit(AlertSpec {
                     rule: "exfil.tool",
                     severity: None,
-                    summary: format!("transfer tool {tool} run on a host that holds model weights: {}", argv.join(" ")),
+                    summary: format!(
+                        "transfer tool {tool} run on a host that holds model weights: {}",
+                        argv.join(" ")
+                    ),
                     time: ctx.t,
                     process: AlertProcess::of(ctx.ev),
                     files: vec![],
@@ -101,20 +116,29 @@ impl ProcessRules {
     }
 
     pub fn on_gpu_open(&mut self, ctx: &Ctx<'_>, sink: &mut AlertSink<'_>) {
-        let EventKind::GpuOpen { device, .. } = &ctx.ev.event.kind else { return };
+        let EventKind::GpuOpen { device, .. } = &ctx.ev.event.kind else {
+            return;
+        };
         let p = &ctx.ev.process;
         let exe = p.exe.as_deref().unwrap_or("");
-let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_deref());
+        let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_deref());
         if !allowed {
             sink.emit(AlertSpec {
                 rule: "gpu.unexpected_user",
                 severity: None,
-                summary: format!("{} (pid {}) started using GPU device {device}; it is not an allowed GPU program", if exe.is_empty() { &p.comm } else { exe }, p.pid),
+                summary: format!(
+                    "{} (pid {}) started using GPU device {device}; it is not an allowed GPU program",
+                    if exe.is_empty() { &p.comm } else { exe },
+                    p.pid
+                ),
                 time: ctx.t,
                 process: AlertProcess::of(ctx.ev),
                 files: vec![],
                 network: vec![],
-                window: Window { start: ctx.t, end: ctx.t },
+                window: Window {
+                    start: ctx.t,
+                    end: ctx.t,
+                },
                 key: format!("{}:{device}", if exe.is_empty() { &p.comm } else { exe }),
             });
         }
@@ -123,7 +147,11 @@ let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_d
             return;
         }
         let cfg = &sink.cfg().rules.gpu_spawn_storm;
-        let (max_spawns, per, max_concurrent) = (cfg.max_spawns as usize, delta(cfg.per), cfg.max_concurrent as usize);
+        let (max_spawns, per, max_concurrent) = (
+            cfg.max_spawns as usize,
+            delta(cfg.per),
+            cfg.max_concurrent as usize,
+        );
         let key = match &p.container_id {
             Some(c) => format!("container {}", &c[..c.len().min(12)]),
             None => format!("uid {}", p.uid),
@@ -139,7 +167,10 @@ let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_d
             sink.emit(AlertSpec {
                 rule: "gpu.spawn_storm",
                 severity: None,
-                summary: format!("{n} GPU processes started by {key} within {} s (limit {max_spawns})", (ctx.t - start).num_seconds()),
+                summary: format!(
+                    "{n} GPU processes started by {key} within {} s (limit {max_spawns})",
+                    (ctx.t - start).num_seconds()
+                ),
                 time: ctx.t,
                 process: AlertProcess::of(ctx.ev),
                 files: vec![],
@@ -158,7 +189,10 @@ let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_d
                 process: AlertProcess::of(ctx.ev),
                 files: vec![],
                 network: vec![],
-                window: Window { start: ctx.t, end: ctx.t },
+                window: Window {
+                    start: ctx.t,
+                    end: ctx.t,
+                },
                 key: "concurrent".into(),
             });
         }
@@ -169,7 +203,9 @@ let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_d
     }
 
     pub fn on_proc_access(&mut self, ctx: &Ctx<'_>, target_server: Option<&str>, sink: &mut AlertSink<'_>) {
-        let EventKind::ProcAccess { target_pid, op, .. } = &ctx.ev.event.kind else { return };
+        let EventKind::ProcAccess { target_pid, op, .. } = &ctx.ev.event.kind else {
+            return;
+        };
         let Some(server) = target_server else { return };
         let p = &ctx.ev.process;
         if p.pid == *target_pid {
@@ -189,6 +225,7 @@ let allowed = ctx.server.is_some() || sink.cfg().gpu_allowed(&p.comm, p.exe.as_d
     }
 
     pub fn expire(&mut self, now: DateTime<Utc>, keep: TimeDelta) {
-        self.gpu_spawns.retain(|_, q| q.back().is_some_and(|t| now - *t < keep));
+        self.gpu_spawns
+            .retain(|_, q| q.back().is_some_and(|t| now - *t < keep));
     }
 }

@@ -249,7 +249,10 @@ impl ProcessTable {
         if let Some((path, c)) = self.containers.get(&cgroup_id) {
             return (Some(path.clone()), c.clone());
         }
-        let path = self.cgroups.path(cgroup_id).or_else(|| container::cgroup_path_of(pid).ok());
+        let path = self
+            .cgroups
+            .path(cgroup_id)
+            .or_else(|| container::cgroup_path_of(pid).ok());
         match path {
             Some(path) => {
                 let info = container::parse_cgroup_path(&path);

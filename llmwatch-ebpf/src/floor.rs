@@ -1,0 +1,33 @@
+//! Empty programs on exactly the hooks the agent uses: `cargo xtask bench` attaches these as
+//! "the floor", the cost of the hook itself, so llmwatch's own cost can be read off as a ratio.
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn floor_exec(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn floor_fork(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn floor_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn floor_sock_send(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "io_uring_complete")]
+pub fn floor_io_uring_complete(_ctx: RawTracePointContext) -> i32 {
+    0
+}
