@@ -21,6 +21,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     alerts::Alert,
+    metrics::{Health, Metrics},
     clock::Clock,
     config::Config,
     enrich::{self, Enriched},
@@ -56,6 +57,7 @@ pub enum Status<'a> {
         roots: &'a [std::path::PathBuf],
         scan: &'a ScanReport,
         processes: usize,
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
@@ -113,11 +115,23 @@ pub struct Agent {
     drops_seen: u64,
     /// Kernel records decoded and handled since start.
     events_handled: u64,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// Kernel timestamp of the event being handled (event-to-alert latency).
+    current_ts_ns: Option<u64>,
+    /// Where the metrics endpoint listens, when it does.
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
     /// Loads and attaches the probes and fills the kernel maps; nothing is read yet.
-    pub fn start(cfg: Config, config_path: Option<PathBuf>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub fn start(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> anyhow::Result<Self> {
         let tracefs = probes::tracefs::ensure_mounted();
         let settings = Settings {
             read_report_bytes: cfg.read_report_bytes,
@@ -181,6 +195,10 @@ impl Agent {
             gpu_seen: HashSet::new(),
             drops_seen: 0,
             events_handled: 0,
+            metrics,
+            health,
+            current_ts_ns: None,
+            metrics_addr: None,
         })
     }
 
@@ -191,6 +209,11 @@ impl Agent {
             gpus: &self.gpus,
             clock: &*self.clock,
         }
+    }
+
+    /// Reported in `agent_ready`, so a user (or a test) knows where to scrape.
+    pub fn set_metrics_addr(&mut self, addr: std::net::SocketAddr) {
+        self.metrics_addr = Some(addr);
     }
 
     pub fn hooks(&self) -> &[HookStatus] {
@@ -247,8 +270,19 @@ impl Agent {
             roots: self.files.roots(),
             scan: &report,
             processes: self.procs.len(),
+            metrics_addr: self.metrics_addr,
         }));
         sink.flush();
+        for h in &self.probes.hooks {
+            self.metrics.set_hook(h.hook, h.attached);
+        }
+        self.metrics.set_watched(self.files.len(), self.files.total_bytes());
+        for id in crate::config::RULE_IDS {
+            if let Some(c) = self.cfg.rules.common(id).filter(|c| c.enabled) {
+                self.metrics.init_alert(id, c.severity.as_str());
+            }
+        }
+        self.health.set_ready(true);
         log::info!(
             "ready: {} weight files ({} bytes) watched under {} roots",
             self.files.len(),
@@ -286,7 +320,10 @@ impl Agent {
                     for ev in batch.drain(..) {
                         match ev {
                             Ok(ev) => self.handle(ev, sink),
-                            Err(e) => sink.emit(Output::Status(Status::AgentDecodeError { error: e.to_string() })),
+                            Err(e) => {
+                                self.metrics.decode_error();
+                                sink.emit(Output::Status(Status::AgentDecodeError { error: e.to_string() }))
+                            }
                         }
                     }
                     sink.flush();
@@ -310,6 +347,8 @@ impl Agent {
                     }
                 }
                 _ = flush.tick() => {
+                    let stats = self.maps.stats();
+                    self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
                     self.report_drops(sink);
                     self.procs.reap();
@@ -322,6 +361,7 @@ impl Agent {
                 _ = sigterm.recv() => break,
             }
         }
+        self.health.set_ready(false);
         self.report_drops(sink);
         sink.emit(Output::Status(Status::AgentStopped {
             events: self.events_handled,
@@ -378,6 +418,10 @@ impl Agent {
                 if !self.gpu_seen.insert((pid, *major, *minor)) => {
                     return;
                 }
+            EventKind::GpuOpen { .. } => {
+                let pids: HashSet<u32> = self.gpu_seen.iter().map(|(p, _, _)| *p).collect();
+                self.metrics.set_gpu_processes(pids.len());
+            }
             EventKind::ProcExit { .. } => {
                 let task = ev.task.clone();
                 self.sweep_pid(pid, &task, true, sink);
@@ -386,9 +430,12 @@ impl Agent {
             _ => {}
         }
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
+            self.count(&enriched);
             sink.emit(Output::Event(&enriched));
+            self.current_ts_ns = Some(enriched.event.ts_ns);
             self.engine.on_event(&enriched, &mut self.alerts);
             self.emit_alerts(sink);
+            self.current_ts_ns = None;
         }
     }
 
@@ -414,6 +461,7 @@ impl Agent {
                     };
                     self.fd_totals.insert(key, tracked.bytes);
                     if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
+                        self.count(&e);
                         sink.emit(Output::Event(&e));
                         self.engine.on_event(&e, &mut self.alerts);
                         self.emit_alerts(sink);
@@ -456,6 +504,7 @@ impl Agent {
                     };
                     self.send_totals.insert(key, stats.bytes);
                     if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
+                        self.count(&e);
                         sink.emit(Output::Event(&e));
                         self.engine.on_event(&e, &mut self.alerts);
                         self.emit_alerts(sink);
@@ -523,7 +572,27 @@ impl Agent {
 
     fn emit_alerts(&mut self, sink: &mut dyn Sink) {
         for a in self.alerts.drain(..) {
+            self.metrics.alert(&a.rule, a.severity.as_str());
+            if let Some(ts) = self.current_ts_ns {
+                self.metrics.latency(crate::clock::boot_ns_now().saturating_sub(ts) as f64 / 1e9);
+            }
             sink.emit(Output::Alert(&a));
+        }
+    }
+
+    /// Per-event counters for the metrics endpoint.
+    fn count(&self, e: &Enriched) {
+        self.metrics.event(e.event.kind.name());
+        let class = |e: &Enriched| if self.engine.is_server(e.process.pid) { "inference_server" } else { "other" };
+        match &e.event.kind {
+            EventKind::FileRead { bytes, .. } if e.weight.is_some() => {
+                self.metrics.weight_read(class(e), e.process.container_id.as_deref(), *bytes)
+            }
+            EventKind::FileMmap { len, .. } if e.weight.is_some() => {
+                self.metrics.weight_read(class(e), e.process.container_id.as_deref(), *len)
+            }
+            EventKind::NetSend { bytes, .. } => self.metrics.egress(class(e), *bytes),
+            _ => {}
         }
     }
 
@@ -571,6 +640,7 @@ impl Agent {
                         log::error!("rescan after reload: {e:#}");
                     }
                 }
+                self.metrics.config_reload(true);
                 log::info!("configuration reloaded from {}", path.display());
                 sink.emit(Output::Status(Status::ConfigReload {
                     ok: true,
@@ -580,6 +650,7 @@ impl Agent {
                 }));
             }
             Err(e) => {
+                self.metrics.config_reload(false);
                 log::error!("configuration reload refused, keeping the running one: {e}");
                 sink.emit(Output::Status(Status::ConfigReload {
                     ok: false,
@@ -654,7 +725,7 @@ impl<W: std::io::Write> Sink for JsonLines<W> {
 /// per-minute count of the events the rules saw.
 pub struct AlertsOnly<W: std::io::Write> {
     out: W,
-    pub by_kind: std::collections::BTreeMap<String, u64>,
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
     since: std::time::Instant,
 }
 
@@ -672,11 +743,7 @@ impl<W: std::io::Write> Sink for AlertsOnly<W> {
     fn emit(&mut self, out: Output<'_>) {
         match out {
             Output::Event(e) => {
-                let kind = serde_json::to_value(&e.event.kind)
-                    .ok()
-                    .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
-                    .unwrap_or_default();
-                *self.by_kind.entry(kind).or_default() += 1;
+                *self.by_kind.entry(e.event.kind.name()).or_default() += 1;
             }
             Output::Alert(a) => {
                 if serde_json::to_writer(&mut self.out, a).is_ok() {

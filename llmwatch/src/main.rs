@@ -7,6 +7,7 @@ use llmwatch::{
     agent::{Agent, AlertsOnly, JsonLines, Output, Sink},
     clock::{Clock, ShiftedClock, SystemClock},
     config::{self, Config},
+    metrics::{Health, Metrics},
     probes,
 };
 
@@ -102,6 +103,9 @@ struct RunOpts {
     /// testing time-dependent rules such as business hours.
     #[arg(long, value_name = "TIME")]
     clock_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Serve /metrics, /healthz and /readyz here (default 127.0.0.1:9477; `off` to disable).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 impl RunOpts {
@@ -127,6 +131,13 @@ impl RunOpts {
             cfg.send_report_bytes = n;
         }
         cfg.extra_gpu_majors.extend(&self.gpu_majors);
+        if let Some(a) = &self.metrics_addr {
+            cfg.metrics_addr = if a.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(a.parse().with_context(|| format!("--metrics-addr {a:?} is not an address like 127.0.0.1:9477"))?)
+            };
+        }
         Ok(cfg)
     }
 
@@ -314,7 +325,20 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let agent = Agent::start(cfg, config_path, clock)?;
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
+        let mut bound = None;
+        if let Some(addr) = cfg.metrics_addr {
+            let (b, _task) = llmwatch::metrics::serve(addr, metrics.clone(), health.clone())
+                .await
+                .with_context(|| format!("serving metrics on {addr} (metrics.addr / --metrics-addr)"))?;
+            log::info!("metrics on http://{b}/metrics");
+            bound = Some(b);
+        }
+        let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
+        if let Some(b) = bound {
+            agent.set_metrics_addr(b);
+        }
         let stdout = std::io::stdout();
         match mode {
             Mode::Events => {

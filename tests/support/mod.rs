@@ -46,8 +46,12 @@ impl Agent {
     /// Starts `llmwatch events` with `args` and waits until it reports ready.
     pub fn start(args: &[&str]) -> Agent {
         require_root();
+        // Scenarios run in parallel: each agent's metrics endpoint on its own free port.
+        let metrics: &[&str] =
+            if args.contains(&"--metrics-addr") { &[] } else { &["--metrics-addr", "127.0.0.1:0"] };
         let mut child = Command::new(agent_binary())
             .arg("events")
+            .args(metrics)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

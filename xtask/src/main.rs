@@ -296,7 +296,37 @@ fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
     check(status, "llmwatch")
 }
 
+/// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server) and PyPI's
+/// kubernetes-validate. Installed when missing, then required, so a test never skips silently.
+fn ensure_test_tools() -> anyhow::Result<()> {
+    let have = |cmd: &str, arg: &str| Command::new(cmd).arg(arg).output().is_ok_and(|o| o.status.success());
+    if !have("promtool", "--version") || !have("prometheus", "--version") {
+        eprintln!("test: installing Debian's prometheus package (promtool and the server, for the metrics tests)");
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        check(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "prometheus"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("running apt-get (as root)")?,
+            "apt-get install prometheus",
+        )?;
+    }
+    if !have("kubernetes-validate", "--version") {
+        eprintln!("test: installing kubernetes-validate from PyPI (offline Kubernetes schemas)");
+        check(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"])
+                .status()
+                .context("running pip")?,
+            "pip install kubernetes-validate",
+        )?;
+    }
+    Ok(())
+}
+
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    ensure_test_tools()?;
     // The end-to-end scenarios run the real binary, so build it first and tell them where it is.
     build(false)?;
     let bin = root.join("target/debug/llmwatch");
@@ -310,6 +340,8 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         ])
         .args(args)
         .env("LLMWATCH_BIN", &bin)
+        .env("LLMWATCH_REQUIRE_PROMTOOL", "1")
+        .env("LLMWATCH_REQUIRE_DEPLOY_TOOLS", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     // Pass the output through and add one closing line for the whole run: cargo prints a

@@ -61,7 +61,43 @@ pub struct Config {
     pub gpu_allow: Vec<Pattern>,
     pub exfil_tools: Vec<ExfilTool>,
     pub rules: Rules,
+    /// Where /metrics, /healthz and /readyz are served; None turns the endpoint off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Receivers every alert is POSTed to.
+    pub webhooks: Vec<WebhookConfig>,
+    /// Durable queue of alerts not yet delivered to every webhook.
+    pub spool: SpoolConfig,
 }
+
+/// One webhook receiver as configured (the sink turns it into a delivery target).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// http:// or https:// URL.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// HMAC-SHA256 signing secret, read from this file...
+    pub secret_file: Option<PathBuf>,
+    /// ...or from this environment variable (never from the YAML itself, so it is never printed).
+    pub secret_env: Option<String>,
+    pub timeout: Duration,
+    /// "raw" (the alert JSON), "slack" or "alertmanager".
+    pub preset: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { dir: PathBuf::from("/var/lib/llmwatch/spool"), max_bytes: 64 << 20 }
+    }
+}
+
+/// Default address of the metrics endpoint: loopback, so nothing is exposed unless asked.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
 impl Default for Config {
     fn default() -> Self {
@@ -80,6 +116,9 @@ impl Default for Config {
             gpu_allow: defaults::gpu_allow(),
             exfil_tools: defaults::exfil_tools(),
             rules: Rules::default(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().ok(),
+            webhooks: Vec::new(),
+            spool: SpoolConfig::default(),
         }
     }
 }

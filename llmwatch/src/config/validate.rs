@@ -24,7 +24,13 @@ const TOP: &[&str] = &[
     "exfil_tools",
     "kernel",
     "rules",
+    "metrics",
+    "webhooks",
+    "spool",
 ];
+const METRICS: &[&str] = &["addr"];
+const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
+const SPOOL: &[&str] = &["dir", "max_bytes"];
 const MODELS: &[&str] = &["dirs", "extra_dirs", "manifest"];
 const SERVER: &[&str] = &[
     "name",
@@ -52,6 +58,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("business_hours.maintenance[]", MAINTENANCE),
     ("gpu", GPU),
     ("kernel", KERNEL),
+    ("metrics", METRICS),
+    ("webhooks[]", WEBHOOK),
+    ("spool", SPOOL),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -334,6 +343,84 @@ impl Checker {
         if let Some(n) = f.get("rules") {
             self.rules(n, cfg);
         }
+        if let Some(n) = f.get("metrics") {
+            let m = self.fields("metrics", n, METRICS, "metrics");
+            self.set(&m, "metrics", "addr", "an address (host:port) or off", metrics_addr, &mut cfg.metrics_addr);
+        }
+        if let Some(n) = f.get("spool") {
+            let sp = self.fields("spool", n, SPOOL, "spool");
+            self.set(&sp, "spool", "dir", "a directory", absolute_path, &mut cfg.spool.dir);
+            self.set(&sp, "spool", "max_bytes", "a size", positive_size, &mut cfg.spool.max_bytes);
+        }
+        if let Some(n) = f.get("webhooks") {
+            self.webhooks(n, cfg);
+        }
+    }
+
+    fn webhooks(&mut self, node: &Node, cfg: &mut Config) {
+        let Some(items) = self.items("webhooks", node) else {
+            return;
+        };
+        let parsed = self.clean(|c| {
+            items.iter().filter_map(|(p, n)| c.clean(|c| c.webhook(p, n)).flatten()).collect::<Vec<_>>()
+        });
+        if let Some(w) = parsed {
+            cfg.webhooks = w;
+        }
+    }
+
+    fn webhook(&mut self, path: &str, node: &Node) -> Option<super::WebhookConfig> {
+        if !matches!(node.value, Value::Map(_)) {
+            self.bad(path, node, format!("expected a webhook (url:, secret_file:, ...), got {}", node.describe()));
+            return None;
+        }
+        let f = self.fields(path, node, WEBHOOK, "webhooks[]");
+        let mut w = super::WebhookConfig {
+            url: String::new(),
+            headers: Vec::new(),
+            secret_file: None,
+            secret_env: None,
+            timeout: Duration::from_secs(10),
+            preset: "raw".into(),
+        };
+        match f.get("url") {
+            Some(_) => self.set(&f, path, "url", "an http(s) URL", webhook_url, &mut w.url),
+            None => self.bad(path, node, "a webhook needs a url".to_string()),
+        }
+        if let Some(n) = f.get("headers") {
+            let hp = join(path, "headers");
+            let h = match &n.value {
+                Value::Map(entries) => entries
+                    .iter()
+                    .filter_map(|(k, v)| match (k.scalar(), v.scalar()) {
+                        (Some(k), Some(v)) if !k.is_empty() && !k.contains([':', '\n', '\r']) => {
+                            Some((k.to_string(), v.to_string()))
+                        }
+                        _ => {
+                            self.bad(&hp, k, "a header is `Name: value` with a non-empty name".to_string());
+                            None
+                        }
+                    })
+                    .collect(),
+                _ => {
+                    self.bad(&hp, n, format!("expected a mapping of header names to values, got {}", n.describe()));
+                    Vec::new()
+                }
+            };
+            w.headers = h;
+        }
+        let mut sf = None;
+        self.set(&f, path, "secret_file", "a file", |s| absolute_path(s).map(Some), &mut sf);
+        w.secret_file = sf;
+        let mut se = None;
+        self.set(&f, path, "secret_env", "an environment variable name", |s| non_empty(s).map(Some), &mut se);
+        w.secret_env = se;
+        if w.secret_file.is_some() && w.secret_env.is_some() {
+            self.bad(path, node, "set secret_file or secret_env, not both".to_string());
+        }
+        self.set(&f, path, "timeout", "a duration", positive_duration, &mut w.timeout);
+        self.set(&f, path, "preset", "raw, slack or alertmanager", preset, &mut w.preset);
+        Some(w)
     }
 
     fn models(&mut self, node: &Node, cfg: &mut Config) {
@@ -850,4 +937,32 @@ fn date_time(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, String> {
         .earliest()
         .map(|d| d.with_timezone(&Utc))
         .ok_or_else(|| format!("{s:?} does not exist in {tz} (skipped by a daylight-saving change)"))
+}
+
+fn metrics_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") || s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9477 or [::1]:9477 (or off)"))
+}
+
+fn webhook_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(s.to_string())
+}
+
+fn preset(s: &str) -> Result<String, String> {
+    match s.to_ascii_lowercase().as_str() {
+        p @ ("raw" | "slack" | "alertmanager") => Ok(p.to_string()),
+        _ => Err(format!("{s:?} is not a preset: raw, slack or alertmanager")),
+    }
 }

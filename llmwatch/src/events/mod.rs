@@ -214,6 +214,27 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The `kind` tag as serialized, without serializing.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::FileOpen { .. } => "file_open",
+            EventKind::FileOpenDenied { .. } => "file_open_denied",
+            EventKind::FileRead { .. } => "file_read",
+            EventKind::FileMmap { .. } => "file_mmap",
+            EventKind::FileTamper { .. } => "file_tamper",
+            EventKind::NetConnect { .. } => "net_connect",
+            EventKind::NetSend { .. } => "net_send",
+            EventKind::NetAccept { .. } => "net_accept",
+            EventKind::ProcExec { .. } => "proc_exec",
+            EventKind::ProcFork { .. } => "proc_fork",
+            EventKind::ProcExit { .. } => "proc_exit",
+            EventKind::ProcAccess { .. } => "proc_access",
+            EventKind::GpuOpen { .. } => "gpu_open",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// CLOCK_BOOTTIME nanoseconds.
@@ -501,6 +522,7 @@ mod tests {
         );
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["kind"], "file_read");
+        assert_eq!(ev.kind.name(), "file_read", "name() agrees with the serialized tag");
         assert_eq!(json["syscall"], "pread64");
     }
 

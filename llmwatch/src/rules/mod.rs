@@ -102,6 +102,11 @@ impl Engine {
         self.procs.clear();
     }
 
+    /// Whether `pid` is (part of) an inference server as far as the rules know.
+    pub fn is_server(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.server.is_some())
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
