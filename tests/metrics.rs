@@ -12,21 +12,39 @@ use llmwatch_e2e::{Agent, TempDir, secs, write_safetensors};
 fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 fn value(body: &str, series: &str) -> Option<f64> {
-    body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Tools from Debian's `prometheus` package: required in CI (`cargo xtask test` installs them).
 fn tool(name: &str) -> Option<&'static str> {
-    let found = Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if found {
         return Some(Box::leak(name.to_string().into_boxed_str()));
     }
@@ -43,44 +61,99 @@ fn agent_exports_metrics_health_and_readiness() {
     let model = dir.path().join("model.safetensors");
     write_safetensors(&model, 1_000_000);
     let mut agent = Agent::watching(&[dir.path()], &[]);
-    let addr = agent.ready["metrics_addr"].as_str().expect("agent_ready names the metrics address").to_string();
+    let addr = agent.ready["metrics_addr"]
+        .as_str()
+        .expect("agent_ready names the metrics address")
+        .to_string();
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
     assert_eq!(get(&addr, "/nope").0, 404);
     let (_, before) = get(&addr, "/metrics");
-    assert_eq!(value(&before, "llmwatch_hook_attached{hook=\"raw_tracepoint/sys_exit\"}"), Some(1.0), "{before}");
+    assert_eq!(
+        value(
+            &before,
+            "llmwatch_hook_attached{hook=\"raw_tracepoint/sys_exit\"}"
+        ),
+        Some(1.0),
+        "{before}"
+    );
     assert_eq!(value(&before, "llmwatch_watched_files"), Some(1.0));
     let reads_before = value(&before, "llmwatch_events_total{kind=\"file_read\"}").unwrap_or(0.0);
     // A read of the watched file moves the event and byte counters and raises alerts.
     std::fs::read(&model).unwrap();
-    agent.wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader").expect("alert");
+    agent
+        .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader")
+        .expect("alert");
     let (_, after) = get(&addr, "/metrics");
-    assert!(value(&after, "llmwatch_events_total{kind=\"file_read\"}").unwrap() > reads_before, "{after}");
-    assert!(value(&after, "llmwatch_weight_read_bytes_total{class=\"other\",container=\"host\"}").unwrap() >= 1_000_000.0);
-    assert!(value(&after, "llmwatch_alerts_total{rule=\"weight.unexpected_reader\",severity=\"high\"}").unwrap_or(0.0) >= 1.0
-        || value(&after, "llmwatch_alerts_total{rule=\"weight.unexpected_reader\",severity=\"medium\"}").unwrap_or(0.0) >= 1.0, "{after}");
+    assert!(
+        value(&after, "llmwatch_events_total{kind=\"file_read\"}").unwrap() > reads_before,
+        "{after}"
+    );
+    assert!(
+        value(
+            &after,
+            "llmwatch_weight_read_bytes_total{class=\"other\",container=\"host\"}"
+        )
+        .unwrap()
+            >= 1_000_000.0
+    );
+    assert!(
+        value(
+            &after,
+            "llmwatch_alerts_total{rule=\"weight.unexpected_reader\",severity=\"high\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+            || value(
+                &after,
+                "llmwatch_alerts_total{rule=\"weight.unexpected_reader\",severity=\"medium\"}"
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+        "{after}"
+    );
     assert!(after.contains("process_resident_memory_bytes"));
 
     if let Some(promtool) = tool("promtool") {
-        let mut child = Command::new(promtool).args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(after.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 #[test]
 fn a_real_prometheus_scrapes_the_agent() {
-    let Some(prometheus) = tool("prometheus") else { return };
+    let Some(prometheus) = tool("prometheus") else {
+        return;
+    };
     let dir = TempDir::new("prom");
     let agent = Agent::watching(&[dir.path()], &[]);
     let target = agent.ready["metrics_addr"].as_str().unwrap().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(&cfg, format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: llmwatch\n    static_configs: [{{targets: ['{target}']}}]\n")).unwrap();
     let mut prom = Command::new(prometheus)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -97,7 +170,10 @@ fn a_real_prometheus_scrapes_the_agent() {
         if TcpStream::connect(&api).is_err() {
             continue;
         }
-        let (_, body) = get(&api, "/api/v1/query?query=llmwatch_hook_attached%7Bhook%3D%22raw_tracepoint%2Fsys_exit%22%7D");
+        let (_, body) = get(
+            &api,
+            "/api/v1/query?query=llmwatch_hook_attached%7Bhook%3D%22raw_tracepoint%2Fsys_exit%22%7D",
+        );
         last = body.clone();
         if body.contains("\"result\":[{") && body.contains("\"1\"]") {
             break true;

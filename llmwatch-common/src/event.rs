@@ -93,7 +93,7 @@ pub struct FileOpenDeniedEvent {
 
 /// Why a [`FileReadEvent`] was written.
 pub mod read_reason {
-    /// First bytes read through this descriptor.
+    /// First report of a destination (sends); reads report on progress and close only.
     pub const FIRST: u32 = 1;
     /// Another `READ_REPORT_BYTES` were read since the last report.
     pub const PROGRESS: u32 = 2;
@@ -121,6 +121,9 @@ pub struct FileReadEvent {
     pub syscall: u32,
     pub reason: u32,
     pub _pad: u32,
+    /// Identity of this open of the file (its `struct file`), so reports of a reused fd
+    /// number are never mixed with the previous file's.
+    pub instance: u64,
 }
 
 /// A watched file was mapped into memory. Real loaders (safetensors, llama.cpp, torch with

@@ -8,6 +8,7 @@ pub mod names {
     pub const WATCHED_FILES: &str = "WATCHED_FILES";
     pub const WATCHED_NAMES: &str = "WATCHED_NAMES";
     pub const TRACKED_FDS: &str = "TRACKED_FDS";
+    pub const OPENS_SEEN: &str = "OPENS_SEEN";
     pub const SEND_STATS: &str = "SEND_STATS";
     pub const GPU_MAJORS: &str = "GPU_MAJORS";
     pub const INFERENCE_PORTS: &str = "INFERENCE_PORTS";
@@ -47,6 +48,16 @@ pub struct TrackedFd {
     pub size: u64,
     /// Bytes written through this descriptor (a tamper event is sent on the first write).
     pub written: u64,
+}
+
+/// Key of `OPENS_SEEN`: a process and a watched file it has opened (read-only opens after the
+/// first are not reported again; their reads still are).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenKey {
+    pub file: FileId,
+    pub pid: u32,
+    pub _pad: u32,
 }
 
 /// Key of `SEND_STATS`: one (process, destination) pair.

@@ -5,7 +5,7 @@ use llmwatch_common::{
         FileId, FileMmapEvent, FileOpenDeniedEvent, FileOpenEvent, FileReadEvent, FileTamperEvent,
         GpuOpenEvent, PATH_LEN, kind, read_reason, tamper_op,
     },
-    maps::{FdKey, TrackedFd, name_hash, stat},
+    maps::{FdKey, OpenKey, TrackedFd, name_hash, stat},
     syscalls as nr,
 };
 
@@ -13,7 +13,8 @@ use crate::{
     emit,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report, stat_inc,
+        GPU_MAJORS, OPENS_SEEN, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
+        stat_inc,
     },
 };
 
@@ -82,6 +83,19 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
         stat_inc(stat::TRACKED_FDS_FULL);
     }
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
+    // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
+    // reported once per process and file.
+    if flags & 0o1003 == 0 {
+        let seen = OpenKey {
+            file: id,
+            pid,
+            _pad: 0,
+        };
+        if unsafe { OPENS_SEEN.get(&seen) }.is_some() {
+            return;
+        }
+        let _ = OPENS_SEEN.insert(&seen, &1, 0);
+    }
     let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else {
         return;
     };
@@ -172,17 +186,14 @@ pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
         return;
     };
     let bytes = ret as u64;
-    // Aggregate in the kernel: userspace hears about the first bytes and then every
-    // `read_report_bytes`, not every syscall.
     crate::kernel::atomic_add(unsafe { &raw mut (*entry).bytes }, bytes);
     let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
-    let reason = if reported == 0 && total == bytes {
-        read_reason::FIRST
-    } else if total.wrapping_sub(reported) >= settings_read_report() {
-        read_reason::PROGRESS
-    } else {
+    // Aggregate in the kernel: userspace hears every `read_report_bytes` and on close (and
+    // sweeps the counter of a live descriptor itself), not per syscall.
+    if total.wrapping_sub(reported) < settings_read_report() {
         return;
-    };
+    }
+    let reason = read_reason::PROGRESS;
     // Only when reporting, check the slot still holds the file we classified: close_range or
     // exec may have closed it without a close() we saw, and the number been reused.
     let file_ptr = unsafe { (*entry).file_ptr };
@@ -208,6 +219,7 @@ fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total
         (*ev).syscall = syscall;
         (*ev).reason = reason;
         (*ev)._pad = 0;
+        (*ev).instance = (*entry).file_ptr;
     }
     emit::submit(rec, kind::FILE_READ);
 }
@@ -443,6 +455,7 @@ pub fn on_io_uring_complete(req: u64, cqe: u64) {
         (*ev).syscall = opcode as u32;
         (*ev).reason = read_reason::IO_URING;
         (*ev)._pad = 0;
+        (*ev).instance = file;
     }
     emit::submit(rec, kind::FILE_READ);
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use llmwatch_common::{
     event::FileId,
-    maps::{self as m, FdKey, SendKey, SendStats, Settings, TrackedFd, WatchedFile},
+    maps::{self as m, FdKey, OpenKey, SendKey, SendStats, Settings, TrackedFd, WatchedFile},
     offsets::Offsets,
 };
 
@@ -36,6 +36,12 @@ pub static WATCHED_NAMES: HashMap<u64, u8> = HashMap::with_max_entries(m::WATCHE
 /// Open descriptors of watched files, classified once at open.
 #[map(name = "TRACKED_FDS")]
 pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> = HashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
+
+/// Watched files each process has opened: repeated read-only opens are not reported again
+/// (a loader reopening a shard, a worker pool), which keeps the event rate bounded. LRU, so a
+/// long-gone process's entries age out.
+#[map(name = "OPENS_SEEN")]
+pub static OPENS_SEEN: LruHashMap<OpenKey, u8> = LruHashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
 
 /// Bytes sent per (process, destination). LRU so entries of processes whose exit the agent
 /// missed age out instead of filling the map.

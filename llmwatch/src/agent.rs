@@ -21,11 +21,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     alerts::Alert,
-    metrics::{Health, Metrics},
     clock::Clock,
     config::Config,
     enrich::{self, Enriched},
     events::{self, Event, EventKind, ReadReason, Task},
+    metrics::{Health, Metrics},
     probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
     rules::Engine,
     state::{
@@ -109,7 +109,9 @@ pub struct Agent {
     names_in_kernel: HashSet<u64>,
     /// Last cumulative byte count passed on per descriptor / destination; deltas are derived
     /// from the kernel's running totals so a report is never counted twice.
-    fd_totals: HashMap<FdKey, u64>,
+    fd_totals: HashMap<(FdKey, u64), u64>,
+    /// Processes that opened or read watched files (their descriptors are swept on exit).
+    fd_pids: HashSet<u32>,
     send_totals: HashMap<SendKey, u64>,
     gpu_seen: HashSet<(u32, u32, u32)>,
     drops_seen: u64,
@@ -166,6 +168,9 @@ impl Agent {
         }
         let mut procs = ProcessTable::new();
         procs.scan_proc();
+        // Start-up parsed the kernel's BTF (megabytes) twice; hand the freed heap back so the
+        // resident size reflects what the agent keeps.
+        unsafe { libc::malloc_trim(0) };
         let mut cfg = cfg;
         // Host names in the egress allowlist: resolved once here (blocking DNS, before the
         // event loop) and again on every reload.
@@ -191,6 +196,7 @@ impl Agent {
             in_kernel: HashSet::new(),
             names_in_kernel: HashSet::new(),
             fd_totals: HashMap::new(),
+            fd_pids: HashSet::new(),
             send_totals: HashMap::new(),
             gpu_seen: HashSet::new(),
             drops_seen: 0,
@@ -276,7 +282,8 @@ impl Agent {
         for h in &self.probes.hooks {
             self.metrics.set_hook(h.hook, h.attached);
         }
-        self.metrics.set_watched(self.files.len(), self.files.total_bytes());
+        self.metrics
+            .set_watched(self.files.len(), self.files.total_bytes());
         for id in crate::config::RULE_IDS {
             if let Some(c) = self.cfg.rules.common(id).filter(|c| c.enabled) {
                 self.metrics.init_alert(id, c.severity.as_str());
@@ -376,17 +383,19 @@ impl Agent {
         self.procs.observe(&ev);
         let pid = ev.task.pid;
         match &mut ev.kind {
-            EventKind::FileOpen { fd, .. } => {
-                self.fd_totals.insert(FdKey { pid, fd: *fd as u32 }, 0);
+            EventKind::FileOpen { .. } => {
+                self.fd_pids.insert(pid);
             }
             EventKind::FileRead {
                 fd,
                 bytes,
                 total,
                 reason,
+                instance,
                 ..
             } if *fd >= 0 => {
-                let key = FdKey { pid, fd: *fd as u32 };
+                self.fd_pids.insert(pid);
+                let key = (FdKey { pid, fd: *fd as u32 }, *instance);
                 let seen = self.fd_totals.get(&key).copied().unwrap_or(0);
                 if *reason == ReadReason::Close {
                     self.fd_totals.remove(&key);
@@ -441,39 +450,86 @@ impl Agent {
 
     /// Passes on bytes counted in the kernel but not yet reported for `pid`; on exit also
     /// removes its entries from the kernel maps.
+    /// Passes on bytes read through watched descriptors that the kernel counted but has not
+    /// reported (it reports every `read_report_bytes` and on close). `only` limits the sweep to
+    /// one process; `exited` also removes its entries.
+    fn sweep_fds(&mut self, only: Option<(u32, &Task)>, exited: bool, sink: &mut dyn Sink) {
+        let keys: Vec<FdKey> = self
+            .maps
+            .tracked_fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| only.is_none_or(|(p, _)| k.pid == p))
+            .collect();
+        for key in keys {
+            let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) else {
+                continue;
+            };
+            let instance = tracked.file_ptr;
+            let gone =
+                exited || (only.is_none() && !std::path::Path::new(&format!("/proc/{}", key.pid)).exists());
+            let seen = self.fd_totals.get(&(key, instance)).copied().unwrap_or(0);
+            if tracked.bytes > seen {
+                let task = match only {
+                    Some((_, t)) => t.clone(),
+                    None => self.task_of(key.pid),
+                };
+                let ev = Event {
+                    ts_ns: now_boot_ns(),
+                    task,
+                    kind: EventKind::FileRead {
+                        file: tracked.file.into(),
+                        fd: key.fd as i32,
+                        bytes: tracked.bytes - seen,
+                        total: tracked.bytes,
+                        reason: ReadReason::Flush,
+                        syscall: "flush".into(),
+                        instance,
+                    },
+                };
+                self.fd_totals.insert((key, instance), tracked.bytes);
+                if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
+                    self.count(&e);
+                    sink.emit(Output::Event(&e));
+                    self.engine.on_event(&e, &mut self.alerts);
+                    self.emit_alerts(sink);
+                }
+            }
+            if gone {
+                let _ = self.maps.tracked_fds.remove(&key);
+                self.fd_totals.remove(&(key, instance));
+            }
+        }
+        if exited && let Some((pid, _)) = only {
+            self.fd_pids.remove(&pid);
+            self.fd_totals.retain(|(k, _), _| k.pid != pid);
+        }
+    }
+
+    fn task_of(&self, pid: u32) -> Task {
+        match self.procs.get(pid) {
+            Some(p) => Task {
+                pid,
+                tid: pid,
+                uid: p.uid,
+                gid: 0,
+                comm: p.comm.clone(),
+                cgroup_id: p.cgroup_id,
+            },
+            None => Task {
+                pid,
+                tid: pid,
+                uid: 0,
+                gid: 0,
+                comm: String::new(),
+                cgroup_id: 0,
+            },
+        }
+    }
+
     fn sweep_pid(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
-        let fds: Vec<FdKey> = self.fd_totals.keys().filter(|k| k.pid == pid).copied().collect();
-        for key in fds {
-            let seen = self.fd_totals[&key];
-            if let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) {
-                if tracked.bytes > seen {
-                    let ev = Event {
-                        ts_ns: now_boot_ns(),
-                        task: task.clone(),
-                        kind: EventKind::FileRead {
-                            file: tracked.file.into(),
-                            fd: key.fd as i32,
-                            bytes: tracked.bytes - seen,
-                            total: tracked.bytes,
-                            reason: ReadReason::Flush,
-                            syscall: "flush".into(),
-                        },
-                    };
-                    self.fd_totals.insert(key, tracked.bytes);
-                    if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
-                        self.count(&e);
-                        sink.emit(Output::Event(&e));
-                        self.engine.on_event(&e, &mut self.alerts);
-                        self.emit_alerts(sink);
-                    }
-                }
-                if exited {
-                    let _ = self.maps.tracked_fds.remove(&key);
-                }
-            }
-            if exited {
-                self.fd_totals.remove(&key);
-            }
+        if self.fd_pids.contains(&pid) {
+            self.sweep_fds(Some((pid, task)), exited, sink);
         }
         let sends: Vec<SendKey> = self
             .send_totals
@@ -521,31 +577,11 @@ impl Agent {
     }
 
     fn sweep_live(&mut self, sink: &mut dyn Sink) {
-        let pids: HashSet<u32> = self
-            .fd_totals
-            .keys()
-            .map(|k| k.pid)
-            .chain(self.send_totals.keys().map(|k| k.pid))
-            .collect();
+        // Every watched descriptor (the map holds only those), then every destination.
+        self.sweep_fds(None, false, sink);
+        let pids: HashSet<u32> = self.send_totals.keys().map(|k| k.pid).collect();
         for pid in pids {
-            let task = match self.procs.get(pid) {
-                Some(p) => Task {
-                    pid,
-                    tid: pid,
-                    uid: p.uid,
-                    gid: 0,
-                    comm: p.comm.clone(),
-                    cgroup_id: p.cgroup_id,
-                },
-                None => Task {
-                    pid,
-                    tid: pid,
-                    uid: 0,
-                    gid: 0,
-                    comm: String::new(),
-                    cgroup_id: 0,
-                },
-            };
+            let task = self.task_of(pid);
             let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
             self.sweep_pid(pid, &task, gone, sink);
         }
@@ -574,7 +610,8 @@ impl Agent {
         for a in self.alerts.drain(..) {
             self.metrics.alert(&a.rule, a.severity.as_str());
             if let Some(ts) = self.current_ts_ns {
-                self.metrics.latency(crate::clock::boot_ns_now().saturating_sub(ts) as f64 / 1e9);
+                self.metrics
+                    .latency(crate::clock::boot_ns_now().saturating_sub(ts) as f64 / 1e9);
             }
             sink.emit(Output::Alert(&a));
         }
@@ -583,13 +620,21 @@ impl Agent {
     /// Per-event counters for the metrics endpoint.
     fn count(&self, e: &Enriched) {
         self.metrics.event(e.event.kind.name());
-        let class = |e: &Enriched| if self.engine.is_server(e.process.pid) { "inference_server" } else { "other" };
+        let class = |e: &Enriched| {
+            if self.engine.is_server(e.process.pid) {
+                "inference_server"
+            } else {
+                "other"
+            }
+        };
         match &e.event.kind {
             EventKind::FileRead { bytes, .. } if e.weight.is_some() => {
-                self.metrics.weight_read(class(e), e.process.container_id.as_deref(), *bytes)
+                self.metrics
+                    .weight_read(class(e), e.process.container_id.as_deref(), *bytes)
             }
             EventKind::FileMmap { len, .. } if e.weight.is_some() => {
-                self.metrics.weight_read(class(e), e.process.container_id.as_deref(), *len)
+                self.metrics
+                    .weight_read(class(e), e.process.container_id.as_deref(), *len)
             }
             EventKind::NetSend { bytes, .. } => self.metrics.egress(class(e), *bytes),
             _ => {}

@@ -255,6 +255,7 @@ mod tests {
             total: 10,
             reason: ReadReason::First,
             syscall: "read".into(),
+            instance: 0,
         });
         let e = enrich(ev, &mut cx).unwrap();
         assert_eq!(e.weight.as_ref().unwrap().path, path);

@@ -132,11 +132,14 @@ impl RunOpts {
         }
         cfg.extra_gpu_majors.extend(&self.gpu_majors);
         if let Some(a) = &self.metrics_addr {
-            cfg.metrics_addr = if a.eq_ignore_ascii_case("off") {
-                None
-            } else {
-                Some(a.parse().with_context(|| format!("--metrics-addr {a:?} is not an address like 127.0.0.1:9477"))?)
-            };
+            cfg.metrics_addr =
+                if a.eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(a.parse().with_context(|| {
+                        format!("--metrics-addr {a:?} is not an address like 127.0.0.1:9477")
+                    })?)
+                };
         }
         Ok(cfg)
     }
@@ -196,6 +199,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
                 total: 4096,
                 reason: ReadReason::Progress,
                 syscall: "read".into(),
+                instance: 0,
             },
             1 => EventKind::NetSend {
                 dest: std::net::IpAddr::from([10, 0, (i % 7) as u8, 1]),

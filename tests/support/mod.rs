@@ -47,8 +47,11 @@ impl Agent {
     pub fn start(args: &[&str]) -> Agent {
         require_root();
         // Scenarios run in parallel: each agent's metrics endpoint on its own free port.
-        let metrics: &[&str] =
-            if args.contains(&"--metrics-addr") { &[] } else { &["--metrics-addr", "127.0.0.1:0"] };
+        let metrics: &[&str] = if args.contains(&"--metrics-addr") {
+            &[]
+        } else {
+            &["--metrics-addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(agent_binary())
             .arg("events")
             .args(metrics)

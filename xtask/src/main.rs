@@ -299,9 +299,16 @@ fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 /// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server) and PyPI's
 /// kubernetes-validate. Installed when missing, then required, so a test never skips silently.
 fn ensure_test_tools() -> anyhow::Result<()> {
-    let have = |cmd: &str, arg: &str| Command::new(cmd).arg(arg).output().is_ok_and(|o| o.status.success());
+    let have = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !have("promtool", "--version") || !have("prometheus", "--version") {
-        eprintln!("test: installing Debian's prometheus package (promtool and the server, for the metrics tests)");
+        eprintln!(
+            "test: installing Debian's prometheus package (promtool and the server, for the metrics tests)"
+        );
         let _ = Command::new("apt-get").args(["update", "-qq"]).status();
         check(
             Command::new("apt-get")

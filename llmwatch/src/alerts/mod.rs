@@ -144,6 +144,20 @@ impl Dedup {
         }
     }
 
+    /// Whether an alert for `key` at `t` would be sent, without changing anything. Rules call
+    /// this before building an alert (summaries are formatted strings) and `suppress` when not.
+    pub fn would_admit(&self, key: &str, t: DateTime<Utc>, suppress: std::time::Duration) -> bool {
+        let window = chrono::TimeDelta::from_std(suppress).unwrap_or(chrono::TimeDelta::MAX);
+        self.last.get(key).is_none_or(|(sent, _)| t - *sent >= window)
+    }
+
+    /// Counts a repeat that `would_admit` turned away.
+    pub fn suppress(&mut self, key: &str) {
+        if let Some((_, n)) = self.last.get_mut(key) {
+            *n += 1;
+        }
+    }
+
     /// Forgets keys idle for longer than `older_than`.
     pub fn expire(&mut self, now: DateTime<Utc>, older_than: chrono::TimeDelta) {
         self.last.retain(|_, (sent, _)| now - *sent < older_than);

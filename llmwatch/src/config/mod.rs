@@ -92,7 +92,10 @@ pub struct SpoolConfig {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { dir: PathBuf::from("/var/lib/llmwatch/spool"), max_bytes: 64 << 20 }
+        SpoolConfig {
+            dir: PathBuf::from("/var/lib/llmwatch/spool"),
+            max_bytes: 64 << 20,
+        }
     }
 }
 

@@ -345,12 +345,33 @@ impl Checker {
         }
         if let Some(n) = f.get("metrics") {
             let m = self.fields("metrics", n, METRICS, "metrics");
-            self.set(&m, "metrics", "addr", "an address (host:port) or off", metrics_addr, &mut cfg.metrics_addr);
+            self.set(
+                &m,
+                "metrics",
+                "addr",
+                "an address (host:port) or off",
+                metrics_addr,
+                &mut cfg.metrics_addr,
+            );
         }
         if let Some(n) = f.get("spool") {
             let sp = self.fields("spool", n, SPOOL, "spool");
-            self.set(&sp, "spool", "dir", "a directory", absolute_path, &mut cfg.spool.dir);
-            self.set(&sp, "spool", "max_bytes", "a size", positive_size, &mut cfg.spool.max_bytes);
+            self.set(
+                &sp,
+                "spool",
+                "dir",
+                "a directory",
+                absolute_path,
+                &mut cfg.spool.dir,
+            );
+            self.set(
+                &sp,
+                "spool",
+                "max_bytes",
+                "a size",
+                positive_size,
+                &mut cfg.spool.max_bytes,
+            );
         }
         if let Some(n) = f.get("webhooks") {
             self.webhooks(n, cfg);
@@ -362,7 +383,10 @@ impl Checker {
             return;
         };
         let parsed = self.clean(|c| {
-            items.iter().filter_map(|(p, n)| c.clean(|c| c.webhook(p, n)).flatten()).collect::<Vec<_>>()
+            items
+                .iter()
+                .filter_map(|(p, n)| c.clean(|c| c.webhook(p, n)).flatten())
+                .collect::<Vec<_>>()
         });
         if let Some(w) = parsed {
             cfg.webhooks = w;
@@ -371,7 +395,14 @@ impl Checker {
 
     fn webhook(&mut self, path: &str, node: &Node) -> Option<super::WebhookConfig> {
         if !matches!(node.value, Value::Map(_)) {
-            self.bad(path, node, format!("expected a webhook (url:, secret_file:, ...), got {}", node.describe()));
+            self.bad(
+                path,
+                node,
+                format!(
+                    "expected a webhook (url:, secret_file:, ...), got {}",
+                    node.describe()
+                ),
+            );
             return None;
         }
         let f = self.fields(path, node, WEBHOOK, "webhooks[]");
@@ -397,29 +428,68 @@ impl Checker {
                             Some((k.to_string(), v.to_string()))
                         }
                         _ => {
-                            self.bad(&hp, k, "a header is `Name: value` with a non-empty name".to_string());
+                            self.bad(
+                                &hp,
+                                k,
+                                "a header is `Name: value` with a non-empty name".to_string(),
+                            );
                             None
                         }
                     })
                     .collect(),
                 _ => {
-                    self.bad(&hp, n, format!("expected a mapping of header names to values, got {}", n.describe()));
+                    self.bad(
+                        &hp,
+                        n,
+                        format!(
+                            "expected a mapping of header names to values, got {}",
+                            n.describe()
+                        ),
+                    );
                     Vec::new()
                 }
             };
             w.headers = h;
         }
         let mut sf = None;
-        self.set(&f, path, "secret_file", "a file", |s| absolute_path(s).map(Some), &mut sf);
+        self.set(
+            &f,
+            path,
+            "secret_file",
+            "a file",
+            |s| absolute_path(s).map(Some),
+            &mut sf,
+        );
         w.secret_file = sf;
         let mut se = None;
-        self.set(&f, path, "secret_env", "an environment variable name", |s| non_empty(s).map(Some), &mut se);
+        self.set(
+            &f,
+            path,
+            "secret_env",
+            "an environment variable name",
+            |s| non_empty(s).map(Some),
+            &mut se,
+        );
         w.secret_env = se;
         if w.secret_file.is_some() && w.secret_env.is_some() {
             self.bad(path, node, "set secret_file or secret_env, not both".to_string());
         }
-        self.set(&f, path, "timeout", "a duration", positive_duration, &mut w.timeout);
-        self.set(&f, path, "preset", "raw, slack or alertmanager", preset, &mut w.preset);
+        self.set(
+            &f,
+            path,
+            "timeout",
+            "a duration",
+            positive_duration,
+            &mut w.timeout,
+        );
+        self.set(
+            &f,
+            path,
+            "preset",
+            "raw, slack or alertmanager",
+            preset,
+            &mut w.preset,
+        );
         Some(w)
     }
 

@@ -141,6 +141,9 @@ pub enum EventKind {
         total: u64,
         reason: ReadReason,
         syscall: Name,
+        /// Which open of the file (a reused fd number gets a new instance).
+        #[serde(default)]
+        instance: u64,
     },
     FileMmap {
         file: FileKey,
@@ -338,6 +341,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 } else {
                     syscalls::name(e.syscall as u64).into()
                 },
+                instance: e.instance,
             }
         }
         kind::FILE_MMAP => {
@@ -502,6 +506,7 @@ mod tests {
             syscall: syscalls::PREAD64 as u32,
             reason: read_reason::PROGRESS,
             _pad: 0,
+            instance: 0,
         };
         let ev = decode(&encode(&rec)).unwrap();
         assert_eq!(ev.task.pid, 100);
@@ -517,12 +522,17 @@ mod tests {
                 bytes: 4096,
                 total: 8192,
                 reason: ReadReason::Progress,
-                syscall: "pread64".into()
+                syscall: "pread64".into(),
+                instance: 0
             }
         );
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["kind"], "file_read");
-        assert_eq!(ev.kind.name(), "file_read", "name() agrees with the serialized tag");
+        assert_eq!(
+            ev.kind.name(),
+            "file_read",
+            "name() agrees with the serialized tag"
+        );
         assert_eq!(json["syscall"], "pread64");
     }
 

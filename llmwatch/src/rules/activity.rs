@@ -182,6 +182,10 @@ impl Activity {
         } else {
             (None, "open")
         };
+        let key = format!("{pid}:{}:{}:{tag}", w.dev, w.ino);
+        if !sink.gate("weight.unexpected_reader", &key, ctx.t) {
+            return;
+        }
         let summary = if high {
             format!(
                 "{who} (pid {pid}), not an inference server, read {} of {} ({:.0}%)",
@@ -207,7 +211,7 @@ impl Activity {
                 start: ctx.t,
                 end: ctx.t,
             },
-            key: format!("{pid}:{}:{}:{tag}", w.dev, w.ino),
+            key,
         });
     }
 
@@ -230,7 +234,9 @@ impl Activity {
             });
             f.bytes += bytes;
             f.last = ctx.t;
-            group.reader = Some(AlertProcess::of(ctx.ev));
+            if group.reader.as_ref().map(|r| r.pid) != Some(ctx.ev.process.pid) {
+                group.reader = Some(AlertProcess::of(ctx.ev));
+            }
             group.last = Some(ctx.t);
         }
         // Judge nearest group first; one alert per rule per event.
@@ -270,7 +276,10 @@ impl Activity {
             end: ctx.t,
         };
         let mut fired = false;
-        if file_frac >= bulk_min_fraction || total >= bulk_min_bytes {
+        let dkey = format!("{}:{}:{}", f.first_reader, key.dev, key.ino);
+        if (file_frac >= bulk_min_fraction || total >= bulk_min_bytes)
+            && sink.gate("weight.bulk_read", &dkey, ctx.t)
+        {
             let before = sink_len(sink);
             sink.emit(AlertSpec {
                 rule: "weight.bulk_read",
@@ -290,12 +299,15 @@ impl Activity {
                 files: files.iter().map(|f| file_alert(f)).collect(),
                 network: vec![],
                 window,
-                key: format!("{}:{}:{}", f.first_reader, key.dev, key.ino),
+                key: dkey.clone(),
             });
             fired |= sink_len(sink) > before;
         }
-        let bh = &sink.cfg().business_hours;
-        if (file_frac >= off_min_fraction || total >= off_min_bytes) && !bh.is_business_time(ctx.t) {
+        if (file_frac >= off_min_fraction || total >= off_min_bytes)
+            && !sink.cfg().business_hours.is_business_time(ctx.t)
+            && sink.gate("weight.off_hours_access", &dkey, ctx.t)
+        {
+            let bh = &sink.cfg().business_hours;
             let before = sink_len(sink);
             let local = ctx.t.with_timezone(&bh.tz);
             sink.emit(AlertSpec {
@@ -314,7 +326,7 @@ impl Activity {
                 files: files.iter().map(|f| file_alert(f)).collect(),
                 network: vec![],
                 window,
-                key: format!("{}:{}:{}", f.first_reader, key.dev, key.ino),
+                key: dkey,
             });
             fired |= sink_len(sink) > before;
         }
@@ -394,6 +406,10 @@ impl Activity {
             .chain(outside.iter().map(|(_, s)| s.first))
             .min()
             .unwrap_or(ctx.t);
+        let dkey = format!("{first_reader}:{top_ip}:{top_port}");
+        if !sink.gate("weight.exfiltration", &dkey, ctx.t) {
+            return false;
+        }
         let before = sink_len(sink);
         sink.emit(AlertSpec {
             rule: "weight.exfiltration",
@@ -417,7 +433,7 @@ impl Activity {
                 .map(|((ip, port), s)| AlertNetwork { dest: *ip, port: *port, bytes_sent: s.bytes })
                 .collect(),
             window: Window { start, end: ctx.t },
-            key: format!("{first_reader}:{top_ip}:{top_port}"),
+            key: dkey,
         });
         sink_len(sink) > before
     }

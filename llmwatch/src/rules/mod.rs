@@ -459,6 +459,23 @@ impl AlertSink<'_> {
         self.engine_cfg
     }
 
+    /// Cheap check before a rule builds an alert: false (and the repeat counted) when the rule
+    /// is off or `rule:key` is inside its suppression window.
+    pub fn gate(&mut self, rule: &str, key: &str, t: DateTime<Utc>) -> bool {
+        let Some(common) = self.engine_cfg.rules.common(rule) else {
+            return false;
+        };
+        if !common.enabled {
+            return false;
+        }
+        let full = format!("{rule}:{key}");
+        if self.dedup.would_admit(&full, t, common.suppress) {
+            return true;
+        }
+        self.dedup.suppress(&full);
+        false
+    }
+
     pub fn emit(&mut self, spec: AlertSpec) {
         let Some(common) = self.engine_cfg.rules.common(spec.rule) else {
             debug_assert!(false, "unknown rule {}", spec.rule);

@@ -128,6 +128,7 @@ impl Run {
             total: bytes,
             reason: ReadReason::Progress,
             syscall: "read".into(),
+            instance: 0,
         };
         self.feed(secs, p, kind, Some(w));
     }
