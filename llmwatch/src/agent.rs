@@ -123,6 +123,8 @@ pub struct Agent {
     current_ts_ns: Option<u64>,
     /// Where the metrics endpoint listens, when it does.
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Webhook delivery (spool first, then POST), when webhooks are configured.
+    delivery: Option<crate::sinks::Delivery>,
 }
 
 impl Agent {
@@ -205,6 +207,7 @@ impl Agent {
             health,
             current_ts_ns: None,
             metrics_addr: None,
+            delivery: None,
         })
     }
 
@@ -215,6 +218,11 @@ impl Agent {
             gpus: &self.gpus,
             clock: &*self.clock,
         }
+    }
+
+    /// Alerts also go to these webhooks (through the durable spool).
+    pub fn set_delivery(&mut self, delivery: crate::sinks::Delivery) {
+        self.delivery = Some(delivery);
     }
 
     /// Reported in `agent_ready`, so a user (or a test) knows where to scrape.
@@ -375,6 +383,10 @@ impl Agent {
             kernel_drops: self.drops_seen,
         }));
         sink.flush();
+        if let Some(d) = self.delivery.take() {
+            // Alerts not delivered in time stay in the spool for the next start.
+            d.shutdown(std::time::Duration::from_secs(5)).await;
+        }
         Ok(())
     }
 
@@ -612,6 +624,9 @@ impl Agent {
             if let Some(ts) = self.current_ts_ns {
                 self.metrics
                     .latency(crate::clock::boot_ns_now().saturating_sub(ts) as f64 / 1e9);
+            }
+            if let Some(d) = &self.delivery {
+                d.send(&a);
             }
             sink.emit(Output::Alert(&a));
         }

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod probes;
 pub mod replay;
 pub mod rules;
+pub mod sinks;
 pub mod state;

@@ -339,7 +339,11 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
             log::info!("metrics on http://{b}/metrics");
             bound = Some(b);
         }
+        let delivery = start_delivery(&cfg, metrics.clone()).await?;
         let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
+        if let Some(d) = delivery {
+            agent.set_delivery(d);
+        }
         if let Some(b) = bound {
             agent.set_metrics_addr(b);
         }
@@ -366,6 +370,74 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Feeds webhook delivery outcomes into the metrics.
+struct DeliveryMetrics(Arc<Metrics>);
+
+impl llmwatch::sinks::DeliveryObserver for DeliveryMetrics {
+    fn outcome(&self, _target: &str, outcome: &'static str) {
+        self.0.delivery(outcome);
+    }
+    fn spool_depth(&self, alerts: u64) {
+        self.0.set_spool_depth(alerts as usize);
+    }
+    fn spool_dropped(&self, severity: &str) {
+        self.0.spool_dropped(severity);
+    }
+}
+
+/// Builds the webhook targets; a bad URL or an unreadable secret stops the start with a message
+/// naming it (an agent that silently cannot deliver is worse than one that does not start).
+async fn start_delivery(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Option<llmwatch::sinks::Delivery>> {
+    use llmwatch::sinks::{Delivery, DeliveryConfig, Secret, WebhookTarget};
+    if cfg.webhooks.is_empty() {
+        return Ok(None);
+    }
+    let mut targets = Vec::new();
+    for (i, w) in cfg.webhooks.iter().enumerate() {
+        let url: url::Url = w
+            .url
+            .parse()
+            .with_context(|| format!("webhooks[{i}].url {:?} is not a valid URL", w.url))?;
+        let mut t = WebhookTarget::new(url);
+        t.headers = w.headers.clone();
+        t.timeout = w.timeout;
+        t.preset = w
+            .preset
+            .parse()
+            .map_err(|e| anyhow::anyhow!("webhooks[{i}].preset: {e}"))?;
+        t.secret = match (&w.secret_file, &w.secret_env) {
+            (Some(f), _) => Some(
+                Secret::from_file(f).with_context(|| format!("webhooks[{i}].secret_file {}", f.display()))?,
+            ),
+            (None, Some(var)) => {
+                Some(Secret::from_env(var).with_context(|| format!("webhooks[{i}].secret_env {var}"))?)
+            }
+            (None, None) => None,
+        };
+        targets.push(t);
+    }
+    let delivery = Delivery::start(
+        DeliveryConfig {
+            targets,
+            spool_dir: cfg.spool.dir.clone(),
+            spool_max_bytes: cfg.spool.max_bytes,
+            ..Default::default()
+        },
+        Arc::new(DeliveryMetrics(metrics)),
+    )
+    .await
+    .context("starting webhook delivery")?;
+    log::info!(
+        "alerts are delivered to {} (spool {})",
+        delivery.targets().join(", "),
+        cfg.spool.dir.display()
+    );
+    Ok(Some(delivery))
 }
 
 fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {

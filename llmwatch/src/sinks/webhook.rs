@@ -1,0 +1,555 @@
+//! One webhook target: the request, the payload presets, signing, and what a response means.
+use std::{
+    fmt::Write as _,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use url::Url;
+
+use super::{DeliveryError, Preset, Secret, WebhookTarget};
+
+pub(crate) const USER_AGENT: &str = concat!("llmwatch/", env!("CARGO_PKG_VERSION"));
+pub const SIGNATURE_HEADER: &str = "X-Llmwatch-Signature";
+pub const TIMESTAMP_HEADER: &str = "X-Llmwatch-Timestamp";
+pub const ALERT_ID_HEADER: &str = "X-Llmwatch-Alert-Id";
+
+/// How much of a refusing receiver's body is logged.
+const EXCERPT_CHARS: usize = 200;
+
+/// `sha256=<hex HMAC-SHA256 of body>`: the value of `X-Llmwatch-Signature`.
+pub fn signature(secret: &Secret, body: &[u8]) -> String {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret.expose()).expect("HMAC accepts any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Header names whose values are never logged.
+pub(crate) fn is_sensitive(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "cookie",
+        "password",
+        "signature",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// `name: value`, or `name: <redacted>` for a sensitive name.
+pub(crate) fn show_header(name: &str, value: &str) -> String {
+    if is_sensitive(name) {
+        format!("{name}: <redacted>")
+    } else {
+        format!("{name}: {value}")
+    }
+}
+
+/// `scheme://host[:port]`: what logs, errors and metrics call a target. The path, query and
+/// user info are left out because webhook URLs often carry their credential there (Slack).
+pub(crate) fn url_label(url: &Url) -> String {
+    let mut s = format!("{}://{}", url.scheme(), url.host_str().unwrap_or("?"));
+    if let Some(p) = url.port() {
+        let _ = write!(s, ":{p}");
+    }
+    s
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Delivered(u16),
+    /// 408, 429, 5xx, connection errors, timeouts. `after` is the receiver's Retry-After.
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+    /// Any other status: retrying would get the same answer.
+    Failed {
+        why: String,
+    },
+}
+
+pub(crate) struct Sender {
+    pub label: String,
+    url: Url,
+    headers: HeaderMap,
+    secret: Option<Secret>,
+    preset: Preset,
+    client: reqwest::Client,
+}
+
+impl Sender {
+    pub(crate) fn new(t: &WebhookTarget, label: String) -> Result<Sender, DeliveryError> {
+        let bad = |reason: String| DeliveryError::Target {
+            url: label.clone(),
+            reason,
+        };
+        if !matches!(t.url.scheme(), "http" | "https") {
+            return Err(bad(format!("scheme {:?} is not http or https", t.url.scheme())));
+        }
+        if t.url.host_str().is_none() {
+            return Err(bad("the URL has no host".into()));
+        }
+        if t.timeout.is_zero() {
+            return Err(bad("timeout must be above zero".into()));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &t.headers {
+            let name = HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|_| bad(format!("header name {k:?} is not valid")))?;
+            let mut value = HeaderValue::from_str(v.trim())
+                .map_err(|_| bad(format!("the value of header {k:?} is not a valid header value")))?;
+            if is_sensitive(k) {
+                value.set_sensitive(true);
+            }
+            headers.append(name, value);
+        }
+        let mut client = reqwest::Client::builder();
+        let loopback = match t.url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if loopback {
+            // HTTP(S)_PROXY is honored, except for this host's own loopback.
+            client = client.no_proxy();
+        }
+        let client = client
+            .timeout(t.timeout)
+            .connect_timeout(t.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| bad(format!("HTTP client: {}", describe(e))))?;
+        Ok(Sender {
+            label,
+            url: t.url.clone(),
+            headers,
+            secret: t.secret.clone(),
+            preset: t.preset,
+            client,
+        })
+    }
+
+    /// The request body for one spooled alert (its exact JSON).
+    pub(crate) fn payload(&self, raw: &[u8]) -> Result<Vec<u8>, String> {
+        let built = match self.preset {
+            Preset::Raw => return Ok(raw.to_vec()),
+            Preset::Slack | Preset::Alertmanager => {
+                let v: Value =
+                    serde_json::from_slice(raw).map_err(|e| format!("spooled alert is not JSON: {e}"))?;
+                if self.preset == Preset::Slack {
+                    slack(&v)
+                } else {
+                    alertmanager(&v)
+                }
+            }
+        };
+        serde_json::to_vec(&built).map_err(|e| e.to_string())
+    }
+
+    /// One POST. Never logs header values or the URL's path.
+    pub(crate) async fn attempt(&self, body: &[u8], id: &str) -> Attempt {
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(ts));
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert(ALERT_ID_HEADER, v);
+        }
+        if let Some(secret) = &self.secret
+            && let Ok(mut v) = HeaderValue::from_str(&signature(secret, body))
+        {
+            v.set_sensitive(true);
+            headers.insert(SIGNATURE_HEADER, v);
+        }
+        let resp = match self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(body.to_vec())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Retry {
+                    after: None,
+                    why: describe(e),
+                };
+            }
+        };
+        let status = resp.status();
+        let after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = excerpt(resp).await;
+        let code = status.as_u16();
+        if status.is_success() {
+            return Attempt::Delivered(code);
+        }
+        let why = if text.is_empty() {
+            format!("HTTP {code}")
+        } else {
+            format!("HTTP {code}: {text}")
+        };
+        if code == 408 || code == 429 || status.is_server_error() {
+            Attempt::Retry {
+                after: after.and_then(|a| parse_retry_after(&a, Utc::now())),
+                why,
+            }
+        } else if status.is_redirection() {
+            Attempt::Failed {
+                why: format!("{why} (redirects are not followed)"),
+            }
+        } else {
+            Attempt::Failed { why }
+        }
+    }
+}
+
+/// The start of a response body, one line, for logs.
+async fn excerpt(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < 4 * EXCERPT_CHARS {
+        match resp.chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let s = String::from_utf8_lossy(&buf);
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(EXCERPT_CHARS)
+        .collect();
+    s.trim().to_string()
+}
+
+/// A reqwest error as text, with its causes but without the URL.
+fn describe(e: reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let e = e.without_url();
+    let mut out = what.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.ends_with(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub(crate) fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// A small PRNG for jitter (xorshift64*): no need for a crypto RNG to spread retries.
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(salt: u64) -> Jitter {
+        let mut b = [0u8; 8];
+        let seed = match std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
+        };
+        Jitter((seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, d].
+    pub(crate) fn upto(&mut self, d: Duration) -> Duration {
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if n == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.next() % n.saturating_add(1))
+        }
+    }
+}
+
+/// Full jitter: uniform in [0, min(max, initial * 2^attempt)], at least 1 ms.
+pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: &mut Jitter) -> Duration {
+    let cap = initial.saturating_mul(1u32 << attempt.min(31)).min(max);
+    jitter.upto(cap).max(Duration::from_millis(1))
+}
+
+// ---- payload presets, built from the alert's JSON (field names are the alert contract) ----
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<u64> {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut f = n as f64;
+    let mut u = 0;
+    while f >= 1024.0 && u + 1 < UNITS.len() {
+        f /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{f:.1} {}", UNITS[u])
+    }
+}
+
+/// `python3 (pid 42, user alice, /usr/bin/python3)`.
+fn process_line(a: &Value) -> String {
+    let p = |k: &str| text(a, &["process", k]);
+    let mut s = format!("{} (pid {}", p("comm"), num(a, &["process", "pid"]).unwrap_or(0));
+    match (p("user"), num(a, &["process", "uid"])) {
+        ("", Some(uid)) => {
+            let _ = write!(s, ", uid {uid}");
+        }
+        ("", None) => {}
+        (user, _) => {
+            let _ = write!(s, ", user {user}");
+        }
+    }
+    if !p("exe").is_empty() {
+        let _ = write!(s, ", {}", p("exe"));
+    }
+    s.push(')');
+    s
+}
+
+fn container_line(a: &Value) -> Option<String> {
+    let c = text(a, &["process", "container_id"]);
+    let pod = text(a, &["process", "pod"]);
+    match (c.is_empty(), pod.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(c.chars().take(12).collect()),
+        (true, false) => Some(format!("pod {pod}")),
+        (false, false) => Some(format!("{} (pod {pod})", c.chars().take(12).collect::<String>())),
+    }
+}
+
+/// At most `max` lines, then "… and N more".
+fn list(items: Vec<String>, max: usize) -> String {
+    let n = items.len();
+    let mut out: Vec<String> = items.into_iter().take(max).collect();
+    if n > max {
+        out.push(format!("… and {} more", n - max));
+    }
+    out.join("\n")
+}
+
+fn files_lines(a: &Value) -> Vec<String> {
+    let files = a
+        .get("files")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    files
+        .iter()
+        .map(|f| {
+            format!(
+                "{} (read {} of {})",
+                text(f, &["path"]),
+                human_bytes(num(f, &["bytes_read"]).unwrap_or(0)),
+                human_bytes(num(f, &["size"]).unwrap_or(0))
+            )
+        })
+        .collect()
+}
+
+fn network_lines(a: &Value) -> Vec<String> {
+    let net = a
+        .get("network")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    net.iter()
+        .map(|n| {
+            let dest = n
+                .get("dest")
+                .map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string()));
+            let dest = dest.unwrap_or_default();
+            let dest = if dest.contains(':') {
+                format!("[{dest}]")
+            } else {
+                dest
+            };
+            format!(
+                "{dest}:{} ({} sent)",
+                num(n, &["port"]).unwrap_or(0),
+                human_bytes(num(n, &["bytes_sent"]).unwrap_or(0))
+            )
+        })
+        .collect()
+}
+
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Slack incoming-webhook message: `text` (what notifications show) plus one attachment with
+/// a severity color and the details as fields. Mattermost and Rocket.Chat accept the same shape.
+pub(crate) fn slack(a: &Value) -> Value {
+    let sev = text(a, &["severity"]);
+    let color = match sev {
+        "critical" => "#b00020",
+        "high" => "#e8590c",
+        "medium" => "#f2c744",
+        "low" => "#2f80ed",
+        _ => "#8a8a8a",
+    };
+    let headline = format!(
+        "[{}] {} on {}: {}",
+        sev.to_uppercase(),
+        text(a, &["rule"]),
+        text(a, &["host"]),
+        text(a, &["summary"])
+    );
+    let field = |title: &str, value: String, short: bool| {
+        let value = slack_escape(&value);
+        json!({"title": title, "value": value, "short": short})
+    };
+    let mut fields = vec![
+        field("Rule", text(a, &["rule"]).into(), true),
+        field("Severity", sev.into(), true),
+        field("Host", text(a, &["host"]).into(), true),
+        field("Process", process_line(a), false),
+    ];
+    if let Some(c) = container_line(a) {
+        fields.push(field("Container", c, true));
+    }
+    let files = files_lines(a);
+    if !files.is_empty() {
+        fields.push(field("Files", list(files, 10), false));
+    }
+    let net = network_lines(a);
+    if !net.is_empty() {
+        fields.push(field("Network", list(net, 10), false));
+    }
+    if a.get("incomplete").and_then(Value::as_bool) == Some(true) {
+        fields.push(field(
+            "Note",
+            "the kernel lost events during this alert: counts may be low".into(),
+            false,
+        ));
+    }
+    if let Some(n) = num(a, &["suppressed"]).filter(|n| *n > 0) {
+        fields.push(field("Suppressed repeats", n.to_string(), true));
+    }
+    fields.push(field("Alert id", text(a, &["id"]).into(), true));
+    let ts = DateTime::parse_from_rfc3339(text(a, &["time"]))
+        .map(|t| t.timestamp())
+        .unwrap_or(0);
+    json!({
+        "text": slack_escape(&headline),
+        "attachments": [{
+            "fallback": slack_escape(&headline),
+            "color": color,
+            "title": slack_escape(text(a, &["summary"])),
+            "fields": fields,
+            "footer": "llmwatch",
+            "ts": ts,
+        }],
+    })
+}
+
+/// Alertmanager `POST /api/v2/alerts` body: a one-alert array. Labels (identity and routing)
+/// stay low-cardinality; the details go to annotations. No `endsAt`: Alertmanager resolves it
+/// after its `resolve_timeout`.
+pub(crate) fn alertmanager(a: &Value) -> Value {
+    let mut labels = serde_json::Map::new();
+    let mut label = |k: &str, v: &str| {
+        if !v.is_empty() {
+            labels.insert(k.into(), Value::String(v.into()));
+        }
+    };
+    label("alertname", text(a, &["rule"]));
+    label("rule", text(a, &["rule"]));
+    label("severity", text(a, &["severity"]));
+    label("host", text(a, &["host"]));
+    label("instance", text(a, &["host"]));
+    label("job", "llmwatch");
+    label("dedup_key", text(a, &["dedup_key"]));
+
+    let mut ann = serde_json::Map::new();
+    let mut note = |k: &str, v: String| {
+        if !v.is_empty() {
+            ann.insert(k.into(), Value::String(v));
+        }
+    };
+    note("summary", text(a, &["summary"]).into());
+    note("alert_id", text(a, &["id"]).into());
+    note("process", process_line(a));
+    note("container", container_line(a).unwrap_or_default());
+    note("files", list(files_lines(a), 20));
+    note("network", list(network_lines(a), 20));
+    note("window_start", text(a, &["window", "start"]).into());
+    note("window_end", text(a, &["window", "end"]).into());
+    if a.get("incomplete").and_then(Value::as_bool) == Some(true) {
+        note("incomplete", "true".into());
+    }
+    if let Some(n) = num(a, &["suppressed"]).filter(|n| *n > 0) {
+        note("suppressed", n.to_string());
+    }
+    let mut description = format!("{}\nprocess: {}", text(a, &["summary"]), process_line(a));
+    for (k, v) in [
+        ("files", list(files_lines(a), 5)),
+        ("network", list(network_lines(a), 5)),
+    ] {
+        if !v.is_empty() {
+            let _ = write!(description, "\n{k}:\n{v}");
+        }
+    }
+    note("description", description);
+    json!([{ "labels": labels, "annotations": ann, "startsAt": text(a, &["time"]) }])
+}
