@@ -32,23 +32,23 @@ fn http_sink() -> (u16, std::thread::JoinHandle<u64>) {
                 break;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if body_len.is_none() {
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    body_len = Some((end + 4, len));
-                }
+            if body_len.is_none()
+                && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                body_len = Some((end + 4, len));
             }
-            if let Some((start, len)) = body_len {
-                if buf.len() >= start + len {
-                    break;
-                }
+            if let Some((start, len)) = body_len
+                && buf.len() >= start + len
+            {
+                break;
             }
         }
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

@@ -177,10 +177,10 @@ impl Agent {
         // Host names in the egress allowlist: resolved once here (blocking DNS, before the
         // event loop) and again on every reload.
         cfg.egress.resolve();
-        if let Ok(host) = std::env::var("LLMWATCH_HOST") {
-            if !host.is_empty() {
-                cfg.host = host;
-            }
+        if let Ok(host) = std::env::var("LLMWATCH_HOST")
+            && !host.is_empty()
+        {
+            cfg.host = host;
         }
         let cfg = Arc::new(cfg);
         Ok(Agent {
@@ -666,10 +666,10 @@ impl Agent {
         match crate::config::load(&path) {
             Ok(mut new) => {
                 new.egress.resolve();
-                if let Ok(host) = std::env::var("LLMWATCH_HOST") {
-                    if !host.is_empty() {
-                        new.host = host;
-                    }
+                if let Ok(host) = std::env::var("LLMWATCH_HOST")
+                    && !host.is_empty()
+                {
+                    new.host = host;
                 }
                 let mut restart_needed = Vec::new();
                 if new.read_report_bytes != self.cfg.read_report_bytes {

@@ -132,15 +132,15 @@ BEGIN {{ printf("ready\n"); }}"#,
             bail!("{} did not get ready in 60 s", setup.name());
         }
         let ready = |l: &str| l.contains("agent_ready") || l.trim() == "ready";
-        if let Ok(l) = stdout.recv_timeout(Duration::from_millis(50)) {
-            if ready(&l) {
-                break;
-            }
+        if let Ok(l) = stdout.recv_timeout(Duration::from_millis(50))
+            && ready(&l)
+        {
+            break;
         }
-        if let Ok(l) = stderr.recv_timeout(Duration::from_millis(50)) {
-            if ready(&l) {
-                break;
-            }
+        if let Ok(l) = stderr.recv_timeout(Duration::from_millis(50))
+            && ready(&l)
+        {
+            break;
         }
         if let Ok(Some(status)) = child.try_wait() {
             bail!("{} exited while starting: {status}", setup.name());
