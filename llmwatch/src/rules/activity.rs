@@ -396,7 +396,7 @@ impl Activity {
         if sent == 0 || (sent as f64) < cfg.send_fraction * read as f64 {
             return false;
         }
-        outside.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+        outside.sort_by_key(|(_, s)| std::cmp::Reverse(s.bytes));
         let ((top_ip, top_port), _) = outside[0];
         let first_reader = files.iter().map(|f| f.first_reader).min().unwrap_or(0);
         let process = group.reader.clone().unwrap_or_else(|| AlertProcess::of(ctx.ev));
