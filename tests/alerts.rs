@@ -330,3 +330,109 @@ fn repointing_a_snapshot_link_is_tamper() {
         .expect("repointed snapshot link not reported");
     assert_eq!(alert["files"][0]["path"], b.to_str().unwrap());
 }
+
+#[test]
+fn config_reload_on_change_keeps_the_old_config_when_the_new_one_is_bad() {
+    let dir = TempDir::new("reload");
+    let cfgdir = TempDir::new("reload-cfg");
+    let model = dir.path().join("model.safetensors");
+    write_safetensors(&model, 500_000);
+    let cfg = write_config(cfgdir.path(), "rules: {weight.bulk_read: {severity: high}}\n");
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
+    // A bad file: refused, and the reason names the key and line.
+    std::fs::write(&cfg, "rules: {weight.bulk_read: {severity: extreme}}\n").unwrap();
+    let refused = agent
+        .wait_for(secs(15), |v| v["kind"] == "config_reload" && v["ok"] == false)
+        .expect("bad reload not reported");
+    let why = refused["error"].as_str().unwrap();
+    assert!(
+        why.contains("rules.weight.bulk_read.severity") && why.contains("line 1"),
+        "{why}"
+    );
+    // The old configuration still runs: a read raises unexpected_reader.
+    let c = std::process::Command::new("cat")
+        .arg(&model)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    c.wait_with_output().unwrap();
+    agent
+        .wait_for(secs(10), |v| {
+            v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == pid
+        })
+        .expect("old config stopped working");
+    // A good file turns the rule off.
+    std::fs::write(&cfg, "rules: {weight.unexpected_reader: {enabled: false}}\n").unwrap();
+    agent
+        .wait_for(secs(15), |v| v["kind"] == "config_reload" && v["ok"] == true)
+        .expect("good reload not applied");
+    let c = std::process::Command::new("cat")
+        .arg(&model)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    c.wait_with_output().unwrap();
+    agent
+        .wait_for(secs(10), |v| {
+            v["rule"] == "weight.bulk_read" && v["process"]["pid"] == pid
+        })
+        .expect("marker");
+    let off: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == pid)
+        .collect();
+    assert!(
+        off.is_empty(),
+        "rule disabled by the reload still fired: {off:#?}"
+    );
+}
+
+#[test]
+fn a_manifest_mismatch_is_critical_tamper() {
+    let dir = TempDir::new("manifest");
+    let cfgdir = TempDir::new("manifest-cfg");
+    let good = dir.path().join("good.safetensors");
+    let bad = dir.path().join("bad.safetensors");
+    write_safetensors(&good, 100_000);
+    write_safetensors(&bad, 100_000);
+    let sum = |p: &Path| {
+        let out = Command::new("sha256sum").arg(p).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let manifest = cfgdir.path().join("weights.sha256");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}  {}\n{}  {}\n",
+            sum(&good),
+            good.display(),
+            "0".repeat(64),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let cfg = write_config(
+        cfgdir.path(),
+        &format!("models: {{manifest: {}}}\n", manifest.display()),
+    );
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
+    let a = agent
+        .wait_for(secs(15), |v| {
+            v["rule"] == "weight.tamper" && v["summary"].as_str().is_some_and(|s| s.contains("manifest"))
+        })
+        .expect("manifest mismatch not reported");
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(a["files"][0]["path"], bad.to_str().unwrap());
+    let about_good = agent.collect_for(secs(1), |v| {
+        v["rule"] == "weight.tamper" && v["files"][0]["path"] == good.to_str().unwrap()
+    });
+    assert!(about_good.is_empty(), "{about_good:#?}");
+}

@@ -125,7 +125,19 @@ pub struct Agent {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Webhook delivery (spool first, then POST), when webhooks are configured.
     delivery: Option<crate::sinks::Delivery>,
+    /// Manifest verification results come back from a blocking thread.
+    manifest_tx: tokio::sync::mpsc::UnboundedSender<ManifestResult>,
+    manifest_rx: Option<tokio::sync::mpsc::UnboundedReceiver<ManifestResult>>,
+    /// (size, mtime) of each manifest file when last verified: only changed files are re-hashed.
+    manifest_checked: HashMap<PathBuf, (u64, i64)>,
+    overrides: Option<Overrides>,
 }
+
+/// Command-line settings re-applied to every reloaded configuration.
+pub type Overrides = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+/// One file checked against the manifest: (path, expected, actual).
+type ManifestResult = (PathBuf, String, String);
 
 impl Agent {
     /// Loads and attaches the probes and fills the kernel maps; nothing is read yet.
@@ -183,6 +195,7 @@ impl Agent {
             cfg.host = host;
         }
         let cfg = Arc::new(cfg);
+        let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Agent {
             files: WatchedSet::new(cfg.model_dirs.clone()),
             engine: Engine::new(cfg.clone()),
@@ -208,6 +221,10 @@ impl Agent {
             current_ts_ns: None,
             metrics_addr: None,
             delivery: None,
+            manifest_tx,
+            manifest_rx: Some(manifest_rx),
+            manifest_checked: HashMap::new(),
+            overrides: None,
         })
     }
 
@@ -218,6 +235,11 @@ impl Agent {
             gpus: &self.gpus,
             clock: &*self.clock,
         }
+    }
+
+    /// Command-line settings that win over the file, now and after every reload.
+    pub fn set_overrides(&mut self, overrides: Overrides) {
+        self.overrides = Some(overrides);
     }
 
     /// Alerts also go to these webhooks (through the durable spool).
@@ -256,6 +278,7 @@ impl Agent {
         let names = self.files.name_hashes();
         self.maps.sync_names(&names, &mut self.names_in_kernel)?;
         self.engine.set_weights_present(!self.files.is_empty());
+        self.verify_manifest();
         Ok((diff, report))
     }
 
@@ -275,6 +298,19 @@ impl Agent {
                 None
             }
         };
+        // Before `agent_ready`: a change made right after it must not be missed.
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
+        let _config_watcher = self.config_path.clone().and_then(|p| {
+            RootWatcher::start(std::slice::from_ref(&p), config_tx)
+                .map_err(|e| {
+                    log::warn!(
+                        "not watching {} for changes ({e}); reload with SIGHUP",
+                        p.display()
+                    )
+                })
+                .ok()
+        });
         sink.emit(Output::Status(Status::AgentReady {
             hooks: &self.probes.hooks,
             missing_offsets: &self.probes.missing_offsets,
@@ -306,19 +342,8 @@ impl Agent {
         );
 
         let mut flush = tokio::time::interval(self.cfg.flush_interval);
+        let mut manifest_rx = self.manifest_rx.take().expect("run once");
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
-        let _config_watcher = self.config_path.clone().and_then(|p| {
-            RootWatcher::start(std::slice::from_ref(&p), config_tx)
-                .map_err(|e| {
-                    log::warn!(
-                        "not watching {} for changes ({e}); reload with SIGHUP",
-                        p.display()
-                    )
-                })
-                .ok()
-        });
         let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -369,6 +394,15 @@ impl Agent {
                     self.procs.reap();
                     self.engine.expire();
                     sink.flush();
+                }
+                Some((name, want, got)) = manifest_rx.recv() => {
+                    if let Some(f) = self.files.find_path(&name) {
+                        let view = enrich::file_view(f);
+                        let now = self.clock.now();
+                        self.engine.on_manifest_mismatch(&view, &want, &got, now, &mut self.alerts);
+                        self.emit_alerts(sink);
+                        sink.flush();
+                    }
                 }
                 _ = sighup.recv() => self.reload(sink),
                 Some(()) = config_rx.recv() => self.reload(sink),
@@ -618,6 +652,50 @@ impl Agent {
         }
     }
 
+    /// Hashes watched files listed in the manifest that are new or changed since their last
+    /// check, on a blocking thread; mismatches come back through `manifest_rx`.
+    fn verify_manifest(&mut self) {
+        let Some(path) = self.cfg.manifest.clone() else {
+            return;
+        };
+        let expected = match crate::state::manifest::load(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        };
+        let mut todo = Vec::new();
+        for f in self.files.iter() {
+            for p in std::iter::once(&f.path).chain(f.aliases.iter()) {
+                let Some(want) = expected.get(p) else { continue };
+                let stamp = std::fs::metadata(&f.path)
+                    .map(|m| (m.len(), std::os::unix::fs::MetadataExt::mtime(&m)))
+                    .unwrap_or_default();
+                if self.manifest_checked.get(p) != Some(&stamp) {
+                    self.manifest_checked.insert(p.clone(), stamp);
+                    todo.push((p.clone(), f.path.clone(), want.clone()));
+                }
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        log::info!("verifying {} weight files against {}", todo.len(), path.display());
+        let tx = self.manifest_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            for (name, real, want) in todo {
+                match crate::state::manifest::sha256_file(&real) {
+                    Ok(got) if got == want => log::info!("{}: sha256 matches the manifest", name.display()),
+                    Ok(got) => {
+                        let _ = tx.send((name, want, got));
+                    }
+                    Err(e) => log::warn!("{}: cannot hash for the manifest: {e}", real.display()),
+                }
+            }
+        });
+    }
+
     fn emit_alerts(&mut self, sink: &mut dyn Sink) {
         for a in self.alerts.drain(..) {
             self.metrics.alert(&a.rule, a.severity.as_str());
@@ -665,6 +743,9 @@ impl Agent {
         };
         match crate::config::load(&path) {
             Ok(mut new) => {
+                if let Some(o) = &self.overrides {
+                    o(&mut new);
+                }
                 new.egress.resolve();
                 if let Ok(host) = std::env::var("LLMWATCH_HOST")
                     && !host.is_empty()

@@ -114,34 +114,46 @@ impl RunOpts {
             Some(path) => config::load(path)?,
             None => Config::default(),
         };
-        if !self.model_dirs.is_empty() {
-            cfg.model_dirs = self
-                .model_dirs
-                .iter()
-                .map(|d| std::path::absolute(d).unwrap_or(d.clone()))
-                .collect();
-        }
-        if !self.inference_ports.is_empty() {
-            cfg.inference_ports = self.inference_ports.clone();
-        }
-        if let Some(n) = self.read_report_bytes {
-            cfg.read_report_bytes = n;
-        }
-        if let Some(n) = self.send_report_bytes {
-            cfg.send_report_bytes = n;
-        }
-        cfg.extra_gpu_majors.extend(&self.gpu_majors);
-        if let Some(a) = &self.metrics_addr {
-            cfg.metrics_addr =
-                if a.eq_ignore_ascii_case("off") {
-                    None
-                } else {
-                    Some(a.parse().with_context(|| {
-                        format!("--metrics-addr {a:?} is not an address like 127.0.0.1:9477")
-                    })?)
-                };
-        }
+        (self.overrides()?)(&mut cfg);
         Ok(cfg)
+    }
+
+    /// The command-line options as a function applied to every configuration, the one read at
+    /// start and each reloaded one (a reload must not undo `--model-dir`).
+    fn overrides(&self) -> anyhow::Result<llmwatch::agent::Overrides> {
+        let metrics_addr = match &self.metrics_addr {
+            None => None,
+            Some(a) if a.eq_ignore_ascii_case("off") => Some(None),
+            Some(a) => Some(Some(a.parse().with_context(|| {
+                format!("--metrics-addr {a:?} is not an address like 127.0.0.1:9477")
+            })?)),
+        };
+        let model_dirs: Vec<PathBuf> = self
+            .model_dirs
+            .iter()
+            .map(|d| std::path::absolute(d).unwrap_or(d.clone()))
+            .collect();
+        let inference_ports = self.inference_ports.clone();
+        let (read, send) = (self.read_report_bytes, self.send_report_bytes);
+        let gpu_majors = self.gpu_majors.clone();
+        Ok(Arc::new(move |cfg: &mut Config| {
+            if !model_dirs.is_empty() {
+                cfg.model_dirs = model_dirs.clone();
+            }
+            if !inference_ports.is_empty() {
+                cfg.inference_ports = inference_ports.clone();
+            }
+            if let Some(n) = read {
+                cfg.read_report_bytes = n;
+            }
+            if let Some(n) = send {
+                cfg.send_report_bytes = n;
+            }
+            cfg.extra_gpu_majors.extend(&gpu_majors);
+            if let Some(a) = metrics_addr {
+                cfg.metrics_addr = a;
+            }
+        }))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
@@ -320,6 +332,7 @@ impl<F: std::io::Write, O: std::io::Write> Sink for Recorder<F, O> {
 
 fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
     let cfg = opts.config()?;
+    let overrides = opts.overrides()?;
     let clock = opts.clock();
     let config_path = opts
         .config
@@ -341,6 +354,7 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
         }
         let delivery = start_delivery(&cfg, metrics.clone()).await?;
         let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
+        agent.set_overrides(overrides);
         if let Some(d) = delivery {
             agent.set_delivery(d);
         }

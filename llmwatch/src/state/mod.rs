@@ -2,4 +2,5 @@
 pub mod container;
 pub mod files;
 pub mod gpu;
+pub mod manifest;
 pub mod process;
