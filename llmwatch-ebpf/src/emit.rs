@@ -1,4 +1,5 @@
 //! Ring-buffer records: reserve (counting every failure), fill the common header, submit.
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -35,8 +36,18 @@ pub fn reserve<T: 'static>(kind: u32) -> Option<RingBufEntry<T>> {
     Some(entry)
 }
 
+/// Userspace is woken only once this much is waiting; it also drains on a short timer, so a
+/// lone event waits at most that long. Batching wake-ups keeps the reader's cost per event low.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>, kind: u32) {
-    entry.submit(0);
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if pending >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
     stat_inc(stat::EVENTS_BASE + (kind & 15));
 }

@@ -13,8 +13,8 @@ use crate::{
     emit,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, OPENS_SEEN, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
-        stat_inc,
+        GPU_MAJORS, OPENS_SEEN, PID_FILTER, PID_FILTER_SLOTS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES,
+        agent_pid, settings_read_report, stat_inc,
     },
 };
 
@@ -25,6 +25,44 @@ const EPERM: i64 = 1;
 const ENXIO: i64 = 6;
 const ENODEV: i64 = 19;
 const AT_FDCWD: i32 = -100;
+
+/// Whether the current process may hold a tracked descriptor (see `PID_FILTER`).
+#[inline(always)]
+pub fn pid_may_track() -> bool {
+    let (pid, _) = kernel::current_pid_tgid();
+    match PID_FILTER.get_ptr(pid & (PID_FILTER_SLOTS - 1)) {
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn pid_filter_add(pid: u32, delta: i32) {
+    if let Some(p) = PID_FILTER.get_ptr_mut(pid & (PID_FILTER_SLOTS - 1)) {
+        let v = unsafe { core::ptr::read_volatile(p) };
+        // Never wrap below zero: a stale count only costs lookups, a wrapped one hides nothing
+        // either but would never return to zero.
+        if delta > 0 || v > 0 {
+            crate::kernel::atomic_add32(p, delta as u32);
+        }
+    }
+}
+
+#[inline(always)]
+fn tracked_insert(key: &FdKey, value: &TrackedFd) {
+    if TRACKED_FDS.insert(key, value, 0).is_err() {
+        stat_inc(stat::TRACKED_FDS_FULL);
+    } else {
+        pid_filter_add(key.pid, 1);
+    }
+}
+
+#[inline(always)]
+fn tracked_remove(key: &FdKey) {
+    if TRACKED_FDS.remove(key).is_ok() {
+        pid_filter_add(key.pid, -1);
+    }
+}
 
 #[inline(always)]
 fn tracked(fd: u64) -> Option<(FdKey, *mut TrackedFd)> {
@@ -79,9 +117,7 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
         size: inode.size,
         written: 0,
     };
-    if TRACKED_FDS.insert(&key, &value, 0).is_err() {
-        stat_inc(stat::TRACKED_FDS_FULL);
-    }
+    tracked_insert(&key, &value);
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
     // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
     // reported once per process and file.
@@ -198,7 +234,7 @@ pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
     // exec may have closed it without a close() we saw, and the number been reused.
     let file_ptr = unsafe { (*entry).file_ptr };
     if kernel::fd_file(fd) != Some(file_ptr) {
-        let _ = TRACKED_FDS.remove(&key);
+        tracked_remove(&key);
         return;
     }
     unsafe { (*entry).reported = total };
@@ -243,7 +279,7 @@ pub fn on_close(fd: u64, ret: i64) {
         total,
         read_reason::CLOSE,
     );
-    let _ = TRACKED_FDS.remove(&key);
+    tracked_remove(&key);
 }
 
 /// dup/dup2/dup3/fcntl(F_DUPFD): the new descriptor refers to the same watched file.
@@ -263,9 +299,7 @@ pub fn on_dup(old_fd: u64, ret: i64) {
         pid: key.pid,
         fd: ret as u32,
     };
-    if TRACKED_FDS.insert(&new_key, &copy, 0).is_err() {
-        stat_inc(stat::TRACKED_FDS_FULL);
-    }
+    tracked_insert(&new_key, &copy);
 }
 
 #[inline(always)]

@@ -136,3 +136,11 @@ pub fn atomic_add(dst: *mut u64, v: u64) {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
     }
 }
+
+/// 32-bit variant of `atomic_add` (wrapping: pass `-1i32 as u32` to subtract).
+#[inline(always)]
+pub fn atomic_add32(dst: *mut u32, v: u32) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
+    }
+}

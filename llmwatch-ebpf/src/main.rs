@@ -50,30 +50,33 @@ mod programs {
             return 0;
         }
         match sysno {
-            nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 => {
-                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret)
-            }
-            nr::SENDFILE => files::on_read(regs, sysno, kernel::regs_arg(regs, 1), ret),
-            nr::SPLICE => files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret),
-            nr::COPY_FILE_RANGE => {
-                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret);
-                files::on_write(sysno, kernel::regs_arg(regs, 2), ret);
-            }
-            nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => {
-                files::on_write(sysno, kernel::regs_arg(regs, 0), ret)
-            }
-            nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => files::on_open(regs, sysno, ret),
-            nr::CLOSE => files::on_close(kernel::regs_arg(regs, 0), ret),
-            nr::MMAP => files::on_mmap(regs, ret),
-            nr::DUP | nr::DUP2 | nr::DUP3 => files::on_dup(kernel::regs_arg(regs, 0), ret),
-            nr::FCNTL => {
-                // F_DUPFD (0) and F_DUPFD_CLOEXEC (1030) make a new descriptor.
-                let cmd = kernel::regs_arg(regs, 1);
-                if cmd == 0 || cmd == 1030 {
-                    files::on_dup(kernel::regs_arg(regs, 0), ret);
+            // Descriptor-based syscalls only matter for processes holding a watched file: one
+            // inlined array load decides, before any argument is read.
+            nr::READ
+            | nr::PREAD64
+            | nr::READV
+            | nr::PREADV
+            | nr::PREADV2
+            | nr::SENDFILE
+            | nr::SPLICE
+            | nr::COPY_FILE_RANGE
+            | nr::WRITE
+            | nr::PWRITE64
+            | nr::WRITEV
+            | nr::PWRITEV
+            | nr::PWRITEV2
+            | nr::CLOSE
+            | nr::MMAP
+            | nr::DUP
+            | nr::DUP2
+            | nr::DUP3
+            | nr::FCNTL
+            | nr::FTRUNCATE => {
+                if files::pid_may_track() {
+                    on_fd_syscall(regs, sysno, ret);
                 }
             }
-            nr::FTRUNCATE => files::on_ftruncate(kernel::regs_arg(regs, 0), ret),
+            nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => files::on_open(regs, sysno, ret),
             nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
                 files::on_path_change(regs, sysno, ret)
             }
@@ -92,6 +95,34 @@ mod programs {
             _ => {}
         }
         0
+    }
+
+    #[inline(always)]
+    fn on_fd_syscall(regs: u64, sysno: u64, ret: i64) {
+        match sysno {
+            nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 => {
+                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret)
+            }
+            nr::SENDFILE => files::on_read(regs, sysno, kernel::regs_arg(regs, 1), ret),
+            nr::SPLICE => files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret),
+            nr::COPY_FILE_RANGE => {
+                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret);
+                files::on_write(sysno, kernel::regs_arg(regs, 2), ret);
+            }
+            nr::CLOSE => files::on_close(kernel::regs_arg(regs, 0), ret),
+            nr::MMAP => files::on_mmap(regs, ret),
+            nr::DUP | nr::DUP2 | nr::DUP3 => files::on_dup(kernel::regs_arg(regs, 0), ret),
+            nr::FCNTL => {
+                // F_DUPFD (0) and F_DUPFD_CLOEXEC (1030) make a new descriptor.
+                let cmd = kernel::regs_arg(regs, 1);
+                if cmd == 0 || cmd == 1030 {
+                    files::on_dup(kernel::regs_arg(regs, 0), ret);
+                }
+            }
+            nr::FTRUNCATE => files::on_ftruncate(kernel::regs_arg(regs, 0), ret),
+            // write family
+            _ => files::on_write(sysno, kernel::regs_arg(regs, 0), ret),
+        }
     }
 
     #[raw_tracepoint(tracepoint = "sock_send_length")]

@@ -1,7 +1,7 @@
 //! Map definitions and the read-only globals the agent fills before load.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use llmwatch_common::{
     event::FileId,
@@ -36,6 +36,13 @@ pub static WATCHED_NAMES: HashMap<u64, u8> = HashMap::with_max_entries(m::WATCHE
 /// Open descriptors of watched files, classified once at open.
 #[map(name = "TRACKED_FDS")]
 pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> = HashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
+
+/// Number of tracked descriptors per (tgid mod 65536): the fd-based syscalls of a process
+/// with none (nearly every read on the host) stop after this inlined array load, before any
+/// hash lookup or argument read. Collisions only cost an extra lookup.
+#[map(name = "PID_FILTER")]
+pub static PID_FILTER: Array<u32> = Array::with_max_entries(PID_FILTER_SLOTS, 0);
+pub const PID_FILTER_SLOTS: u32 = 1 << 16;
 
 /// Watched files each process has opened: repeated read-only opens are not reported again
 /// (a loader reopening a shard, a worker pool), which keeps the event rate bounded. LRU, so a
