@@ -436,3 +436,44 @@ fn a_manifest_mismatch_is_critical_tamper() {
     });
     assert!(about_good.is_empty(), "{about_good:#?}");
 }
+
+#[test]
+fn tokens_on_command_lines_never_reach_events_or_alerts() {
+    let dir = TempDir::new("redact");
+    let bin = TempDir::new("redact-bin");
+    write_safetensors(&dir.path().join("model.safetensors"), 10_000);
+    let hf = bin.path().join("hf");
+    std::fs::write(&hf, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&hf, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let token = "hf_SuperSecretTokenValue1234567890";
+    let child = Command::new(&hf)
+        .args(["upload", "acme/stolen", ".", "--token", token])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let a = agent
+        .wait_for(secs(10), |v| {
+            v["rule"] == "exfil.tool" && v["process"]["pid"] == pid
+        })
+        .expect("exfil.tool alert");
+    assert!(
+        a["summary"].as_str().unwrap().contains("hf upload"),
+        "{}",
+        a["summary"]
+    );
+    let leaked: Vec<&Value> = agent
+        .seen
+        .iter()
+        .chain(std::iter::once(&a))
+        .filter(|v| v.to_string().contains(token))
+        .collect();
+    assert!(leaked.is_empty(), "token leaked: {leaked:#?}");
+    let exec = agent.wait_for(secs(5), |v| v["kind"] == "proc_exec" && v["task"]["pid"] == pid);
+    if let Some(exec) = exec {
+        assert!(!exec.to_string().contains(token));
+        let argv = exec["argv"].as_array().unwrap();
+        assert_eq!(argv.last().unwrap(), "<redacted>", "{exec}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod enrich;
 pub mod events;
 pub mod metrics;
 pub mod probes;
+pub mod redact;
 pub mod replay;
 pub mod rules;
 pub mod sinks;

@@ -406,7 +406,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             EventKind::ProcExec {
                 ppid: e.ppid,
                 filename: cstr(&e.filename),
-                argv: argv(&e.args[..n]),
+                argv: crate::redact::argv(argv(&e.args[..n])),
             }
         }
         kind::PROC_FORK => {
