@@ -82,7 +82,12 @@ fn cat_piped_to_an_upload_raises_exfiltration() {
     assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
     assert_eq!(a["severity"], "critical");
     assert_eq!(a["files"][0]["path"], model.to_str().unwrap());
-    assert_eq!(a["files"][0]["bytes_read"], size as u64);
+    // Raised as soon as the thresholds were crossed: at least half the model read by then.
+    let read = a["files"][0]["bytes_read"].as_u64().unwrap();
+    assert!(
+        read * 2 >= size as u64 && read <= size as u64,
+        "bytes_read {read} of {size}"
+    );
     assert_eq!(a["network"][0]["dest"], "127.0.0.1");
     assert_eq!(a["network"][0]["port"], port);
     assert!(a["network"][0]["bytes_sent"].as_u64().unwrap() >= size as u64 / 10);

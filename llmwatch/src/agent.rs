@@ -131,6 +131,7 @@ pub struct Agent {
     /// (size, mtime) of each manifest file when last verified: only changed files are re-hashed.
     manifest_checked: HashMap<PathBuf, (u64, i64)>,
     overrides: Option<Overrides>,
+    views: enrich::ProcessViews,
 }
 
 /// Command-line settings re-applied to every reloaded configuration.
@@ -225,6 +226,7 @@ impl Agent {
             manifest_rx: Some(manifest_rx),
             manifest_checked: HashMap::new(),
             overrides: None,
+            views: enrich::ProcessViews::new(),
         })
     }
 
@@ -234,6 +236,7 @@ impl Agent {
             files: &self.files,
             gpus: &self.gpus,
             clock: &*self.clock,
+            views: &mut self.views,
         }
     }
 
@@ -390,6 +393,8 @@ impl Agent {
                     self.sweep_live(sink);
                     self.report_drops(sink);
                     self.procs.reap();
+                    let procs = &self.procs;
+                    self.views.retain(|pid, _| procs.get(*pid).is_some_and(|p| p.exited_at.is_none()));
                     self.engine.expire();
                     sink.flush();
                 }
@@ -437,6 +442,15 @@ impl Agent {
 
     fn handle(&mut self, mut ev: Event, sink: &mut dyn Sink) {
         self.events_handled += 1;
+        match &ev.kind {
+            EventKind::ProcExec { .. } | EventKind::ProcExit { .. } => {
+                self.views.remove(&ev.task.pid);
+            }
+            EventKind::ProcFork { child_pid } => {
+                self.views.remove(child_pid);
+            }
+            _ => {}
+        }
         self.procs.observe(&ev);
         let pid = ev.task.pid;
         match &mut ev.kind {

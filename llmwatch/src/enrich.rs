@@ -47,7 +47,8 @@ pub struct Enriched {
     pub time: chrono::DateTime<chrono::Utc>,
     #[serde(flatten)]
     pub event: Event,
-    pub process: ProcessView,
+    /// Shared between the events of one process (see `Context::views`).
+    pub process: std::sync::Arc<ProcessView>,
     /// The watched weight file the event is about (the event's own `file` is its kernel identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<FileView>,
@@ -91,7 +92,12 @@ pub struct Context<'a> {
     pub files: &'a WatchedSet,
     pub gpus: &'a GpuDevices,
     pub clock: &'a dyn crate::clock::Clock,
+    /// Process views built once per (pid, cgroup, comm) and shared by its events; the caller
+    /// forgets a pid's view when it execs, forks or exits.
+    pub views: &'a mut ProcessViews,
 }
+
+pub type ProcessViews = std::collections::HashMap<u32, std::sync::Arc<ProcessView>>;
 
 /// A failed open of a path that is a GPU device node becomes a `GpuOpen` with the errno.
 fn failed_gpu_open(ev: &mut Event, gpus: &GpuDevices) {
@@ -172,6 +178,15 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         _ => None,
     };
     let pid = ev.task.pid;
+    let time = crate::clock::boot_to_wall(cx.clock, ev.ts_ns);
+    if let Some(v) = cx.views.get(&pid).filter(|v| v.comm == ev.task.comm) {
+        return Some(Enriched {
+            time,
+            event: ev,
+            process: v.clone(),
+            weight: file,
+        });
+    }
     let (cgroup, container) = procs.container(ev.task.cgroup_id, pid);
     let (ppid, exe, argv, uid) = match procs.get(pid) {
         Some(p) => (p.ppid, p.exe.clone(), p.argv.clone(), p.uid),
@@ -191,7 +206,11 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         cgroup,
         ancestry: procs.ancestry(pid),
     };
-    let time = crate::clock::boot_to_wall(cx.clock, ev.ts_ns);
+    let process = std::sync::Arc::new(process);
+    // Only processes the table knows are cached (an unknown one may be resolved later).
+    if procs.get(pid).is_some() {
+        cx.views.insert(pid, process.clone());
+    }
     Some(Enriched {
         time,
         event: ev,
@@ -242,8 +261,10 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
+        let mut views = ProcessViews::new();
         let mut cx = Context {
             clock: &clock,
+            views: &mut views,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,
@@ -289,8 +310,10 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
+        let mut views = ProcessViews::new();
         let mut cx = Context {
             clock: &clock,
+            views: &mut views,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,
@@ -326,8 +349,10 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
+        let mut views = ProcessViews::new();
         let mut cx = Context {
             clock: &clock,
+            views: &mut views,
             procs: &mut procs,
             files: &files,
             gpus: &gpus,

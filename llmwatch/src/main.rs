@@ -245,7 +245,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
                 },
                 kind,
             },
-            process: ProcessView {
+            process: std::sync::Arc::new(ProcessView {
                 pid,
                 ppid: 1,
                 comm: "worker".into(),
@@ -262,7 +262,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
                     comm: "bash".into(),
                     exe: None,
                 }],
-            },
+            }),
             weight: has_weight.then(|| weight.clone()),
         }
     };

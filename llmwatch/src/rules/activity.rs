@@ -54,8 +54,9 @@ impl Group {
 #[derive(Default)]
 pub(crate) struct Activity {
     groups: HashMap<u32, Group>,
-    /// Bytes each process read per file (unexpected_reader escalation).
-    per_process: HashMap<(u32, FileKey), u64>,
+    /// Bytes each process read per file and the unexpected_reader stage reached (0 none,
+    /// 1 opened, 2 past high_fraction).
+    per_process: HashMap<(u32, FileKey), (u64, u8)>,
     /// Accepted connections and bytes served per client (api.client_flood).
     clients: HashMap<IpAddr, VecDeque<(DateTime<Utc>, u64, u64)>>,
 }
@@ -163,13 +164,21 @@ impl Activity {
                 ino: w.ino,
             },
         );
-        let total = {
-            let e = self.per_process.entry(key).or_insert(0);
-            *e += bytes;
-            *e
+        let high_fraction = sink.cfg().rules.unexpected_reader.high_fraction;
+        let (total, high, already) = {
+            let e = self.per_process.entry(key).or_insert((0, 0));
+            e.0 += bytes;
+            let high = fraction(e.0, w.size) >= high_fraction;
+            // Each stage (opened, read past high_fraction) is judged once per process and file:
+            // later reads would only be suppressed repeats, not worth formatting an alert for.
+            let stage = if high { 2 } else { 1 };
+            let already = e.1 >= stage;
+            e.1 = e.1.max(stage);
+            (e.0, high, already)
         };
-        let cfg = &sink.cfg().rules.unexpected_reader;
-        let high = fraction(total, w.size) >= cfg.high_fraction;
+        if already {
+            return;
+        }
         let who = ctx
             .ev
             .process

@@ -56,12 +56,17 @@ const GROUP_DEPTH: usize = 2;
 #[derive(Debug, Clone)]
 struct ProcState {
     /// Name of the inference-server identity it matches (or inherited as a worker).
-    server: Option<String>,
+    server: Option<std::sync::Arc<str>>,
     /// Reads before this instant are the server's start-up load.
     startup_until: DateTime<Utc>,
     exe: Option<String>,
     last_seen: DateTime<Utc>,
     exited: bool,
+}
+
+/// What one event needs of its process's state (the name is shared, not copied).
+struct ProcStateView {
+    server: Option<std::sync::Arc<str>>,
 }
 
 /// Output of the engine for one input.
@@ -149,9 +154,13 @@ impl Engine {
             }
             _ => {}
         }
-        let state = self.proc_state(&ev.process, t).clone();
+        let (server, startup_until) = {
+            let st = self.proc_state(&ev.process, t);
+            (st.server.clone(), st.startup_until)
+        };
+        let state = ProcStateView { server };
         let is_server = state.server.is_some();
-        let startup_load = is_server && t < state.startup_until;
+        let startup_load = is_server && t < startup_until;
         let ctx = Ctx {
             ev,
             t,
@@ -206,7 +215,7 @@ impl Engine {
         let inherited = before.filter(|b| b.server.is_some() && b.exe.as_deref() == Some(filename));
         let state = match (&matched, inherited) {
             (Some(id), _) => ProcState {
-                server: Some(id.name.clone()),
+                server: Some(id.name.as_str().into()),
                 startup_until: t + delta(id.startup_window),
                 exe: Some(filename.to_string()),
                 last_seen: t,
@@ -366,7 +375,7 @@ impl Engine {
             // Started before we saw it: give it a start-up window from now, so a server that
             // is loading while the agent starts is not flagged.
             ProcState {
-                server: id.map(|i| i.name.clone()),
+                server: id.map(|i| i.name.as_str().into()),
                 startup_until: t + id.map(|i| delta(i.startup_window)).unwrap_or_default(),
                 exe: p.exe.clone(),
                 last_seen: t,

@@ -89,7 +89,7 @@ impl Run {
                 },
                 kind,
             },
-            process: ProcessView {
+            process: std::sync::Arc::new(ProcessView {
                 pid: p.pid,
                 ppid: p.ancestry.first().map(|a| a.pid).unwrap_or(1),
                 comm: p.comm.into(),
@@ -102,7 +102,7 @@ impl Run {
                 runtime: None,
                 cgroup: None,
                 ancestry: p.ancestry.clone(),
-            },
+            }),
             weight: w.cloned(),
         };
         self.engine.on_event(&ev, &mut self.alerts);
