@@ -455,7 +455,7 @@ fn footprint(agent: &Path, models: &Path, pipe_dir: &Path, opts: &Opts) -> anyho
     Ok(json!({
         "idle_rss_mib": idle_rss as f64 / 1024.0,
         "idle_cpu_percent": idle_cpu * 100.0,
-        "pipeline_events_expected": cycles * 3,
+        "pipeline_open_read_close_cycles": cycles,
         "pipeline_events_per_sec": events as f64 / elapsed,
         "events_handled": events,
         "kernel_drops": drops,
@@ -575,9 +575,9 @@ fn print_table(t: &serde_json::Value) {
     );
     let fp = &t["footprint"];
     println!(
-        "W4 events/s into engine: {} (expected {} events; kernel drops {})",
+        "W4 events/s into engine: {} ({} open/read/close cycles, about one record each; kernel drops {})",
         f(&fp["pipeline_events_per_sec"]),
-        fp["pipeline_events_expected"],
+        fp["pipeline_open_read_close_cycles"],
         fp["kernel_drops"]
     );
     println!(
