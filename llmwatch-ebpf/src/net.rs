@@ -25,22 +25,36 @@ struct Dest {
     addr: [u8; 16],
 }
 
+/// The peer address of a socket, in the 16-byte form events carry.
+#[inline(always)]
+fn sk_peer(sk: u64, family: u16) -> Option<[u8; 16]> {
+    if family == AF_INET {
+        read::<[u8; 4]>(sk, off!(sk_daddr)).map(v4)
+    } else {
+        read::<[u8; 16]>(sk, off!(sk_v6_daddr))
+    }
+}
+
+/// An IPv4 address in the 16-byte field events carry (first four bytes).
+#[inline(always)]
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[0] = a[0];
+    addr[1] = a[1];
+    addr[2] = a[2];
+    addr[3] = a[3];
+    addr
+}
+
 #[inline(always)]
 fn read_sockaddr(uaddr: u64) -> Option<Dest> {
     let family: u16 = kernel::read_user(uaddr)?;
     let port_be: u16 = kernel::read_user(uaddr + 2)?;
-    let mut addr = [0u8; 16];
-    match family {
-        AF_INET => {
-            let a: [u8; 4] = kernel::read_user(uaddr + 4)?;
-            addr[0] = a[0];
-            addr[1] = a[1];
-            addr[2] = a[2];
-            addr[3] = a[3];
-        }
-        AF_INET6 => addr = kernel::read_user(uaddr + 8)?,
+    let addr = match family {
+        AF_INET => v4(kernel::read_user(uaddr + 4)?),
+        AF_INET6 => kernel::read_user(uaddr + 8)?,
         _ => return None,
-    }
+    };
     Some(Dest {
         family,
         port: u16::from_be(port_be),
@@ -97,21 +111,9 @@ pub fn on_sock_send(sk: u64, ret: i32) {
         // Unconnected (UDP sendto): the destination is only in the message; `on_sendto` counts it.
         return;
     }
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) else {
-            return;
-        };
-        addr[0] = a[0];
-        addr[1] = a[1];
-        addr[2] = a[2];
-        addr[3] = a[3];
-    } else {
-        let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) else {
-            return;
-        };
-        addr = a;
-    }
+    let Some(addr) = sk_peer(sk, family) else {
+        return;
+    };
     let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
     account_send(
         Dest {
@@ -220,17 +222,7 @@ pub fn on_accept(ret: i64) {
         return;
     }
     let family: u16 = read(sk, off!(sk_family)).unwrap_or(0);
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        if let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) {
-            addr[0] = a[0];
-            addr[1] = a[1];
-            addr[2] = a[2];
-            addr[3] = a[3];
-        }
-    } else if let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) {
-        addr = a;
-    }
+    let addr = sk_peer(sk, family).unwrap_or([0u8; 16]);
     let port = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     let Some(mut rec) = emit::reserve::<NetAcceptEvent>(kind::NET_ACCEPT) else {
         return;

@@ -300,27 +300,13 @@ impl Engine {
         t: DateTime<Utc>,
         out: &mut Alerts,
     ) {
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
-        sink.emit(AlertSpec {
-            rule: "weight.tamper",
-            severity: None,
-            summary: format!(
-                "{} now points to a different file ({}); the model behind that name was swapped",
-                link.display(),
-                now.path.display()
-            ),
-            time: t,
-            process: agent_process(),
-            files: vec![AlertFile::of(now, 0)],
-            network: vec![],
-            window: Window { start: t, end: t },
-            key: format!("link:{}:{}:{}", link.display(), now.dev, now.ino),
-        });
+        let summary = format!(
+            "{} now points to a different file ({}); the model behind that name was swapped",
+            link.display(),
+            now.path.display()
+        );
+        let key = format!("link:{}:{}:{}", link.display(), now.dev, now.ino);
+        self.file_tamper_by_agent(now, None, summary, key, t, out);
     }
 
     /// A file's SHA-256 differs from the manifest.
@@ -332,6 +318,24 @@ impl Engine {
         t: DateTime<Utc>,
         out: &mut Alerts,
     ) {
+        let summary = format!(
+            "{} does not match the manifest: sha256 {actual}, expected {expected}",
+            file.path.display()
+        );
+        let key = format!("manifest:{}:{actual}", file.path.display());
+        self.file_tamper_by_agent(file, Some(Severity::Critical), summary, key, t, out);
+    }
+
+    /// weight.tamper found by the agent's own checks (no process to blame: the agent reports).
+    fn file_tamper_by_agent(
+        &mut self,
+        file: &crate::enrich::FileView,
+        severity: Option<Severity>,
+        summary: String,
+        key: String,
+        t: DateTime<Utc>,
+        out: &mut Alerts,
+    ) {
         let mut sink = AlertSink {
             engine_cfg: &self.cfg,
             dedup: &mut self.dedup,
@@ -340,17 +344,14 @@ impl Engine {
         };
         sink.emit(AlertSpec {
             rule: "weight.tamper",
-            severity: Some(Severity::Critical),
-            summary: format!(
-                "{} does not match the manifest: sha256 {actual}, expected {expected}",
-                file.path.display()
-            ),
+            severity,
+            summary,
             time: t,
             process: agent_process(),
             files: vec![AlertFile::of(file, 0)],
             network: vec![],
             window: Window { start: t, end: t },
-            key: format!("manifest:{}:{actual}", file.path.display()),
+            key,
         });
     }
 
