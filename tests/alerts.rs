@@ -482,3 +482,39 @@ fn tokens_on_command_lines_never_reach_events_or_alerts() {
         assert_eq!(argv.last().unwrap(), "<redacted>", "{exec}");
     }
 }
+
+#[test]
+fn another_process_loading_bpf_is_reported() {
+    let dir = TempDir::new("bpfload");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    // A two-instruction socket filter (r0 = 0; exit), loaded with the raw bpf(2) syscall.
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_PROG_TYPE_SOCKET_FILTER
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes()); // insn_cnt
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..61].copy_from_slice(b"llmwatch_test");
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
+    let a = agent
+        .wait_for(secs(10), |v| {
+            v["rule"] == "host.bpf_load" && v["process"]["pid"] == std::process::id()
+        })
+        .expect("host.bpf_load not raised");
+    assert_eq!(a["severity"], "info");
+    assert!(
+        a["summary"].as_str().unwrap().contains("llmwatch_test"),
+        "{}",
+        a["summary"]
+    );
+    unsafe { libc::close(fd as i32) };
+    // The agent's own loads (at its start) are not reported.
+    let own: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["rule"] == "host.bpf_load" && v["process"]["comm"] == "llmwatch")
+        .collect();
+    assert!(own.is_empty(), "{own:#?}");
+}

@@ -25,8 +25,9 @@ pub mod kind {
     pub const PROC_EXIT: u32 = 11;
     pub const GPU_OPEN: u32 = 12;
     pub const PROC_ACCESS: u32 = 13;
+    pub const BPF_LOAD: u32 = 14;
     /// One past the largest kind: sizes per-kind counter arrays (at most 16).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Common prefix of every record. Captured in the kernel at event time so a process that has
@@ -291,4 +292,17 @@ pub struct ProcAccessEvent {
     pub bytes: u64,
     pub target_pid: u32,
     pub op: u32,
+}
+
+/// Another process loaded a BPF program (a rootkit's or a competing agent's, or a debugger's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BpfLoadEvent {
+    pub hdr: EventHeader,
+    /// `bpf_attr.prog_type` (BPF_PROG_TYPE_*).
+    pub prog_type: u32,
+    /// The new program's fd.
+    pub fd: i32,
+    /// `bpf_attr.prog_name` (NUL-padded).
+    pub name: [u8; 16],
 }

@@ -36,6 +36,7 @@ pub const PWRITEV: u64 = 296;
 pub const PROCESS_VM_READV: u64 = 310;
 pub const PROCESS_VM_WRITEV: u64 = 311;
 pub const RENAMEAT2: u64 = 316;
+pub const BPF: u64 = 321;
 pub const COPY_FILE_RANGE: u64 = 326;
 pub const PREADV2: u64 = 327;
 pub const PWRITEV2: u64 = 328;
@@ -81,6 +82,7 @@ pub fn name(nr: u64) -> &'static str {
         PREADV => "preadv",
         PWRITEV => "pwritev",
         RENAMEAT2 => "renameat2",
+        BPF => "bpf",
         COPY_FILE_RANGE => "copy_file_range",
         PREADV2 => "preadv2",
         PWRITEV2 => "pwritev2",

@@ -83,6 +83,7 @@ mod programs {
             nr::PTRACE | nr::PROCESS_VM_READV | nr::PROCESS_VM_WRITEV => {
                 crate::process::on_access(regs, sysno, ret)
             }
+            nr::BPF => crate::process::on_bpf(regs, ret),
             nr::CONNECT => net::on_connect(regs, ret),
             nr::ACCEPT | nr::ACCEPT4 => net::on_accept(ret),
             nr::SENDTO => net::on_sendto(regs, kernel::regs_arg(regs, 4), ret),

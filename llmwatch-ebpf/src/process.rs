@@ -3,7 +3,8 @@
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
 use llmwatch_common::{
     event::{
-        ARGS_LEN, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent, access_op, kind,
+        ARGS_LEN, BpfLoadEvent, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent,
+        access_op, kind,
     },
     syscalls as nr,
 };
@@ -141,4 +142,29 @@ pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
         (*ev).op = op;
     }
     emit::submit(rec, kind::PROC_ACCESS);
+}
+
+/// bpf(BPF_PROG_LOAD, attr) succeeded in a process other than the agent.
+#[inline(always)]
+pub fn on_bpf(regs: u64, ret: i64) {
+    const BPF_PROG_LOAD: u64 = 5;
+    if ret < 0 || kernel::regs_arg(regs, 0) != BPF_PROG_LOAD {
+        return;
+    }
+    let (pid, _) = kernel::current_pid_tgid();
+    if pid == crate::maps::agent_pid() {
+        return;
+    }
+    // union bpf_attr (UAPI): prog_type at 0, prog_name[16] at 48.
+    let attr = kernel::regs_arg(regs, 1);
+    let Some(mut rec) = emit::reserve::<BpfLoadEvent>(kind::BPF_LOAD) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).prog_type = kernel::read_user::<u32>(attr).unwrap_or(u32::MAX);
+        (*ev).fd = ret as i32;
+        (*ev).name = kernel::read_user::<[u8; 16]>(attr + 48).unwrap_or([0; 16]);
+    }
+    emit::submit(rec, kind::BPF_LOAD);
 }

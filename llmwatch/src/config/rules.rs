@@ -16,6 +16,7 @@ pub const GPU_SPAWN_STORM: &str = "gpu.spawn_storm";
 pub const API_CLIENT_FLOOD: &str = "api.client_flood";
 pub const MEMORY_SCRAPE: &str = "host.memory_scrape";
 pub const EVENT_LOSS: &str = "agent.event_loss";
+pub const BPF_LOAD: &str = "host.bpf_load";
 
 pub const RULE_IDS: &[&str] = &[
     UNEXPECTED_READER,
@@ -31,6 +32,7 @@ pub const RULE_IDS: &[&str] = &[
     API_CLIENT_FLOOD,
     MEMORY_SCRAPE,
     EVENT_LOSS,
+    BPF_LOAD,
 ];
 
 /// Keys every rule has.
@@ -158,6 +160,7 @@ pub struct Rules {
     pub api_client_flood: ClientFlood,
     pub memory_scrape: BasicRule,
     pub event_loss: BasicRule,
+    pub bpf_load: BasicRule,
 }
 
 impl Default for Rules {
@@ -211,6 +214,7 @@ impl Default for Rules {
             },
             memory_scrape: basic(Critical),
             event_loss: basic(High),
+            bpf_load: basic(Info),
         }
     }
 }
@@ -231,6 +235,7 @@ impl Rules {
             API_CLIENT_FLOOD => &self.api_client_flood.common,
             MEMORY_SCRAPE => &self.memory_scrape.common,
             EVENT_LOSS => &self.event_loss.common,
+            BPF_LOAD => &self.bpf_load.common,
             _ => return None,
         })
     }
@@ -250,6 +255,7 @@ impl Rules {
             API_CLIENT_FLOOD => &mut self.api_client_flood.common,
             MEMORY_SCRAPE => &mut self.memory_scrape.common,
             EVENT_LOSS => &mut self.event_loss.common,
+            BPF_LOAD => &mut self.bpf_load.common,
             _ => return None,
         })
     }

@@ -196,6 +196,12 @@ pub enum EventKind {
     ProcExit {
         exit_code: u32,
     },
+    /// Another process loaded a BPF program.
+    BpfLoad {
+        prog_type: u32,
+        prog_name: String,
+        fd: i32,
+    },
     /// A process attached to or read/wrote another's memory (ptrace, process_vm_*, /proc/<pid>/mem).
     ProcAccess {
         target_pid: u32,
@@ -233,6 +239,7 @@ impl EventKind {
             EventKind::ProcFork { .. } => "proc_fork",
             EventKind::ProcExit { .. } => "proc_exit",
             EventKind::ProcAccess { .. } => "proc_access",
+            EventKind::BpfLoad { .. } => "bpf_load",
             EventKind::GpuOpen { .. } => "gpu_open",
         }
     }
@@ -431,6 +438,14 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 fd: e.fd,
                 flags: e.flags,
                 errno: None,
+            }
+        }
+        kind::BPF_LOAD => {
+            let e: raw::BpfLoadEvent = read_as(buf, "bpf_load")?;
+            EventKind::BpfLoad {
+                prog_type: e.prog_type,
+                prog_name: cstr(&e.name),
+                fd: e.fd,
             }
         }
         kind::PROC_ACCESS => {

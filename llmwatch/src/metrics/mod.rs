@@ -64,6 +64,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         k::PROC_EXIT => "proc_exit",
         k::GPU_OPEN => "gpu_open",
         k::PROC_ACCESS => "proc_access",
+        k::BPF_LOAD => "bpf_load",
         _ => "unknown",
     }
 }

@@ -188,6 +188,7 @@ impl Engine {
                 self.process_rules.on_connect(&ctx, *dest, *port, &mut sink);
             }
             EventKind::GpuOpen { .. } => self.process_rules.on_gpu_open(&ctx, &mut sink),
+            EventKind::BpfLoad { .. } => self.process_rules.on_bpf_load(&ctx, &mut sink),
             EventKind::ProcAccess { target_pid, .. } => {
                 let target = self.procs.get(target_pid).and_then(|p| p.server.clone());
                 self.process_rules

@@ -224,6 +224,40 @@ impl ProcessRules {
         });
     }
 
+    /// host.bpf_load: another process loaded a BPF program (info: debuggers and other agents
+    /// do this too, but a rootkit does it first).
+    pub fn on_bpf_load(&mut self, ctx: &Ctx<'_>, sink: &mut AlertSink<'_>) {
+        let EventKind::BpfLoad {
+            prog_type, prog_name, ..
+        } = &ctx.ev.event.kind
+        else {
+            return;
+        };
+        let p = &ctx.ev.process;
+        let key = format!("{}:{prog_name}", p.pid);
+        if !sink.gate("host.bpf_load", &key, ctx.t) {
+            return;
+        }
+        sink.emit(AlertSpec {
+            rule: "host.bpf_load",
+            severity: None,
+            summary: format!(
+                "{} (pid {}) loaded a BPF program {prog_name:?} (type {prog_type})",
+                p.exe.as_deref().unwrap_or(&p.comm),
+                p.pid
+            ),
+            time: ctx.t,
+            process: AlertProcess::of(ctx.ev),
+            files: vec![],
+            network: vec![],
+            window: Window {
+                start: ctx.t,
+                end: ctx.t,
+            },
+            key,
+        });
+    }
+
     pub fn expire(&mut self, now: DateTime<Utc>, keep: TimeDelta) {
         self.gpu_spawns
             .retain(|_, q| q.back().is_some_and(|t| now - *t < keep));
