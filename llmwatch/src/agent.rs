@@ -58,6 +58,9 @@ pub enum Status<'a> {
         scan: &'a ScanReport,
         processes: usize,
         metrics_addr: Option<std::net::SocketAddr>,
+        /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
+        watch_mode: &'static str,
+        watch_error: Option<&'a str>,
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
@@ -133,6 +136,9 @@ pub struct Agent {
     overrides: Option<Overrides>,
     views: enrich::ProcessViews,
 }
+
+/// How often the model directories are rescanned when inotify cannot watch them.
+pub const RESCAN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Command-line settings re-applied to every reloaded configuration.
 pub type Overrides = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -245,6 +251,25 @@ impl Agent {
         self.overrides = Some(overrides);
     }
 
+    /// Rescans (on a notify signal or the fallback timer) and says what changed.
+    fn rescan_and_report(&mut self, sink: &mut dyn Sink) {
+        let rescanned = self.rescan();
+        self.emit_alerts(sink);
+        match rescanned {
+            Ok((diff, report)) if !(diff.added.is_empty() && diff.removed.is_empty()) => {
+                sink.emit(Output::Status(Status::WatchUpdate {
+                    added: diff.added.iter().map(|f| f.path.as_path()).collect(),
+                    removed: diff.removed.iter().map(|f| f.path.as_path()).collect(),
+                    watched_files: self.files.len(),
+                    scan: &report,
+                }));
+                sink.flush();
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("rescan failed: {e:#}"),
+        }
+    }
+
     /// Alerts also go to these webhooks (through the durable spool).
     pub fn set_delivery(&mut self, delivery: crate::sinks::Delivery) {
         self.delivery = Some(delivery);
@@ -292,15 +317,19 @@ impl Agent {
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
         let (_, report) = self.rescan()?;
         let (rescan_tx, mut rescan_rx) = tokio::sync::mpsc::channel(4);
-        let _watcher = match RootWatcher::start(self.files.roots(), rescan_tx) {
-            Ok(w) => Some(w),
+        // inotify can fail (watch or instance limits exhausted): then rescan on a timer.
+        let (_watcher, watch_error) = match RootWatcher::start(self.files.roots(), rescan_tx) {
+            Ok(w) => (Some(w), None),
             Err(e) => {
                 log::warn!(
-                    "not watching model directories for changes ({e}); new files are picked up on restart"
+                    "cannot watch model directories for changes ({e}); rescanning every {} s instead",
+                    RESCAN_FALLBACK.as_secs()
                 );
-                None
+                (None, Some(e.to_string()))
             }
         };
+        let mut fallback_rescan = tokio::time::interval(RESCAN_FALLBACK);
+        fallback_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Before `agent_ready`: a change made right after it must not be missed.
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
@@ -324,6 +353,12 @@ impl Agent {
             scan: &report,
             processes: self.procs.len(),
             metrics_addr: self.metrics_addr,
+            watch_mode: if watch_error.is_some() {
+                "periodic_rescan"
+            } else {
+                "inotify"
+            },
+            watch_error: watch_error.as_deref(),
         }));
         sink.flush();
         for h in &self.probes.hooks {
@@ -369,24 +404,8 @@ impl Agent {
                         self.handle_batch(&mut batch, sink);
                     }
                 }
-                Some(()) = rescan_rx.recv() => {
-                    let rescanned = self.rescan();
-                    self.emit_alerts(sink);
-                    match rescanned {
-                        Ok((diff, report)) => {
-                            if !(diff.added.is_empty() && diff.removed.is_empty()) {
-                                sink.emit(Output::Status(Status::WatchUpdate {
-                                    added: diff.added.iter().map(|f| f.path.as_path()).collect(),
-                                    removed: diff.removed.iter().map(|f| f.path.as_path()).collect(),
-                                    watched_files: self.files.len(),
-                                    scan: &report,
-                                }));
-                                sink.flush();
-                            }
-                        }
-                        Err(e) => log::error!("rescan failed: {e:#}"),
-                    }
-                }
+                _ = fallback_rescan.tick(), if watch_error.is_some() => self.rescan_and_report(sink),
+                Some(()) = rescan_rx.recv() => self.rescan_and_report(sink),
                 _ = flush.tick() => {
                     let stats = self.maps.stats();
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);

@@ -161,6 +161,11 @@ impl Agent {
 }
 
 impl Agent {
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash or the OOM killer would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
