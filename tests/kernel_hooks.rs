@@ -144,14 +144,38 @@ fn read_all(how: &str, fd: i32, scratch: &Path) -> u64 {
 
 #[test]
 fn every_read_path_reports_exact_bytes_returned() {
+    read_paths(&[]);
+}
+
+/// The same through the raw-tracepoint fallback (what runs where tp_btf is refused).
+#[test]
+fn every_read_path_through_the_raw_tracepoint_fallback() {
+    read_paths(&["--syscall-hook", "raw"]);
+}
+
+fn read_paths(extra: &[&str]) {
     let dir = TempDir::new("reads");
     let scratch = TempDir::new("reads-out");
     let path = dir.path().join("model.safetensors");
     // Not a multiple of any chunk size, larger than several 1 MiB report thresholds.
     let size: u64 = 3 * 1024 * 1024 + 12_345;
     let ino = write_safetensors(&path, size as usize);
-    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let mut agent = Agent::watching(&[dir.path()], extra);
     assert_eq!(agent.ready["watched_files"], 1, "{}", agent.ready);
+    let sys_exit: Vec<&str> = agent.ready["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["attached"] == true)
+        .filter_map(|h| h["hook"].as_str())
+        .filter(|h| h.ends_with("/sys_exit"))
+        .collect();
+    if extra.contains(&"raw") {
+        assert_eq!(sys_exit, ["raw_tracepoint/sys_exit"], "{}", agent.ready);
+        assert!(agent.ready["syscall_hook_fallback"].is_string());
+    } else {
+        assert_eq!(sys_exit.len(), 1, "{}", agent.ready);
+    }
 
     let mut fds = Vec::new();
     for how in [

@@ -69,11 +69,17 @@ fn agent_exports_metrics_health_and_readiness() {
     assert_eq!(get(&addr, "/readyz").0, 200);
     assert_eq!(get(&addr, "/nope").0, 404);
     let (_, before) = get(&addr, "/metrics");
+    // The syscall hook is tp_btf/sys_exit where the kernel allows it, else the raw tracepoint;
+    // agent_ready says which.
+    let sys_exit = agent.ready["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"].as_str().is_some_and(|n| n.ends_with("/sys_exit")))
+        .map(|h| h["hook"].as_str().unwrap().to_string())
+        .unwrap();
     assert_eq!(
-        value(
-            &before,
-            "llmwatch_hook_attached{hook=\"raw_tracepoint/sys_exit\"}"
-        ),
+        value(&before, &format!("llmwatch_hook_attached{{hook=\"{sys_exit}\"}}")),
         Some(1.0),
         "{before}"
     );
@@ -172,7 +178,8 @@ fn a_real_prometheus_scrapes_the_agent() {
         }
         let (_, body) = get(
             &api,
-            "/api/v1/query?query=llmwatch_hook_attached%7Bhook%3D%22raw_tracepoint%2Fsys_exit%22%7D",
+            // hook=~".*sys_exit": whichever variant the agent attached.
+            "/api/v1/query?query=llmwatch_hook_attached%7Bhook%3D~%22.%2Asys_exit%22%7D",
         );
         last = body.clone();
         if body.contains("\"result\":[{") && body.contains("\"1\"]") {

@@ -1,9 +1,17 @@
 //! Empty programs on exactly the hooks the agent uses: `cargo xtask bench` attaches these as
 //! "the floor", the cost of the hook itself, so llmwatch's own cost can be read off as a ratio.
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn floor_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn floor_sys_exit_btf(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

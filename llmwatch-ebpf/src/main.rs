@@ -34,7 +34,10 @@ mod process;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+    use aya_ebpf::{
+        macros::{btf_tracepoint, raw_tracepoint},
+        programs::{BtfTracePointContext, RawTracePointContext},
+    };
     use llmwatch_common::syscalls as nr;
 
     use crate::{files, kernel, net};
@@ -46,6 +49,27 @@ mod programs {
         let Some(sysno) = kernel::regs_syscall(regs) else {
             return 0;
         };
+        dispatch(regs, sysno, ret)
+    }
+
+    /// The same hook as a BTF tracepoint: `regs` is a typed kernel pointer, so the syscall
+    /// number is a direct load (no helper call) at the BTF-resolved offset, which the verifier
+    /// sees as a constant because it comes from the frozen read-only globals. Preferred when
+    /// the kernel allows it; the agent falls back to the raw tracepoint otherwise.
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn llmwatch_sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+        let regs: u64 = ctx.arg(0);
+        let ret: i64 = ctx.arg(1);
+        let off = kernel::off!(regs_orig_ax) as u64;
+        if off == llmwatch_common::offsets::MISSING as u64 {
+            return 0;
+        }
+        let sysno = unsafe { core::ptr::read_volatile((regs + off) as *const u64) };
+        dispatch(regs, sysno, ret)
+    }
+
+    #[inline(always)]
+    fn dispatch(regs: u64, sysno: u64, ret: i64) -> i32 {
         if sysno > nr::MAX_INTERESTING {
             return 0;
         }

@@ -58,6 +58,8 @@ pub enum Status<'a> {
         scan: &'a ScanReport,
         processes: usize,
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Why the faster tp_btf syscall hook was not used (the raw tracepoint was), if it was not.
+        syscall_hook_fallback: Option<&'a str>,
         /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
         watch_mode: &'static str,
         watch_error: Option<&'a str>,
@@ -164,7 +166,8 @@ impl Agent {
             agent_pid: std::process::id(),
             _pad: 0,
         };
-        let mut probes = Probes::load(settings).context("starting kernel probes")?;
+        let mut probes =
+            Probes::load(settings, !cfg.force_raw_syscall_hook).context("starting kernel probes")?;
         for h in &probes.hooks {
             if h.attached {
                 log::info!("hook {} attached ({})", h.hook, h.purpose);
@@ -361,6 +364,10 @@ impl Agent {
             scan: &report,
             processes: self.procs.len(),
             metrics_addr: self.metrics_addr,
+            syscall_hook_fallback: match &self.probes.fast_path {
+                Some(Err(e)) => Some(e.as_str()),
+                _ => None,
+            },
             watch_mode: if watch_error.is_some() {
                 "periodic_rescan"
             } else {

@@ -103,6 +103,10 @@ struct RunOpts {
     /// testing time-dependent rules such as business hours.
     #[arg(long, value_name = "TIME")]
     clock_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Syscall hook: `auto` uses the faster BTF tracepoint where the kernel allows it and falls
+    /// back to the raw tracepoint; `raw` always uses the raw tracepoint.
+    #[arg(long, value_name = "auto|raw", default_value = "auto", value_parser = ["auto", "raw"])]
+    syscall_hook: String,
     /// Serve /metrics, /healthz and /readyz here (default 127.0.0.1:9477; `off` to disable).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -136,6 +140,7 @@ impl RunOpts {
         let inference_ports = self.inference_ports.clone();
         let (read, send) = (self.read_report_bytes, self.send_report_bytes);
         let gpu_majors = self.gpu_majors.clone();
+        let force_raw = self.syscall_hook == "raw";
         Ok(Arc::new(move |cfg: &mut Config| {
             if !model_dirs.is_empty() {
                 cfg.model_dirs = model_dirs.clone();
@@ -150,6 +155,7 @@ impl RunOpts {
                 cfg.send_report_bytes = n;
             }
             cfg.extra_gpu_majors.extend(&gpu_majors);
+            cfg.force_raw_syscall_hook = force_raw;
             if let Some(a) = metrics_addr {
                 cfg.metrics_addr = a;
             }
@@ -501,7 +507,7 @@ fn check(json: bool) -> anyhow::Result<()> {
         .and_then(|b| probes::btf::resolve_offsets(&b).map_err(|e| e.to_string()));
     let root = unsafe { libc::geteuid() } == 0;
     let caps = probes::probe_capabilities().context("probing program types")?;
-    let agent = probes::Probes::load(Default::default());
+    let agent = probes::Probes::load(Default::default(), true);
     let hooks = match &agent {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),

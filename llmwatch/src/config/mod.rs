@@ -67,6 +67,9 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Durable queue of alerts not yet delivered to every webhook.
     pub spool: SpoolConfig,
+    /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
+    /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
+    pub force_raw_syscall_hook: bool,
 }
 
 /// One webhook receiver as configured (the sink turns it into a delivery target).
@@ -122,6 +125,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().ok(),
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
+            force_raw_syscall_hook: false,
         }
     }
 }

@@ -91,12 +91,15 @@ pub struct Probes {
     pub hooks: Vec<HookStatus>,
     /// Offsets this kernel lacks (their features are off).
     pub missing_offsets: Vec<&'static str>,
+    /// Which syscall hook was chosen: Ok(the faster tp_btf hook) or Err(why it was refused and
+    /// the raw tracepoint used instead).
+    pub fast_path: Option<Result<&'static str, String>>,
 }
 
 impl Probes {
     /// Resolves offsets from BTF, loads the object and attaches every hook. Fails only when no
     /// required hook could be attached; partial attachment is reported in `hooks`.
-    pub fn load(settings: Settings) -> Result<Self, ProbeError> {
+    pub fn load(settings: Settings, prefer_tp_btf: bool) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -107,8 +110,9 @@ impl Probes {
             ebpf,
             hooks: Vec::new(),
             missing_offsets,
+            fast_path: None,
         };
-        probes.attach_all();
+        probes.attach_all(prefer_tp_btf);
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
             let why = probes
                 .hooks
@@ -121,7 +125,7 @@ impl Probes {
         Ok(probes)
     }
 
-    fn attach_all(&mut self) {
+    fn attach_all(&mut self, prefer_tp_btf: bool) {
         for &(program, tp, purpose, required) in HOOKS {
             let hook = tp_hook_name(tp);
             let skip = program == "llmwatch_io_uring_complete"
@@ -129,8 +133,29 @@ impl Probes {
                     .missing_offsets
                     .iter()
                     .any(|o| o.starts_with("req_") || o.starts_with("cqe_"));
+            let mut hook = hook;
+            let mut program = program;
             let result = if skip {
                 Err("io_uring request layout not in this kernel's BTF".to_string())
+            } else if program == "llmwatch_sys_exit" && !prefer_tp_btf {
+                self.fast_path = Some(Err("not tried (--syscall-hook raw)".into()));
+                attach_raw_tracepoint(&mut self.ebpf, program, tp)
+            } else if program == "llmwatch_sys_exit" {
+                // The faster variant first (typed arguments, no helper call for the syscall
+                // number); the raw tracepoint when the kernel refuses it.
+                match attach_btf_tracepoint(&mut self.ebpf, "llmwatch_sys_exit_btf", tp) {
+                    Ok(()) => {
+                        hook = "tp_btf/sys_exit";
+                        program = "llmwatch_sys_exit_btf";
+                        self.fast_path = Some(Ok("tp_btf/sys_exit"));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        log::info!("tp_btf/sys_exit refused ({e}); using raw_tracepoint/sys_exit");
+                        self.fast_path = Some(Err(e));
+                        attach_raw_tracepoint(&mut self.ebpf, program, tp)
+                    }
+                }
             } else {
                 attach_raw_tracepoint(&mut self.ebpf, program, tp)
             };
@@ -184,6 +209,20 @@ fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeErro
         .override_global("SETTINGS", settings, true)
         .load(OBJECT)
         .map_err(ProbeError::Load)
+}
+
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    prog.load(tp, &btf)
+        .map_err(|e| format!("load {program}: {}", describe(&e)))?;
+    prog.attach()
+        .map_err(|e| format!("attach {program}: {}", describe(&e)))?;
+    Ok(())
 }
 
 fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
@@ -344,7 +383,12 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
     let mut hooks = Vec::new();
     for &(program, tp, purpose, required) in HOOKS {
         let floor = program.replacen("llmwatch_", "floor_", 1);
-        let r = attach_raw_tracepoint(&mut ebpf, &floor, tp);
+        // The same hook type the agent chooses: tp_btf for the syscall hook when allowed.
+        let r = if tp == "sys_exit" && attach_btf_tracepoint(&mut ebpf, "floor_sys_exit_btf", tp).is_ok() {
+            Ok(())
+        } else {
+            attach_raw_tracepoint(&mut ebpf, &floor, tp)
+        };
         hooks.push(HookStatus {
             program,
             hook: tp_hook_name(tp),
