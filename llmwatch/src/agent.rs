@@ -543,6 +543,12 @@ impl Agent {
             }
             _ => {}
         }
+        self.judge(ev, sink);
+    }
+
+    /// Enriches one event (kernel record or swept counter) and passes it to the metrics, the
+    /// output and the rules; the one path every event takes.
+    fn judge(&mut self, ev: Event, sink: &mut dyn Sink) {
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
             self.count(&enriched);
             sink.emit(Output::Event(&enriched));
@@ -580,7 +586,7 @@ impl Agent {
                     None => self.task_of(key.pid),
                 };
                 let ev = Event {
-                    ts_ns: now_boot_ns(),
+                    ts_ns: crate::clock::boot_ns_now(),
                     task,
                     kind: EventKind::FileRead {
                         file: tracked.file.into(),
@@ -593,12 +599,7 @@ impl Agent {
                     },
                 };
                 self.fd_totals.insert((key, instance), tracked.bytes);
-                if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
-                    self.count(&e);
-                    sink.emit(Output::Event(&e));
-                    self.engine.on_event(&e, &mut self.alerts);
-                    self.emit_alerts(sink);
-                }
+                self.judge(ev, sink);
             }
             if gone {
                 let _ = self.maps.tracked_fds.remove(&key);
@@ -636,6 +637,11 @@ impl Agent {
         if self.fd_pids.contains(&pid) {
             self.sweep_fds(Some((pid, task)), exited, sink);
         }
+        self.sweep_sends(pid, task, exited, sink);
+    }
+
+    /// Passes on bytes sent to each destination that the kernel counted but has not reported.
+    fn sweep_sends(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
         let sends: Vec<SendKey> = self
             .send_totals
             .keys()
@@ -647,29 +653,19 @@ impl Agent {
             if let Ok(stats) = self.maps.send_stats.get(&key, 0) {
                 if stats.bytes > seen {
                     let ev = Event {
-                        ts_ns: now_boot_ns(),
+                        ts_ns: crate::clock::boot_ns_now(),
                         task: task.clone(),
                         kind: EventKind::NetSend {
                             dest: key_ip(&key),
                             port: key.port,
-                            proto: match stats.protocol {
-                                6 => "tcp",
-                                17 => "udp",
-                                _ => "other",
-                            }
-                            .into(),
+                            proto: events::proto_name(stats.protocol).into(),
                             bytes: stats.bytes - seen,
                             total: stats.bytes,
                             reason: ReadReason::Flush,
                         },
                     };
                     self.send_totals.insert(key, stats.bytes);
-                    if let Some(e) = enrich::enrich(ev, &mut self.cx()) {
-                        self.count(&e);
-                        sink.emit(Output::Event(&e));
-                        self.engine.on_event(&e, &mut self.alerts);
-                        self.emit_alerts(sink);
-                    }
+                    self.judge(ev, sink);
                 }
                 if exited {
                     let _ = self.maps.send_stats.remove(&key);
@@ -688,7 +684,8 @@ impl Agent {
         for pid in pids {
             let task = self.task_of(pid);
             let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            self.sweep_pid(pid, &task, gone, sink);
+            // Descriptors were all swept above; only the destinations remain.
+            self.sweep_sends(pid, &task, gone, sink);
         }
     }
 
@@ -910,16 +907,6 @@ fn key_ip(k: &SendKey) -> IpAddr {
     } else {
         IpAddr::from(k.addr)
     }
-}
-
-fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Writes every output as one JSON line to stdout.

@@ -74,6 +74,13 @@ pub struct Window {
     pub end: DateTime<Utc>,
 }
 
+impl Window {
+    /// A window of one instant (an alert about a single event).
+    pub fn at(t: DateTime<Utc>) -> Self {
+        Window { start: t, end: t }
+    }
+}
+
 /// One alert. Field names are a contract.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Alert {

@@ -267,7 +267,8 @@ fn ip(family: u16, addr: [u8; 16]) -> IpAddr {
     }
 }
 
-fn proto_name(p: u16) -> &'static str {
+/// Name of an IP protocol number as events carry it.
+pub fn proto_name(p: u16) -> &'static str {
     match p {
         6 => "tcp",
         17 => "udp",

@@ -216,10 +216,7 @@ impl Activity {
             process: AlertProcess::of(ctx.ev),
             files: vec![AlertFile::of(w, total)],
             network: vec![],
-            window: Window {
-                start: ctx.t,
-                end: ctx.t,
-            },
+            window: Window::at(ctx.t),
             key,
         });
     }
@@ -503,10 +500,7 @@ fn tamper(ctx: &Ctx<'_>, w: &FileView, what: &str, sink: &mut AlertSink<'_>) {
         process: AlertProcess::of(ctx.ev),
         files: vec![AlertFile::of(w, 0)],
         network: vec![],
-        window: Window {
-            start: ctx.t,
-            end: ctx.t,
-        },
+        window: Window::at(ctx.t),
         key: format!("{}:{}:{}:{what}", p.pid, w.dev, w.ino),
     });
 }

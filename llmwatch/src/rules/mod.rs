@@ -351,7 +351,7 @@ impl Engine {
             process: agent_process(),
             files: vec![AlertFile::of(file, 0)],
             network: vec![],
-            window: Window { start: t, end: t },
+            window: Window::at(t),
             key,
         });
     }

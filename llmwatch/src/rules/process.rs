@@ -41,10 +41,7 @@ impl ProcessRules {
         sink: &mut AlertSink<'_>,
     ) {
         let p = &ctx.ev.process;
-        let window = Window {
-            start: ctx.t,
-            end: ctx.t,
-        };
+        let window = Window::at(ctx.t);
         if let Some(server) = spawned_by_server {
             let allow = &sink.cfg().rules.inference_exec.allow;
             let name = basename(filename);
@@ -110,7 +107,7 @@ impl ProcessRules {
             process: AlertProcess::of(ctx.ev),
             files: vec![],
             network: vec![AlertNetwork { dest, port, bytes_sent: 0 }],
-            window: Window { start: ctx.t, end: ctx.t },
+            window: Window::at(ctx.t),
             key: format!("{}:{dest}:{port}", p.pid),
         });
     }
@@ -135,10 +132,7 @@ impl ProcessRules {
                 process: AlertProcess::of(ctx.ev),
                 files: vec![],
                 network: vec![],
-                window: Window {
-                    start: ctx.t,
-                    end: ctx.t,
-                },
+                window: Window::at(ctx.t),
                 key: format!("{}:{device}", if exe.is_empty() { &p.comm } else { exe }),
             });
         }
@@ -189,10 +183,7 @@ impl ProcessRules {
                 process: AlertProcess::of(ctx.ev),
                 files: vec![],
                 network: vec![],
-                window: Window {
-                    start: ctx.t,
-                    end: ctx.t,
-                },
+                window: Window::at(ctx.t),
                 key: "concurrent".into(),
             });
         }
@@ -219,7 +210,7 @@ impl ProcessRules {
             process: AlertProcess::of(ctx.ev),
             files: vec![],
             network: vec![],
-            window: Window { start: ctx.t, end: ctx.t },
+            window: Window::at(ctx.t),
             key: format!("{}:{target_pid}", p.pid),
         });
     }
@@ -250,10 +241,7 @@ impl ProcessRules {
             process: AlertProcess::of(ctx.ev),
             files: vec![],
             network: vec![],
-            window: Window {
-                start: ctx.t,
-                end: ctx.t,
-            },
+            window: Window::at(ctx.t),
             key,
         });
     }
