@@ -42,8 +42,13 @@ const WAKEUP_BYTES: u64 = 64 * 1024;
 
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>, kind: u32) {
+    // What this record added to the ring: its 8-byte header and the body rounded up to 8.
+    let size = (core::mem::size_of::<T>() as u64 + 8 + 7) & !7;
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if pending >= WAKEUP_BYTES {
+    // Wake when this record crosses a WAKEUP_BYTES boundary, not on every record past the
+    // first: while the reader lags, a forced wake-up per record (an irq_work IPI each) cost
+    // the producers more than their own syscalls. At most one wake-up per 64 KiB written.
+    let flags = if pending >= WAKEUP_BYTES && pending % WAKEUP_BYTES < size {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
