@@ -3,8 +3,8 @@
 //! One task owns all state, so nothing is locked: it drains the ring buffer when it is
 //! readable, rescans model directories when `notify` says they changed, and on a timer sweeps
 //! the in-kernel byte counters of live processes (the kernel only reports on thresholds).
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::{
-    collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -110,8 +110,8 @@ pub struct Agent {
     procs: ProcessTable,
     gpus: GpuDevices,
     tracefs: probes::tracefs::TracefsState,
-    in_kernel: HashSet<FileId>,
-    names_in_kernel: HashSet<u64>,
+    in_kernel: std::collections::HashSet<FileId>,
+    names_in_kernel: std::collections::HashSet<u64>,
     /// Last cumulative byte count passed on per descriptor / destination; deltas are derived
     /// from the kernel's running totals so a report is never counted twice.
     fd_totals: HashMap<(FdKey, u64), u64>,
@@ -135,6 +135,8 @@ pub struct Agent {
     manifest_rx: Option<tokio::sync::mpsc::UnboundedReceiver<ManifestResult>>,
     /// (size, mtime) of each manifest file when last verified: only changed files are re-hashed.
     manifest_checked: HashMap<PathBuf, (u64, i64)>,
+    /// Boot-to-wall clock mapping, refreshed per batch (see `BootAnchor`).
+    anchor: crate::clock::BootAnchor,
     overrides: Option<Overrides>,
     views: enrich::ProcessViews,
     /// Hash of the configuration file's bytes as last loaded.
@@ -209,6 +211,7 @@ impl Agent {
         let cfg = Arc::new(cfg);
         let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
+        let anchor = crate::clock::BootAnchor::now(&*clock);
         Ok(Agent {
             files: WatchedSet::new(cfg.model_dirs.clone()),
             engine: Engine::new(cfg.clone()),
@@ -221,8 +224,8 @@ impl Agent {
             procs,
             gpus,
             tracefs,
-            in_kernel: HashSet::new(),
-            names_in_kernel: HashSet::new(),
+            in_kernel: Default::default(),
+            names_in_kernel: Default::default(),
             fd_totals: HashMap::new(),
             fd_pids: HashSet::new(),
             send_totals: HashMap::new(),
@@ -237,6 +240,7 @@ impl Agent {
             manifest_tx,
             manifest_rx: Some(manifest_rx),
             manifest_checked: HashMap::new(),
+            anchor,
             overrides: None,
             views: enrich::ProcessViews::new(),
             config_fingerprint,
@@ -248,7 +252,7 @@ impl Agent {
             procs: &mut self.procs,
             files: &self.files,
             gpus: &self.gpus,
-            clock: &*self.clock,
+            anchor: self.anchor,
             views: &mut self.views,
         }
     }
@@ -265,8 +269,8 @@ impl Agent {
         match rescanned {
             Ok((diff, report)) if !(diff.added.is_empty() && diff.removed.is_empty()) => {
                 sink.emit(Output::Status(Status::WatchUpdate {
-                    added: diff.added.iter().map(|f| f.path.as_path()).collect(),
-                    removed: diff.removed.iter().map(|f| f.path.as_path()).collect(),
+                    added: diff.added.iter().map(|f| &*f.path).collect(),
+                    removed: diff.removed.iter().map(|f| &*f.path).collect(),
                     watched_files: self.files.len(),
                     scan: &report,
                 }));
@@ -308,7 +312,7 @@ impl Agent {
                 }
             }
         }
-        let want: HashSet<FileId> = self.files.iter().map(|f| f.id).collect();
+        let want: std::collections::HashSet<FileId> = self.files.iter().map(|f| f.id).collect();
         self.maps.sync_watched(&want, &mut self.in_kernel)?;
         let names = self.files.name_hashes();
         self.maps.sync_names(&names, &mut self.names_in_kernel)?;
@@ -462,6 +466,7 @@ impl Agent {
     }
 
     fn handle_batch(&mut self, batch: &mut Vec<Result<Event, events::DecodeError>>, sink: &mut dyn Sink) {
+        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
         for ev in batch.drain(..) {
             match ev {
                 Ok(ev) => self.handle(ev, sink),
@@ -565,6 +570,7 @@ impl Agent {
     /// reported (it reports every `read_report_bytes` and on close). `only` limits the sweep to
     /// one process; `exited` also removes its entries.
     fn sweep_fds(&mut self, only: Option<(u32, &Task)>, exited: bool, sink: &mut dyn Sink) {
+        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
         let keys: Vec<FdKey> = self
             .maps
             .tracked_fds
@@ -642,6 +648,7 @@ impl Agent {
 
     /// Passes on bytes sent to each destination that the kernel counted but has not reported.
     fn sweep_sends(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
+        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
         let sends: Vec<SendKey> = self
             .send_totals
             .keys()
@@ -723,14 +730,14 @@ impl Agent {
         };
         let mut todo = Vec::new();
         for f in self.files.iter() {
-            for p in std::iter::once(&f.path).chain(f.aliases.iter()) {
+            for p in std::iter::once(&*f.path).chain(f.aliases.iter().map(PathBuf::as_path)) {
                 let Some(want) = expected.get(p) else { continue };
                 let stamp = std::fs::metadata(&f.path)
                     .map(|m| (m.len(), std::os::unix::fs::MetadataExt::mtime(&m)))
                     .unwrap_or_default();
                 if self.manifest_checked.get(p) != Some(&stamp) {
-                    self.manifest_checked.insert(p.clone(), stamp);
-                    todo.push((p.clone(), f.path.clone(), want.clone()));
+                    self.manifest_checked.insert(p.to_path_buf(), stamp);
+                    todo.push((p.to_path_buf(), f.path.to_path_buf(), want.clone()));
                 }
             }
         }

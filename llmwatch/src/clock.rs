@@ -70,8 +70,29 @@ pub fn boot_ns_now() -> u64 {
 
 /// Wall time of a kernel timestamp: `now` minus how long ago it was in boot time.
 pub fn boot_to_wall(clock: &dyn Clock, ts_ns: u64) -> DateTime<Utc> {
-    let ago = boot_ns_now().saturating_sub(ts_ns);
-    clock.now() - chrono::TimeDelta::nanoseconds(ago.min(i64::MAX as u64) as i64)
+    BootAnchor::now(clock).wall(ts_ns)
+}
+
+/// One reading of both clocks, to map kernel (boot-time) stamps to wall time. Taken once per
+/// batch of events rather than per event: two clock reads each showed in the W4 profile.
+#[derive(Clone, Copy, Debug)]
+pub struct BootAnchor {
+    boot_ns: u64,
+    wall: DateTime<Utc>,
+}
+
+impl BootAnchor {
+    pub fn now(clock: &dyn Clock) -> Self {
+        BootAnchor {
+            boot_ns: boot_ns_now(),
+            wall: clock.now(),
+        }
+    }
+
+    pub fn wall(&self, ts_ns: u64) -> DateTime<Utc> {
+        let d = (ts_ns as i128 - self.boot_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        self.wall + chrono::TimeDelta::nanoseconds(d)
+    }
 }
 
 #[cfg(test)]

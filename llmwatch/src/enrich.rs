@@ -34,7 +34,7 @@ pub struct ProcessView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileView {
-    pub path: PathBuf,
+    pub path: std::sync::Arc<std::path::Path>,
     pub dev: u32,
     pub ino: u64,
     pub size: u64,
@@ -91,13 +91,14 @@ pub struct Context<'a> {
     pub procs: &'a mut ProcessTable,
     pub files: &'a WatchedSet,
     pub gpus: &'a GpuDevices,
-    pub clock: &'a dyn crate::clock::Clock,
+    /// Maps kernel timestamps to wall time (see `BootAnchor`).
+    pub anchor: crate::clock::BootAnchor,
     /// Process views built once per (pid, cgroup, comm) and shared by its events; the caller
     /// forgets a pid's view when it execs, forks or exits.
     pub views: &'a mut ProcessViews,
 }
 
-pub type ProcessViews = std::collections::HashMap<u32, std::sync::Arc<ProcessView>>;
+pub type ProcessViews = foldhash::HashMap<u32, std::sync::Arc<ProcessView>>;
 
 /// A failed open of a path that is a GPU device node becomes a `GpuOpen` with the errno.
 fn failed_gpu_open(ev: &mut Event, gpus: &GpuDevices) {
@@ -178,7 +179,7 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         _ => None,
     };
     let pid = ev.task.pid;
-    let time = crate::clock::boot_to_wall(cx.clock, ev.ts_ns);
+    let time = cx.anchor.wall(ev.ts_ns);
     if let Some(v) = cx.views.get(&pid).filter(|v| v.comm == ev.task.comm) {
         return Some(Enriched {
             time,
@@ -261,9 +262,9 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
-        let mut views = ProcessViews::new();
+        let mut views = ProcessViews::default();
         let mut cx = Context {
-            clock: &clock,
+            anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,
             files: &files,
@@ -279,7 +280,7 @@ mod tests {
             instance: 0,
         });
         let e = enrich(ev, &mut cx).unwrap();
-        assert_eq!(e.weight.as_ref().unwrap().path, path);
+        assert_eq!(*e.weight.as_ref().unwrap().path, *path);
         assert_eq!(e.weight.unwrap().format, WeightFormat::Safetensors);
         assert_eq!(e.process.comm, "cp");
         let json = serde_json::to_value(
@@ -310,9 +311,9 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
-        let mut views = ProcessViews::new();
+        let mut views = ProcessViews::default();
         let mut cx = Context {
-            clock: &clock,
+            anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,
             files: &files,
@@ -330,7 +331,7 @@ mod tests {
             })
         };
         let kept = enrich(tamper(path.to_str().unwrap()), &mut cx).unwrap();
-        assert_eq!(kept.weight.unwrap().path, path);
+        assert_eq!(*kept.weight.unwrap().path, *path);
         // Same basename elsewhere (the kernel's name filter lets it through): dropped.
         assert!(enrich(tamper("/elsewhere/model.safetensors"), &mut cx).is_none());
         let denied = event(EventKind::FileOpenDenied {
@@ -349,9 +350,9 @@ mod tests {
         let mut procs = ProcessTable::default();
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
-        let mut views = ProcessViews::new();
+        let mut views = ProcessViews::default();
         let mut cx = Context {
-            clock: &clock,
+            anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,
             files: &files,

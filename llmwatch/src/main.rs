@@ -201,7 +201,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
     };
     let t0: chrono::DateTime<chrono::Utc> = "2026-11-23T10:00:00Z".parse()?;
     let weight = FileView {
-        path: "/models/m.safetensors".into(),
+        path: std::path::Path::new("/models/m.safetensors").into(),
         dev: 8,
         ino: 1,
         size: 1 << 40,

@@ -1,8 +1,10 @@
 //! Rules over what process trees read and send: weight.unexpected_reader, weight.bulk_read,
 //! weight.exfiltration, weight.off_hours_access, weight.tamper, api.client_flood.
+use foldhash::HashMap;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
+    sync::Arc,
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -11,7 +13,7 @@ use super::{AlertSink, AlertSpec, Ctx, delta};
 use crate::{
     alerts::{AlertFile, AlertNetwork, AlertProcess, Window},
     config::Severity,
-    enrich::FileView,
+    enrich::{FileView, ProcessView},
     events::{EventKind, FileKey, TamperOp},
 };
 
@@ -25,6 +27,8 @@ struct FileUse {
     /// First process of the group that read it: names the group in dedup keys, so the same
     /// reader seen through a parent and a grandparent group alerts once.
     first_reader: u32,
+    /// `first_reader:dev:ino`, the bulk and off-hours dedup key (built once, checked per read).
+    dkey: String,
 }
 
 #[derive(Debug, Clone)]
@@ -40,11 +44,33 @@ struct Group {
     files: HashMap<FileKey, FileUse>,
     sends: HashMap<(IpAddr, u16), SendUse>,
     /// The process that most recently read weights (what the alert names).
-    reader: Option<AlertProcess>,
+    reader: Option<Arc<ProcessView>>,
     last: Option<DateTime<Utc>>,
 }
 
 impl Group {
+    /// Bytes read from files used since `since` (the per-event check; `read_in` lists them
+    /// once an alert is due).
+    fn read_total(&self, since: DateTime<Utc>) -> u64 {
+        self.files.values().filter(|f| f.last >= since).map(|f| f.bytes).sum()
+    }
+
+    /// Bytes sent outside the egress allowlist since `since`.
+    fn sent_outside(&self, since: DateTime<Utc>) -> u64 {
+        self.sends
+            .values()
+            .filter(|s| !s.allowed && s.last >= since)
+            .map(|s| s.bytes)
+            .sum()
+    }
+
+    fn reader_or(&self, ev: &crate::enrich::Enriched) -> AlertProcess {
+        match &self.reader {
+            Some(p) => AlertProcess::from_view(p),
+            None => AlertProcess::of(ev),
+        }
+    }
+
     fn read_in(&self, since: DateTime<Utc>) -> (u64, Vec<&FileUse>) {
         let files: Vec<&FileUse> = self.files.values().filter(|f| f.last >= since).collect();
         (files.iter().map(|f| f.bytes).sum(), files)
@@ -237,11 +263,12 @@ impl Activity {
                 first: ctx.t,
                 last: ctx.t,
                 first_reader: ctx.ev.process.pid,
+                dkey: format!("{}:{}:{}", ctx.ev.process.pid, key.dev, key.ino),
             });
             f.bytes += bytes;
             f.last = ctx.t;
             if group.reader.as_ref().map(|r| r.pid) != Some(ctx.ev.process.pid) {
-                group.reader = Some(AlertProcess::of(ctx.ev));
+                group.reader = Some(ctx.ev.process.clone());
             }
             group.last = Some(ctx.t);
         }
@@ -274,18 +301,27 @@ impl Activity {
         );
         let (off_min_fraction, off_min_bytes) = (rules.off_hours.min_fraction, rules.off_hours.min_bytes);
         let since = ctx.t - delta(bulk_window);
-        let (total, files) = group.read_in(since);
+        // This runs for every read report: decide on plain numbers first, format nothing
+        // until an alert is due.
+        let total = group.read_total(since);
         let file_frac = fraction(f.bytes, f.view.size);
-        let process = group.reader.clone().unwrap_or_else(|| AlertProcess::of(ctx.ev));
+        let bulk_due = (file_frac >= bulk_min_fraction || total >= bulk_min_bytes)
+            && sink.gate("weight.bulk_read", &f.dkey, ctx.t);
+        let off_due = (file_frac >= off_min_fraction || total >= off_min_bytes)
+            && !sink.cfg().business_hours.is_business_time(ctx.t)
+            && sink.gate("weight.off_hours_access", &f.dkey, ctx.t);
+        if !bulk_due && !off_due {
+            return false;
+        }
+        let dkey = f.dkey.clone();
+        let (total, files) = group.read_in(since);
+        let process = group.reader_or(ctx.ev);
         let window = Window {
             start: files.iter().map(|f| f.first).min().unwrap_or(ctx.t),
             end: ctx.t,
         };
         let mut fired = false;
-        let dkey = format!("{}:{}:{}", f.first_reader, key.dev, key.ino);
-        if (file_frac >= bulk_min_fraction || total >= bulk_min_bytes)
-            && sink.gate("weight.bulk_read", &dkey, ctx.t)
-        {
+        if bulk_due {
             let before = sink_len(sink);
             sink.emit(AlertSpec {
                 rule: "weight.bulk_read",
@@ -309,10 +345,7 @@ impl Activity {
             });
             fired |= sink_len(sink) > before;
         }
-        if (file_frac >= off_min_fraction || total >= off_min_bytes)
-            && !sink.cfg().business_hours.is_business_time(ctx.t)
-            && sink.gate("weight.off_hours_access", &dkey, ctx.t)
-        {
+        if off_due {
             let bh = &sink.cfg().business_hours;
             let before = sink_len(sink);
             let local = ctx.t.with_timezone(&bh.tz);
@@ -382,10 +415,16 @@ impl Activity {
         };
         let cfg = &sink.cfg().rules.exfiltration;
         let since = ctx.t - delta(cfg.window);
-        let (read, files) = group.read_in(since);
-        if read == 0 {
+        // Per event: sums first (most groups never send outside the allowlist), lists after.
+        let sent = group.sent_outside(since);
+        if sent == 0 {
             return false;
         }
+        let read = group.read_total(since);
+        if read == 0 || (sent as f64) < cfg.send_fraction * read as f64 {
+            return false;
+        }
+        let (read, files) = group.read_in(since);
         let enough = read >= cfg.min_read_bytes
             || files
                 .iter()
@@ -398,14 +437,10 @@ impl Activity {
             .iter()
             .filter(|(_, s)| !s.allowed && s.last >= since)
             .collect();
-        let sent: u64 = outside.iter().map(|(_, s)| s.bytes).sum();
-        if sent == 0 || (sent as f64) < cfg.send_fraction * read as f64 {
-            return false;
-        }
         outside.sort_by_key(|(_, s)| std::cmp::Reverse(s.bytes));
         let ((top_ip, top_port), _) = outside[0];
         let first_reader = files.iter().map(|f| f.first_reader).min().unwrap_or(0);
-        let process = group.reader.clone().unwrap_or_else(|| AlertProcess::of(ctx.ev));
+        let process = group.reader_or(ctx.ev);
         let start = files
             .iter()
             .map(|f| f.first)

@@ -6,8 +6,9 @@
 mod activity;
 mod process;
 
+use foldhash::{HashMap, HashMapExt as _};
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
 };
 
@@ -472,19 +473,11 @@ impl AlertSink<'_> {
 
     /// Cheap check before a rule builds an alert: false (and the repeat counted) when the rule
     /// is off or `rule:key` is inside its suppression window.
-    pub fn gate(&mut self, rule: &str, key: &str, t: DateTime<Utc>) -> bool {
+    pub fn gate(&mut self, rule: &'static str, key: &str, t: DateTime<Utc>) -> bool {
         let Some(common) = self.engine_cfg.rules.common(rule) else {
             return false;
         };
-        if !common.enabled {
-            return false;
-        }
-        let full = format!("{rule}:{key}");
-        if self.dedup.would_admit(&full, t, common.suppress) {
-            return true;
-        }
-        self.dedup.suppress(&full);
-        false
+        common.enabled && self.dedup.gate(rule, key, t, common.suppress)
     }
 
     pub fn emit(&mut self, spec: AlertSpec) {
@@ -495,8 +488,7 @@ impl AlertSink<'_> {
         if !common.enabled {
             return;
         }
-        let key = format!("{}:{}", spec.rule, spec.key);
-        let Some(suppressed) = self.dedup.admit(&key, spec.time, common.suppress) else {
+        let Some(suppressed) = self.dedup.admit(spec.rule, &spec.key, spec.time, common.suppress) else {
             return;
         };
         let incomplete = self
@@ -515,7 +507,7 @@ impl AlertSink<'_> {
             network: spec.network,
             window: spec.window,
             incomplete,
-            dedup_key: key,
+            dedup_key: format!("{}:{}", spec.rule, spec.key),
             suppressed,
         });
     }

@@ -1,7 +1,8 @@
 //! Rules about what processes run and touch: inference.exec, inference.egress, exfil.tool,
 //! gpu.unexpected_user, gpu.spawn_storm, host.memory_scrape.
+use foldhash::{HashMap, HashSet};
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
 };
 

@@ -51,7 +51,7 @@ fn proc_(pid: u32, comm: &'static str, exe: &'static str, argv: &str, parents: &
 
 fn weight(ino: u64, size: u64) -> FileView {
     FileView {
-        path: PathBuf::from(format!("/models/m{ino}.safetensors")),
+        path: PathBuf::from(format!("/models/m{ino}.safetensors")).into(),
         dev: 8,
         ino,
         size,

@@ -265,7 +265,7 @@ pub struct WatchedFile {
     pub id: FileId,
     /// Canonical real path of the inode (the HF blob); the smallest one for hard links.
     #[serde(serialize_with = "ser_path")]
-    pub path: PathBuf,
+    pub path: std::sync::Arc<Path>,
     /// Other paths seen for the inode (HF `snapshots/` symlinks, hard links), sorted.
     #[serde(serialize_with = "ser_paths")]
     pub aliases: Vec<PathBuf>,
@@ -479,7 +479,7 @@ impl WatchedSet {
                 id,
                 WatchedFile {
                     id,
-                    path: primary,
+                    path: primary.into(),
                     aliases,
                     size: stamp.size,
                     format,
@@ -491,8 +491,8 @@ impl WatchedSet {
             if files.contains_key(id) {
                 continue;
             }
-            let under = |p: &PathBuf| incomplete.iter().any(|d| p.starts_with(d));
-            if under(&old.path) || old.aliases.iter().any(under) {
+            let under = |p: &Path| incomplete.iter().any(|d| p.starts_with(d));
+            if under(&old.path) || old.aliases.iter().any(|p| under(p)) {
                 files.insert(*id, old.clone());
                 if let Some(s) = self.stamps.get(id) {
                     stamps.insert(*id, *s);
@@ -538,8 +538,8 @@ impl WatchedSet {
         self.by_path.clear();
         self.by_name.clear();
         for (id, f) in &self.files {
-            for p in std::iter::once(&f.path).chain(&f.aliases) {
-                self.by_path.insert(p.clone(), *id);
+            for p in std::iter::once(&*f.path).chain(f.aliases.iter().map(PathBuf::as_path)) {
+                self.by_path.insert(p.to_path_buf(), *id);
                 if let Some(n) = p.file_name() {
                     let ids = self.by_name.entry(n.to_owned()).or_default();
                     if !ids.contains(id) {
@@ -809,9 +809,28 @@ impl RootWatcher {
             .collect();
         let (ev_tx, ev_rx) = mpsc::channel::<notify::Result<notify::Event>>();
         // Do not follow symlinked directories, as the scan does not (loops, escaping the root).
-        let config = notify::Config::default().with_follow_symlinks(false);
+        // No access events (IN_OPEN, IN_CLOSE_NOWRITE) and no IN_MODIFY per write: every open
+        // of a weight file by a model server would otherwise wake the agent (the W4 profile:
+        // an inotify event and a wake-up per open). Creation, removal, renames, attribute
+        // changes and the close after writing are what change the watched set.
+        let config = notify::Config::default()
+            .with_follow_symlinks(false)
+            .with_event_kinds(
+                notify::EventKindMask::CREATE
+                    | notify::EventKindMask::REMOVE
+                    | notify::EventKindMask::MODIFY_NAME
+                    | notify::EventKindMask::MODIFY_META
+                    | notify::EventKindMask::ACCESS_CLOSE,
+            );
+        // Belt and braces where a backend still reports accesses: drop them in notify's thread
+        // rather than paying a channel wake-up each.
+        let handler = move |ev: notify::Result<notify::Event>| {
+            if !is_access(&ev) {
+                let _ = ev_tx.send(ev);
+            }
+        };
         let mut watcher =
-            RecommendedWatcher::new(ev_tx, config).map_err(|source| FilesError::Init { source })?;
+            RecommendedWatcher::new(handler, config).map_err(|source| FilesError::Init { source })?;
         let mut states = Vec::with_capacity(roots.len());
         for root in &roots {
             if root.exists() {
@@ -851,6 +870,18 @@ fn nearest_existing_ancestor(p: &Path) -> Option<PathBuf> {
     p.ancestors().skip(1).find(|a| a.is_dir()).map(Path::to_owned)
 }
 
+/// Opens and reads (the model server's, and our own scan's) change nothing in the set; a close
+/// after writing does.
+fn is_access(ev: &notify::Result<notify::Event>) -> bool {
+    let Ok(ev) = ev else { return false };
+    !ev.need_rescan()
+        && match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+            EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => true,
+            _ => false,
+        }
+}
+
 fn relevant(ev: &notify::Result<notify::Event>, roots: &[PathBuf], states: &[RootState]) -> bool {
     let ev = match ev {
         Ok(ev) => ev,
@@ -861,14 +892,6 @@ fn relevant(ev: &notify::Result<notify::Event>, roots: &[PathBuf], states: &[Roo
     };
     if ev.need_rescan() {
         return true;
-    }
-    match ev.kind {
-        // Opens and reads (the model server's, and our own scan's) change nothing in the set.
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => {
-            return false;
-        }
-        _ => {}
     }
     ev.paths.is_empty()
         || ev.paths.iter().any(|p| {
@@ -1152,9 +1175,9 @@ mod tests {
         let f = &diff.added[0];
         assert_eq!(
             (f.path.clone(), f.aliases.clone(), f.format),
-            (blob.clone(), vec![alias.clone()], WeightFormat::Safetensors)
+            (blob.clone().into(), vec![alias.clone()], WeightFormat::Safetensors)
         );
-        assert_eq!(set.find_path(&alias).unwrap().path, blob);
+        assert_eq!(*set.find_path(&alias).unwrap().path, *blob);
         assert_eq!(set.find_name(OsStr::new("model.safetensors")).len(), 1);
         assert_eq!(set.find_name(OsStr::new("3f2a9c")).len(), 1);
         assert!(set.find_name(OsStr::new("config.json")).is_empty());
@@ -1169,7 +1192,7 @@ mod tests {
             })
             .unwrap()
             .path,
-            blob
+            blob.into()
         );
         assert_eq!(set.total_bytes(), md.len());
         // The JSON form carries dev/ino numbers.
@@ -1193,7 +1216,7 @@ mod tests {
         set.rescan();
         assert_eq!(set.len(), 1);
         let f = set.iter().next().unwrap();
-        assert_eq!(f.path, root.join("a/model.gguf"));
+        assert_eq!(*f.path, *root.join("a/model.gguf"));
         assert_eq!(f.aliases, vec![root.join("b/copy.gguf")]);
     }
 
@@ -1300,7 +1323,7 @@ mod tests {
         symlink(&real, t.path().join("models")).unwrap();
         let mut set = WatchedSet::new(vec![t.path().join("models")]);
         set.rescan();
-        assert_eq!(set.iter().next().unwrap().path, real.join("m.gguf"));
+        assert_eq!(*set.iter().next().unwrap().path, *real.join("m.gguf"));
         // Looked up through the symlinked root: found after canonicalization.
         assert!(set.find_path(&t.path().join("models/m.gguf")).is_some());
     }

@@ -3,10 +3,9 @@
 //! Seeded from /proc at start-up, then kept by exec/fork/exit events. Kernel events carry
 //! pid, comm, uid and cgroup id captured at event time, so a process that has already exited
 //! is still attributed; /proc is only read for processes older than the agent.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use serde::{Deserialize, Serialize};
 
