@@ -4,11 +4,7 @@
 //! readable, rescans model directories when `notify` says they changed, and on a timer sweeps
 //! the in-kernel byte counters of live processes (the kernel only reports on thresholds).
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};

@@ -139,7 +139,13 @@ impl Dedup {
     /// Whether an alert for (`rule`, `key`) at `t` would be sent; a repeat inside the window
     /// is counted here. Rules call this before building an alert (summaries are formatted
     /// strings), then `admit` with the same key.
-    pub fn gate(&mut self, rule: &'static str, key: &str, t: DateTime<Utc>, suppress: std::time::Duration) -> bool {
+    pub fn gate(
+        &mut self,
+        rule: &'static str,
+        key: &str,
+        t: DateTime<Utc>,
+        suppress: std::time::Duration,
+    ) -> bool {
         let window = chrono::TimeDelta::from_std(suppress).unwrap_or(chrono::TimeDelta::MAX);
         match self.last.get_mut(rule).and_then(|m| m.get_mut(key)) {
             Some((sent, n)) if t - *sent < window => {
@@ -213,8 +219,14 @@ mod tests {
         assert_eq!(d.admit("r", "b", t0 + chrono::TimeDelta::seconds(20), w), Some(0));
         assert!(d.gate("q", "a", t0 + chrono::TimeDelta::seconds(20), w));
         assert!(d.gate("r", "a", t0 + chrono::TimeDelta::seconds(700), w));
-        assert_eq!(d.admit("r", "a", t0 + chrono::TimeDelta::seconds(700), w), Some(3));
-        d.expire(t0 + chrono::TimeDelta::seconds(800), chrono::TimeDelta::seconds(60));
+        assert_eq!(
+            d.admit("r", "a", t0 + chrono::TimeDelta::seconds(700), w),
+            Some(3)
+        );
+        d.expire(
+            t0 + chrono::TimeDelta::seconds(800),
+            chrono::TimeDelta::seconds(60),
+        );
         assert!(d.is_empty());
     }
 

@@ -1,11 +1,7 @@
 //! Rules over what process trees read and send: weight.unexpected_reader, weight.bulk_read,
 //! weight.exfiltration, weight.off_hours_access, weight.tamper, api.client_flood.
 use foldhash::HashMap;
-use std::{
-    collections::VecDeque,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::VecDeque, net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -52,7 +48,11 @@ impl Group {
     /// Bytes read from files used since `since` (the per-event check; `read_in` lists them
     /// once an alert is due).
     fn read_total(&self, since: DateTime<Utc>) -> u64 {
-        self.files.values().filter(|f| f.last >= since).map(|f| f.bytes).sum()
+        self.files
+            .values()
+            .filter(|f| f.last >= since)
+            .map(|f| f.bytes)
+            .sum()
     }
 
     /// Bytes sent outside the egress allowlist since `since`.

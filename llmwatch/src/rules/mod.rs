@@ -7,10 +7,7 @@ mod activity;
 mod process;
 
 use foldhash::{HashMap, HashMapExt as _};
-use std::{
-    collections::VecDeque,
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
 
 use chrono::{DateTime, TimeDelta, Utc};
 

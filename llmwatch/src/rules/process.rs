@@ -1,10 +1,7 @@
 //! Rules about what processes run and touch: inference.exec, inference.egress, exfil.tool,
 //! gpu.unexpected_user, gpu.spawn_storm, host.memory_scrape.
 use foldhash::{HashMap, HashSet};
-use std::{
-    collections::VecDeque,
-    net::IpAddr,
-};
+use std::{collections::VecDeque, net::IpAddr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 

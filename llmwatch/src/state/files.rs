@@ -1175,7 +1175,11 @@ mod tests {
         let f = &diff.added[0];
         assert_eq!(
             (f.path.clone(), f.aliases.clone(), f.format),
-            (blob.clone().into(), vec![alias.clone()], WeightFormat::Safetensors)
+            (
+                blob.clone().into(),
+                vec![alias.clone()],
+                WeightFormat::Safetensors
+            )
         );
         assert_eq!(*set.find_path(&alias).unwrap().path, *blob);
         assert_eq!(set.find_name(OsStr::new("model.safetensors")).len(), 1);
