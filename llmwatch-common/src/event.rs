@@ -26,8 +26,9 @@ pub mod kind {
     pub const GPU_OPEN: u32 = 12;
     pub const PROC_ACCESS: u32 = 13;
     pub const BPF_LOAD: u32 = 14;
+    pub const BPF_ACCESS: u32 = 15;
     /// One past the largest kind: sizes per-kind counter arrays (at most 16).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Common prefix of every record. Captured in the kernel at event time so a process that has
@@ -295,6 +296,29 @@ pub struct ProcAccessEvent {
 }
 
 /// Another process loaded a BPF program (a rootkit's or a competing agent's, or a debugger's).
+/// Another process took a handle to a BPF object by its id (`bpf(BPF_*_GET_FD_BY_ID)`): the
+/// step before changing a map's contents, reading a ring buffer, or detaching a program, for
+/// objects that are not pinned (the agent pins nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BpfAccessEvent {
+    pub hdr: EventHeader,
+    /// The bpf() command (BPF_PROG_GET_FD_BY_ID = 13, BPF_MAP_GET_FD_BY_ID = 14,
+    /// BPF_LINK_GET_FD_BY_ID = 30).
+    pub cmd: u32,
+    /// The object id asked for.
+    pub id: u32,
+    /// The fd returned.
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+pub mod bpf_cmd {
+    pub const PROG_GET_FD_BY_ID: u32 = 13;
+    pub const MAP_GET_FD_BY_ID: u32 = 14;
+    pub const LINK_GET_FD_BY_ID: u32 = 30;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BpfLoadEvent {

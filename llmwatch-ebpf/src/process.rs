@@ -3,8 +3,8 @@
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user};
 use llmwatch_common::{
     event::{
-        ARGS_LEN, BpfLoadEvent, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent, ProcForkEvent,
-        access_op, kind,
+        ARGS_LEN, BpfAccessEvent, BpfLoadEvent, PATH_LEN, ProcAccessEvent, ProcExecEvent, ProcExitEvent,
+        ProcForkEvent, access_op, bpf_cmd, kind,
     },
     syscalls as nr,
 };
@@ -148,11 +148,22 @@ pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
 #[inline(always)]
 pub fn on_bpf(regs: u64, ret: i64) {
     const BPF_PROG_LOAD: u64 = 5;
-    if ret < 0 || kernel::regs_arg(regs, 0) != BPF_PROG_LOAD {
+    if ret < 0 {
+        return;
+    }
+    let cmd = kernel::regs_arg(regs, 0);
+    let by_id = cmd == bpf_cmd::PROG_GET_FD_BY_ID as u64
+        || cmd == bpf_cmd::MAP_GET_FD_BY_ID as u64
+        || cmd == bpf_cmd::LINK_GET_FD_BY_ID as u64;
+    if cmd != BPF_PROG_LOAD && !by_id {
         return;
     }
     let (pid, _) = kernel::current_pid_tgid();
     if pid == crate::maps::agent_pid() {
+        return;
+    }
+    if by_id {
+        on_bpf_get_fd_by_id(regs, cmd as u32, ret);
         return;
     }
     // union bpf_attr (UAPI): prog_type at 0, prog_name[16] at 48.
@@ -167,4 +178,23 @@ pub fn on_bpf(regs: u64, ret: i64) {
         (*ev).name = kernel::read_user::<[u8; 16]>(attr + 48).unwrap_or([0; 16]);
     }
     emit::submit(rec, kind::BPF_LOAD);
+}
+
+/// A handle taken to a BPF object by id; the agent tells whether the object is one of its own
+/// (a map it reads from, a program that watches). bpf() is rare: no filtering here.
+#[inline(always)]
+fn on_bpf_get_fd_by_id(regs: u64, cmd: u32, ret: i64) {
+    // union bpf_attr (UAPI): prog_id / map_id / link_id all at offset 0.
+    let attr = kernel::regs_arg(regs, 1);
+    let Some(mut rec) = emit::reserve::<BpfAccessEvent>(kind::BPF_ACCESS) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        (*ev).cmd = cmd;
+        (*ev).id = kernel::read_user::<u32>(attr).unwrap_or(0);
+        (*ev).fd = ret as i32;
+        (*ev)._pad = 0;
+    }
+    emit::submit(rec, kind::BPF_ACCESS);
 }

@@ -59,6 +59,9 @@ pub enum Status<'a> {
         /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
         watch_mode: &'static str,
         watch_error: Option<&'a str>,
+        /// This agent's BPF programs, maps and links by id ("map WATCHED_FILES": 42): what
+        /// `agent.tamper` alerts name when another process takes a handle to one.
+        bpf_objects: std::collections::BTreeMap<String, u32>,
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
@@ -374,6 +377,12 @@ impl Agent {
                 "inotify"
             },
             watch_error: watch_error.as_deref(),
+            bpf_objects: self
+                .probes
+                .own_objects
+                .iter()
+                .map(|((kind, id), name)| (format!("{kind} {name}"), *id))
+                .collect(),
         }));
         sink.flush();
         for h in &self.probes.hooks {
@@ -426,6 +435,7 @@ impl Agent {
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
                     self.report_drops(sink);
+                    self.verify_own_maps(sink);
                     self.procs.reap();
                     let procs = &self.procs;
                     self.views.retain(|pid, _| procs.get(*pid).is_some_and(|p| p.exited_at.is_none()));
@@ -537,6 +547,9 @@ impl Agent {
                 let pids: HashSet<u32> = self.gpu_seen.iter().map(|(p, _, _)| *p).collect();
                 self.metrics.set_gpu_processes(pids.len());
             }
+            EventKind::BpfAccess { object, id, ours, .. } => {
+                *ours = self.probes.own_objects.get(&(object.as_ref(), *id)).cloned();
+            }
             EventKind::ProcExit { .. } => {
                 let task = ev.task.clone();
                 self.sweep_pid(pid, &task, true, sink);
@@ -612,6 +625,31 @@ impl Agent {
             self.fd_pids.remove(&pid);
             self.fd_totals.retain(|(k, _), _| k.pid != pid);
         }
+    }
+
+    /// agent.tamper when the kernel's watched set is not what the agent wrote (then restored).
+    fn verify_own_maps(&mut self, sink: &mut dyn Sink) {
+        let findings = match self
+            .maps
+            .verify_and_restore(&self.in_kernel, &self.names_in_kernel)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("checking the agent's own maps: {e}");
+                return;
+            }
+        };
+        for (map, missing, unexpected) in findings {
+            let summary = format!(
+                "llmwatch's BPF map {map} was changed by another process ({missing} entries removed, \
+                 {unexpected} added): weight-file accesses could go unseen; the agent restored it"
+            );
+            log::warn!("{summary}");
+            let now = self.clock.now();
+            self.engine
+                .on_agent_tamper(summary, format!("map:{map}"), now, &mut self.alerts);
+        }
+        self.emit_alerts(sink);
     }
 
     fn task_of(&self, pid: u32) -> Task {

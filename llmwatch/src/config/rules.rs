@@ -17,6 +17,7 @@ pub const API_CLIENT_FLOOD: &str = "api.client_flood";
 pub const MEMORY_SCRAPE: &str = "host.memory_scrape";
 pub const EVENT_LOSS: &str = "agent.event_loss";
 pub const BPF_LOAD: &str = "host.bpf_load";
+pub const AGENT_TAMPER: &str = "agent.tamper";
 
 pub const RULE_IDS: &[&str] = &[
     UNEXPECTED_READER,
@@ -33,6 +34,7 @@ pub const RULE_IDS: &[&str] = &[
     MEMORY_SCRAPE,
     EVENT_LOSS,
     BPF_LOAD,
+    AGENT_TAMPER,
 ];
 
 /// Keys every rule has.
@@ -161,6 +163,7 @@ pub struct Rules {
     pub memory_scrape: BasicRule,
     pub event_loss: BasicRule,
     pub bpf_load: BasicRule,
+    pub agent_tamper: BasicRule,
 }
 
 impl Default for Rules {
@@ -215,6 +218,7 @@ impl Default for Rules {
             memory_scrape: basic(Critical),
             event_loss: basic(High),
             bpf_load: basic(Info),
+            agent_tamper: basic(Critical),
         }
     }
 }
@@ -236,6 +240,7 @@ impl Rules {
             MEMORY_SCRAPE => &self.memory_scrape.common,
             EVENT_LOSS => &self.event_loss.common,
             BPF_LOAD => &self.bpf_load.common,
+            AGENT_TAMPER => &self.agent_tamper.common,
             _ => return None,
         })
     }
@@ -256,6 +261,7 @@ impl Rules {
             MEMORY_SCRAPE => &mut self.memory_scrape.common,
             EVENT_LOSS => &mut self.event_loss.common,
             BPF_LOAD => &mut self.bpf_load.common,
+            AGENT_TAMPER => &mut self.agent_tamper.common,
             _ => return None,
         })
     }

@@ -202,6 +202,15 @@ pub enum EventKind {
         prog_name: String,
         fd: i32,
     },
+    /// Another process took a handle to a BPF object by id ("prog", "map" or "link").
+    BpfAccess {
+        object: Name,
+        id: u32,
+        fd: i32,
+        /// Set by the agent when the object is one of its own: the program or map name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ours: Option<String>,
+    },
     /// A process attached to or read/wrote another's memory (ptrace, process_vm_*, /proc/<pid>/mem).
     ProcAccess {
         target_pid: u32,
@@ -240,6 +249,7 @@ impl EventKind {
             EventKind::ProcExit { .. } => "proc_exit",
             EventKind::ProcAccess { .. } => "proc_access",
             EventKind::BpfLoad { .. } => "bpf_load",
+            EventKind::BpfAccess { .. } => "bpf_access",
             EventKind::GpuOpen { .. } => "gpu_open",
         }
     }
@@ -447,6 +457,20 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 prog_type: e.prog_type,
                 prog_name: cstr(&e.name),
                 fd: e.fd,
+            }
+        }
+        kind::BPF_ACCESS => {
+            let e: raw::BpfAccessEvent = read_as(buf, "bpf_access")?;
+            EventKind::BpfAccess {
+                object: match e.cmd {
+                    raw::bpf_cmd::PROG_GET_FD_BY_ID => "prog".into(),
+                    raw::bpf_cmd::MAP_GET_FD_BY_ID => "map".into(),
+                    raw::bpf_cmd::LINK_GET_FD_BY_ID => "link".into(),
+                    other => format!("cmd {other}").into(),
+                },
+                id: e.id,
+                fd: e.fd,
+                ours: None,
             }
         }
         kind::PROC_ACCESS => {

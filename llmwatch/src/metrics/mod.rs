@@ -65,6 +65,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         k::GPU_OPEN => "gpu_open",
         k::PROC_ACCESS => "proc_access",
         k::BPF_LOAD => "bpf_load",
+        k::BPF_ACCESS => "bpf_access",
         _ => "unknown",
     }
 }

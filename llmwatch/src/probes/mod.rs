@@ -94,6 +94,9 @@ pub struct Probes {
     /// Which syscall hook was chosen: Ok(the faster tp_btf hook) or Err(why it was refused and
     /// the raw tracepoint used instead).
     pub fast_path: Option<Result<&'static str, String>>,
+    /// This agent's own BPF objects, ("prog" | "map" | "link", id) -> name: another process
+    /// taking a handle to one of them is how its maps get changed or its ring buffer read.
+    pub own_objects: std::collections::HashMap<(&'static str, u32), String>,
 }
 
 impl Probes {
@@ -111,8 +114,10 @@ impl Probes {
             hooks: Vec::new(),
             missing_offsets,
             fast_path: None,
+            own_objects: Default::default(),
         };
         probes.attach_all(prefer_tp_btf);
+        probes.own_objects = own_objects(&probes.ebpf);
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
             let why = probes
                 .hooks
@@ -201,6 +206,41 @@ impl Probes {
             stats: self.take(names::STATS)?,
         })
     }
+}
+
+/// Ids of the programs and maps in `ebpf` and of the links attaching those programs.
+fn own_objects(ebpf: &Ebpf) -> std::collections::HashMap<(&'static str, u32), String> {
+    let mut own = std::collections::HashMap::new();
+    for (name, p) in ebpf.programs() {
+        if let Ok(info) = p.info() {
+            own.insert(("prog", info.id()), name.to_string());
+        }
+    }
+    for (name, m) in ebpf.maps() {
+        let info = match m {
+            aya::maps::Map::RingBuf(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::PerCpuHashMap(d) => d.info(),
+            _ => continue,
+        };
+        if let Ok(info) = info {
+            own.insert(("map", info.id()), name.to_string());
+        }
+    }
+    let progs: std::collections::HashMap<u32, String> = own
+        .iter()
+        .filter(|((k, _), _)| *k == "prog")
+        .map(|((_, id), n)| (*id, n.clone()))
+        .collect();
+    for link in aya::programs::loaded_links().flatten() {
+        if let Some(name) = progs.get(&link.program_id()) {
+            own.insert(("link", link.id()), name.clone());
+        }
+    }
+    own
 }
 
 fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeError> {
@@ -356,6 +396,39 @@ impl KernelMaps {
         }
         *have = want.clone();
         Ok(())
+    }
+
+    /// Compares the maps that decide what the kernel reports with what the agent wrote, and
+    /// puts them back when they differ. Returns one finding per changed map: (name, entries
+    /// missing, entries not written by the agent). Another process can only get at these maps
+    /// through a handle (see `agent.tamper`); this catches the change itself.
+    pub fn verify_and_restore(
+        &mut self,
+        files: &HashSet<FileId>,
+        names: &HashSet<u64>,
+    ) -> Result<Vec<(&'static str, usize, usize)>, ProbeError> {
+        let mut findings = Vec::new();
+        let actual: HashSet<FileId> = self.watched_files.keys().filter_map(Result::ok).collect();
+        if actual != *files {
+            findings.push((
+                names::WATCHED_FILES,
+                files.difference(&actual).count(),
+                actual.difference(files).count(),
+            ));
+            let mut have = actual;
+            self.sync_watched(files, &mut have)?;
+        }
+        let actual: HashSet<u64> = self.watched_names.keys().filter_map(Result::ok).collect();
+        if actual != *names {
+            findings.push((
+                names::WATCHED_NAMES,
+                names.difference(&actual).count(),
+                actual.difference(names).count(),
+            ));
+            let mut have = actual;
+            self.sync_names(names, &mut have)?;
+        }
+        Ok(findings)
     }
 
     pub fn sync_names(&mut self, want: &HashSet<u64>, have: &mut HashSet<u64>) -> Result<(), ProbeError> {

@@ -187,6 +187,7 @@ impl Engine {
             }
             EventKind::GpuOpen { .. } => self.process_rules.on_gpu_open(&ctx, &mut sink),
             EventKind::BpfLoad { .. } => self.process_rules.on_bpf_load(&ctx, &mut sink),
+            EventKind::BpfAccess { .. } => self.process_rules.on_bpf_access(&ctx, &mut sink),
             EventKind::ProcAccess { target_pid, .. } => {
                 let target = self.procs.get(target_pid).and_then(|p| p.server.clone());
                 self.process_rules
@@ -287,6 +288,27 @@ impl Engine {
             network: vec![],
             window: Window { start, end: t },
             key: "agent.event_loss".into(),
+        });
+    }
+
+    /// agent.tamper found by the agent's own checks (its maps changed underneath it).
+    pub fn on_agent_tamper(&mut self, summary: String, key: String, t: DateTime<Utc>, out: &mut Alerts) {
+        let mut sink = AlertSink {
+            engine_cfg: &self.cfg,
+            dedup: &mut self.dedup,
+            losses: &self.losses,
+            out,
+        };
+        sink.emit(AlertSpec {
+            rule: "agent.tamper",
+            severity: None,
+            summary,
+            time: t,
+            process: agent_process(),
+            files: vec![],
+            network: vec![],
+            window: Window::at(t),
+            key,
         });
     }
 

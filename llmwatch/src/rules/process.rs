@@ -244,6 +244,45 @@ impl ProcessRules {
         });
     }
 
+    /// agent.tamper: another process took a handle to one of the agent's own BPF objects. With
+    /// a map handle it can change what the agent watches or drain its events; with a program or
+    /// link handle, inspect or detach it. (`bpftool prog/map show` takes handles too.)
+    pub fn on_bpf_access(&mut self, ctx: &Ctx<'_>, sink: &mut AlertSink<'_>) {
+        let EventKind::BpfAccess {
+            object,
+            id,
+            ours: Some(name),
+            ..
+        } = &ctx.ev.event.kind
+        else {
+            return;
+        };
+        let p = &ctx.ev.process;
+        let key = format!("{}:{object}:{id}", p.pid);
+        if !sink.gate("agent.tamper", &key, ctx.t) {
+            return;
+        }
+        let what = match object.as_ref() {
+            "map" => "it can now change what the agent watches or read its events",
+            _ => "it can now inspect or detach the agent's kernel hooks",
+        };
+        sink.emit(AlertSpec {
+            rule: "agent.tamper",
+            severity: None,
+            summary: format!(
+                "{} (pid {}) took a handle to llmwatch's BPF {object} {name} (id {id}): {what}",
+                p.exe.as_deref().unwrap_or(&p.comm),
+                p.pid
+            ),
+            time: ctx.t,
+            process: AlertProcess::of(ctx.ev),
+            files: vec![],
+            network: vec![],
+            window: Window::at(ctx.t),
+            key,
+        });
+    }
+
     pub fn expire(&mut self, now: DateTime<Utc>, keep: TimeDelta) {
         self.gpu_spawns
             .retain(|_, q| q.back().is_some_and(|t| now - *t < keep));

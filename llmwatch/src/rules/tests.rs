@@ -598,6 +598,45 @@ fn memory_scrape_of_a_server_only() {
 }
 
 #[test]
+fn agent_tamper_for_handles_to_its_own_objects_only() {
+    let mut r = Run::new(cfg(""), MONDAY_10);
+    let tool = proc_(
+        700,
+        "bpftool",
+        "/usr/sbin/bpftool",
+        "bpftool map show",
+        &[(1, "bash")],
+    );
+    let access = |ours: Option<&str>| EventKind::BpfAccess {
+        object: "map".into(),
+        id: 42,
+        fd: 3,
+        ours: ours.map(str::to_string),
+    };
+    // Another agent's (or any unrelated) map: nothing.
+    r.feed(1, &tool, access(None), None);
+    assert!(r.of("agent.tamper").is_empty(), "{:#?}", r.alerts);
+    r.feed(2, &tool, access(Some("WATCHED_FILES")), None);
+    let t = r.of("agent.tamper");
+    assert_eq!(t.len(), 1, "{:#?}", r.alerts);
+    assert_eq!(t[0].severity, Severity::Critical);
+    assert!(
+        t[0].summary.contains("WATCHED_FILES") && t[0].summary.contains("id 42"),
+        "{}",
+        t[0].summary
+    );
+    // The agent's own check of its maps.
+    let at = r.t0 + TimeDelta::seconds(3);
+    r.engine.on_agent_tamper(
+        "map changed".into(),
+        "map:WATCHED_FILES".into(),
+        at,
+        &mut r.alerts,
+    );
+    assert_eq!(r.of("agent.tamper").len(), 2);
+}
+
+#[test]
 fn event_loss_alerts_and_marks_overlapping_alerts_incomplete() {
     let mut r = Run::new(cfg(""), MONDAY_10);
     let t = r.t0 + TimeDelta::seconds(1);
