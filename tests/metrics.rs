@@ -1,35 +1,13 @@
 //! The metrics endpoint of a running agent: scraped directly, by promtool, and by a real
 //! Prometheus server on loopback that the series is queried back from.
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use llmwatch_e2e::{Agent, TempDir, secs, write_safetensors};
-
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
+use llmwatch_e2e::{Agent, TempDir, http_get as get, secs, write_safetensors};
 
 fn value(body: &str, series: &str) -> Option<f64> {
     body.lines()

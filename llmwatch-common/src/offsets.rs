@@ -67,6 +67,21 @@ pub struct Offsets {
 }
 
 impl Offsets {
+    /// What is known without kernel BTF: x86_64 `struct pt_regs` is user ABI (the layout the
+    /// syscall entry code pushes, arch/x86/include/uapi/asm/ptrace.h), so syscall numbers and
+    /// arguments stay readable. Every kernel struct field stays [`MISSING`].
+    pub const fn syscall_abi_only() -> Self {
+        let mut o = Self::missing();
+        o.regs_r10 = 56;
+        o.regs_r9 = 64;
+        o.regs_r8 = 72;
+        o.regs_dx = 96;
+        o.regs_si = 104;
+        o.regs_di = 112;
+        o.regs_orig_ax = 120;
+        o
+    }
+
     /// Every field marked missing; what the kernel-side default looks like before the agent fills it.
     pub const fn missing() -> Self {
         Offsets {

@@ -59,9 +59,12 @@ pub enum Status<'a> {
         /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
         watch_mode: &'static str,
         watch_error: Option<&'a str>,
+        /// What this host lacks and what the agent does without it, one line each; empty when
+        /// nothing is missing (also `llmwatch_capability` and `llmwatch check`).
+        degraded: &'a [String],
         /// This agent's BPF programs, maps and links by id ("map WATCHED_FILES": 42): what
         /// `agent.tamper` alerts name when another process takes a handle to one.
-        bpf_objects: std::collections::BTreeMap<String, u32>,
+        bpf_objects: &'a std::collections::BTreeMap<String, u32>,
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
@@ -160,15 +163,21 @@ impl Agent {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
-        let tracefs = probes::tracefs::ensure_mounted();
+        let tracefs = probes::tracefs::ensure_mounted(&cfg.tracefs);
+        if let probes::tracefs::TracefsState::Unavailable(why) = &tracefs {
+            // Nothing the agent attaches needs it (raw and BTF tracepoints do not).
+            log::warn!(
+                "tracefs unavailable ({why}); the agent's hooks do not need it, `llmwatch check` does"
+            );
+        }
         let settings = Settings {
             read_report_bytes: cfg.read_report_bytes,
             send_report_bytes: cfg.send_report_bytes,
             agent_pid: std::process::id(),
             _pad: 0,
         };
-        let mut probes =
-            Probes::load(settings, !cfg.force_raw_syscall_hook).context("starting kernel probes")?;
+        let mut probes = Probes::load(settings, !cfg.force_raw_syscall_hook, &cfg.kernel_btf)
+            .context("starting kernel probes")?;
         for h in &probes.hooks {
             if h.attached {
                 log::info!("hook {} attached ({})", h.hook, h.purpose);
@@ -357,6 +366,16 @@ impl Agent {
                 })
                 .ok()
         });
+        let degraded = self.degraded();
+        for d in &degraded {
+            log::warn!("degraded: {d}");
+        }
+        let bpf_objects: std::collections::BTreeMap<String, u32> = self
+            .probes
+            .own_objects
+            .iter()
+            .map(|((kind, id), name)| (format!("{kind} {name}"), *id))
+            .collect();
         sink.emit(Output::Status(Status::AgentReady {
             hooks: &self.probes.hooks,
             missing_offsets: &self.probes.missing_offsets,
@@ -377,17 +396,23 @@ impl Agent {
                 "inotify"
             },
             watch_error: watch_error.as_deref(),
-            bpf_objects: self
-                .probes
-                .own_objects
-                .iter()
-                .map(|((kind, id), name)| (format!("{kind} {name}"), *id))
-                .collect(),
+            degraded: &degraded,
+            bpf_objects: &bpf_objects,
         }));
         sink.flush();
         for h in &self.probes.hooks {
             self.metrics.set_hook(h.hook, h.attached);
         }
+        self.metrics
+            .set_capability("kernel_btf", self.probes.btf_error.is_none());
+        self.metrics.set_capability(
+            "tracefs",
+            !matches!(self.tracefs, probes::tracefs::TracefsState::Unavailable(_)),
+        );
+        self.metrics.set_capability(
+            "tp_btf_syscall_hook",
+            matches!(self.probes.fast_path, Some(Ok(_))),
+        );
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
         for id in crate::config::RULE_IDS {
@@ -625,6 +650,33 @@ impl Agent {
             self.fd_pids.remove(&pid);
             self.fd_totals.retain(|(k, _), _| k.pid != pid);
         }
+    }
+
+    /// One line per missing capability: what is missing, why, and what that costs.
+    fn degraded(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.probes.btf_error {
+            out.push(format!("kernel BTF missing ({why}): {}", probes::NO_BTF_LOSS));
+        }
+        if let probes::tracefs::TracefsState::Unavailable(why) = &self.tracefs {
+            out.push(format!(
+                "tracefs unavailable ({why}): nothing lost (raw and BTF tracepoints do not need it)"
+            ));
+        }
+        if let Some(Err(why)) = &self.probes.fast_path {
+            out.push(format!(
+                "faster tp_btf syscall hook not used ({why}): the raw tracepoint costs more per syscall"
+            ));
+        }
+        for h in self.probes.hooks.iter().filter(|h| !h.attached) {
+            out.push(format!(
+                "hook {} not attached ({}): {} not seen",
+                h.hook,
+                h.error.as_deref().unwrap_or("?"),
+                h.purpose
+            ));
+        }
+        out
     }
 
     /// agent.tamper when the kernel's watched set is not what the agent wrote (then restored).

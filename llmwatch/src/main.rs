@@ -67,6 +67,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        host: HostPaths,
     },
 }
 
@@ -110,6 +112,29 @@ struct RunOpts {
     /// Serve /metrics, /healthz and /readyz here (default 127.0.0.1:9477; `off` to disable).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    #[command(flatten)]
+    host: HostPaths,
+}
+
+/// Where the host's kernel interfaces are, for hosts (and tests) where they are elsewhere.
+#[derive(Args, Clone)]
+struct HostPaths {
+    /// The running kernel's BTF, e.g. a BTFHub file for a kernel built without
+    /// CONFIG_DEBUG_INFO_BTF. Without usable BTF the agent runs degraded and says what it loses.
+    #[arg(long, value_name = "FILE", default_value = "/sys/kernel/btf/vmlinux")]
+    kernel_btf: PathBuf,
+    /// Where tracefs is mounted, or is mounted by the agent when missing.
+    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/tracing")]
+    tracefs: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            kernel_btf: probes::btf::KernelBtf::SYSFS_PATH.into(),
+            tracefs: probes::tracefs::TRACEFS.into(),
+        }
+    }
 }
 
 impl RunOpts {
@@ -141,7 +166,10 @@ impl RunOpts {
         let (read, send) = (self.read_report_bytes, self.send_report_bytes);
         let gpu_majors = self.gpu_majors.clone();
         let force_raw = self.syscall_hook == "raw";
+        let host = self.host.clone();
         Ok(Arc::new(move |cfg: &mut Config| {
+            cfg.kernel_btf = host.kernel_btf.clone();
+            cfg.tracefs = host.tracefs.clone();
             if !model_dirs.is_empty() {
                 cfg.model_dirs = model_dirs.clone();
             }
@@ -184,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => validate(&file),
-        Command::Check { json } => check(json),
+        Command::Check { json, host } => check(json, &host),
         Command::BenchFloor => bench_floor(),
         Command::BenchEngine { events } => bench_engine(events),
     }
@@ -499,15 +527,15 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The capability report: each program type tried for real, then the agent's own hooks.
-fn check(json: bool) -> anyhow::Result<()> {
-    let tracefs = probes::tracefs::ensure_mounted();
-    let btf_path = std::path::Path::new(probes::btf::KernelBtf::SYSFS_PATH);
+fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
+    let tracefs = probes::tracefs::ensure_mounted(&host.tracefs);
+    let btf_path = host.kernel_btf.as_path();
     let btf = probes::btf::KernelBtf::from_file(btf_path)
         .map_err(|e| e.to_string())
         .and_then(|b| probes::btf::resolve_offsets(&b).map_err(|e| e.to_string()));
     let root = unsafe { libc::geteuid() } == 0;
     let caps = probes::probe_capabilities().context("probing program types")?;
-    let agent = probes::Probes::load(Default::default(), true);
+    let agent = probes::Probes::load(Default::default(), true, btf_path);
     let hooks = match &agent {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),
@@ -517,7 +545,7 @@ fn check(json: bool) -> anyhow::Result<()> {
         let report = serde_json::json!({
             "root": root,
             "tracefs": tracefs,
-            "btf": match &btf { Ok((_, missing)) => serde_json::json!({"ok": true, "missing_optional": missing}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
+            "btf": match &btf { Ok((_, missing)) => serde_json::json!({"ok": true, "missing_optional": missing}), Err(e) => serde_json::json!({"ok": false, "error": e, "loses": probes::NO_BTF_LOSS}) },
             "program_types": caps,
             "hooks": hooks,
             "agent_error": agent.as_ref().err().map(|e| format!("{e:#}")),
@@ -535,7 +563,12 @@ fn check(json: bool) -> anyhow::Result<()> {
                 "no (needs CAP_BPF, CAP_PERFMON)"
             }
         );
-        println!("  tracefs:           {tracefs:?}");
+        match &tracefs {
+            probes::tracefs::TracefsState::Unavailable(why) => println!(
+                "  tracefs:           MISSING: {why} (the agent's hooks do not need it; the tracepoint probe below does)"
+            ),
+            other => println!("  tracefs:           ok ({other:?})"),
+        }
         match &btf {
             Ok((_, missing)) if missing.is_empty() => {
                 println!("  kernel BTF:        ok, all offsets resolved")
@@ -544,7 +577,10 @@ fn check(json: bool) -> anyhow::Result<()> {
                 "  kernel BTF:        ok, optional offsets missing: {}",
                 missing.join(", ")
             ),
-            Err(e) => println!("  kernel BTF:        MISSING: {e}"),
+            Err(e) => println!(
+                "  kernel BTF:        MISSING: {e}; the agent runs degraded: {}",
+                probes::NO_BTF_LOSS
+            ),
         }
         println!("program types:");
         for c in &caps {

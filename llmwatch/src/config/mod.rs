@@ -70,6 +70,11 @@ pub struct Config {
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
+    /// The kernel's BTF (command line `--kernel-btf`; default /sys/kernel/btf/vmlinux). Without
+    /// it the agent runs degraded (see `probes::NO_BTF_LOSS`).
+    pub kernel_btf: std::path::PathBuf,
+    /// Where tracefs is, or is mounted when missing (command line `--tracefs`).
+    pub tracefs: std::path::PathBuf,
 }
 
 /// One webhook receiver as configured (the sink turns it into a delivery target).
@@ -126,6 +131,8 @@ impl Default for Config {
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
             force_raw_syscall_hook: false,
+            kernel_btf: crate::probes::btf::KernelBtf::SYSFS_PATH.into(),
+            tracefs: crate::probes::tracefs::TRACEFS.into(),
         }
     }
 }

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub kernel_events: IntCounterVec,
     /// `llmwatch_hook_attached{hook}`: 1 when the hook is attached, 0 when not.
     pub hook_attached: IntGaugeVec,
+    /// `llmwatch_capability{capability}`: 1 when the host provides it (kernel_btf, tracefs,
+    /// tp_btf_syscall_hook), 0 when the agent runs without it.
+    pub capability: IntGaugeVec,
     /// `llmwatch_watched_files`.
     pub watched_files: IntGauge,
     /// `llmwatch_watched_bytes`.
@@ -170,6 +173,15 @@ impl Metrics {
         .expect("valid gauge");
         r.register(Box::new(hook_attached.clone()))
             .expect("unique metric");
+        let capability = IntGaugeVec::new(
+            Opts::new(
+                "llmwatch_capability",
+                "Whether a host capability the agent uses is present (1) or missing, degraded (0).",
+            ),
+            &["capability"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(capability.clone())).expect("unique metric");
         let watched_files = gauge(&r, "llmwatch_watched_files", "Weight files currently watched.");
         let watched_bytes = gauge(
             &r,
@@ -287,6 +299,7 @@ impl Metrics {
             kernel_ringbuf_drops,
             kernel_events,
             hook_attached,
+            capability,
             watched_files,
             watched_bytes,
             weight_read_bytes,
@@ -348,6 +361,12 @@ impl Metrics {
         let delta = cumulative.saturating_sub(*last);
         *last = (*last).max(cumulative);
         counter.with_label_values(&[kind]).inc_by(delta);
+    }
+
+    pub fn set_capability(&self, capability: &str, present: bool) {
+        self.capability
+            .with_label_values(&[capability])
+            .set(i64::from(present));
     }
 
     pub fn set_hook(&self, hook: &str, attached: bool) {

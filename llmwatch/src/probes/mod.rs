@@ -97,17 +97,47 @@ pub struct Probes {
     /// This agent's own BPF objects, ("prog" | "map" | "link", id) -> name: another process
     /// taking a handle to one of them is how its maps get changed or its ring buffer read.
     pub own_objects: std::collections::HashMap<(&'static str, u32), String>,
+    /// Why the kernel's BTF could not be used, when it could not: the programs then run with
+    /// syscall arguments only (see `Offsets::syscall_abi_only`).
+    pub btf_error: Option<String>,
 }
+
+/// What the agent loses without kernel BTF (every struct offset unknown).
+pub const NO_BTF_LOSS: &str = "weight-file opens, reads, mmaps and changes through a descriptor, \
+     connections and bytes sent, GPU opens, io_uring, parent pids and exec paths are NOT seen; \
+     refused opens, renames/unlinks by path, bpf() use, ptrace and process_vm_* still are";
 
 impl Probes {
     /// Resolves offsets from BTF, loads the object and attaches every hook. Fails only when no
     /// required hook could be attached; partial attachment is reported in `hooks`.
-    pub fn load(settings: Settings, prefer_tp_btf: bool) -> Result<Self, ProbeError> {
+    ///
+    /// Without usable BTF at `btf_path` the agent degrades instead of refusing to start: the
+    /// programs get the syscall ABI offsets only and `btf_error` says why (see `NO_BTF_LOSS`).
+    pub fn load(
+        settings: Settings,
+        prefer_tp_btf: bool,
+        btf_path: &std::path::Path,
+    ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let kbtf = btf::KernelBtf::from_file(std::path::Path::new(btf::KernelBtf::SYSFS_PATH))?;
-        let (offsets, missing_offsets) = btf::resolve_offsets(&kbtf)?;
+        let resolved = btf::KernelBtf::from_file(btf_path)
+            .map_err(ProbeError::from)
+            .and_then(|kbtf| btf::resolve_offsets(&kbtf).map_err(ProbeError::from));
+        let (offsets, missing_offsets, btf_error) = match resolved {
+            Ok((offsets, missing)) => (offsets, missing, None),
+            Err(e) => {
+                let why = format!("{}: {e}", btf_path.display());
+                log::error!(
+                    "no usable kernel BTF ({why}): {NO_BTF_LOSS}; pass --kernel-btf FILE (e.g. from BTFHub)"
+                );
+                (
+                    Offsets::syscall_abi_only(),
+                    vec!["every kernel struct field (no BTF)"],
+                    Some(why),
+                )
+            }
+        };
         let ebpf = load_object(&offsets, &settings)?;
         let mut probes = Probes {
             ebpf,
@@ -115,8 +145,12 @@ impl Probes {
             missing_offsets,
             fast_path: None,
             own_objects: Default::default(),
+            btf_error,
         };
-        probes.attach_all(prefer_tp_btf);
+        if probes.btf_error.is_some() && prefer_tp_btf {
+            probes.fast_path = Some(Err("no kernel BTF (tp_btf needs it)".into()));
+        }
+        probes.attach_all(prefer_tp_btf && probes.btf_error.is_none(), btf_path);
         probes.own_objects = own_objects(&probes.ebpf);
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
             let why = probes
@@ -130,25 +164,28 @@ impl Probes {
         Ok(probes)
     }
 
-    fn attach_all(&mut self, prefer_tp_btf: bool) {
+    fn attach_all(&mut self, prefer_tp_btf: bool, btf_path: &std::path::Path) {
         for &(program, tp, purpose, required) in HOOKS {
             let hook = tp_hook_name(tp);
             let skip = program == "llmwatch_io_uring_complete"
-                && self
-                    .missing_offsets
-                    .iter()
-                    .any(|o| o.starts_with("req_") || o.starts_with("cqe_"));
+                && (self.btf_error.is_some()
+                    || self
+                        .missing_offsets
+                        .iter()
+                        .any(|o| o.starts_with("req_") || o.starts_with("cqe_")));
             let mut hook = hook;
             let mut program = program;
             let result = if skip {
                 Err("io_uring request layout not in this kernel's BTF".to_string())
             } else if program == "llmwatch_sys_exit" && !prefer_tp_btf {
-                self.fast_path = Some(Err("not tried (--syscall-hook raw)".into()));
+                if self.fast_path.is_none() {
+                    self.fast_path = Some(Err("not tried (--syscall-hook raw)".into()));
+                }
                 attach_raw_tracepoint(&mut self.ebpf, program, tp)
             } else if program == "llmwatch_sys_exit" {
                 // The faster variant first (typed arguments, no helper call for the syscall
                 // number); the raw tracepoint when the kernel refuses it.
-                match attach_btf_tracepoint(&mut self.ebpf, "llmwatch_sys_exit_btf", tp) {
+                match attach_btf_tracepoint(&mut self.ebpf, "llmwatch_sys_exit_btf", tp, btf_path) {
                     Ok(()) => {
                         hook = "tp_btf/sys_exit";
                         program = "llmwatch_sys_exit_btf";
@@ -251,8 +288,14 @@ fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeErro
         .map_err(ProbeError::Load)
 }
 
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    tp: &str,
+    btf_path: &std::path::Path,
+) -> Result<(), String> {
+    let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+        .map_err(|e| format!("kernel BTF {}: {e}", btf_path.display()))?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing from the object"))?
@@ -457,7 +500,15 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
     for &(program, tp, purpose, required) in HOOKS {
         let floor = program.replacen("llmwatch_", "floor_", 1);
         // The same hook type the agent chooses: tp_btf for the syscall hook when allowed.
-        let r = if tp == "sys_exit" && attach_btf_tracepoint(&mut ebpf, "floor_sys_exit_btf", tp).is_ok() {
+        let r = if tp == "sys_exit"
+            && attach_btf_tracepoint(
+                &mut ebpf,
+                "floor_sys_exit_btf",
+                tp,
+                std::path::Path::new(btf::KernelBtf::SYSFS_PATH),
+            )
+            .is_ok()
+        {
             Ok(())
         } else {
             attach_raw_tracepoint(&mut ebpf, &floor, tp)

@@ -13,13 +13,15 @@ pub enum TracefsState {
     Unavailable(String),
 }
 
-/// Mounts tracefs at /sys/kernel/tracing when it is not there yet.
-pub fn ensure_mounted() -> TracefsState {
-    if Path::new(TRACEFS).join("events").is_dir() {
+/// Mounts tracefs at `dir` (normally /sys/kernel/tracing) when it is not there yet.
+pub fn ensure_mounted(dir: &Path) -> TracefsState {
+    if dir.join("events").is_dir() {
         return TracefsState::Mounted;
     }
     let src = c"nodev";
-    let target = c"/sys/kernel/tracing";
+    let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return TracefsState::Unavailable(format!("{}: not a path", dir.display()));
+    };
     let fstype = c"tracefs";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
     let rc = unsafe {
@@ -35,6 +37,6 @@ pub fn ensure_mounted() -> TracefsState {
         TracefsState::MountedNow
     } else {
         let err = std::io::Error::last_os_error();
-        TracefsState::Unavailable(format!("mount -t tracefs nodev {TRACEFS}: {err}"))
+        TracefsState::Unavailable(format!("mount -t tracefs nodev {}: {err}", dir.display()))
     }
 }
