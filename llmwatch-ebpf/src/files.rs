@@ -171,6 +171,10 @@ fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
 /// report the path as passed and let the agent match it against the watched set and GPU nodes.
 #[inline(always)]
 fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
+    // The agent's own refusals (a scan as a non-owner falling back from O_NOATIME) are not news.
+    if kernel::current_pid_tgid().0 == agent_pid() {
+        return;
+    }
     let (path, dirfd, flags) = match sysno {
         nr::OPEN => (
             kernel::regs_arg(regs, 0),

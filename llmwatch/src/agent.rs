@@ -668,6 +668,7 @@ impl Agent {
                 "faster tp_btf syscall hook not used ({why}): the raw tracepoint costs more per syscall"
             ));
         }
+        out.extend(probes::capabilities::lost_without());
         for h in self.probes.hooks.iter().filter(|h| !h.attached) {
             out.push(format!(
                 "hook {} not attached ({}): {} not seen",

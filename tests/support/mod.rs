@@ -45,6 +45,11 @@ pub struct Agent {
 impl Agent {
     /// Starts `llmwatch events` with `args` and waits until it reports ready.
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_wrapped(&[], args)
+    }
+
+    /// Like `start`, with the agent run through `wrapper` (e.g. `setpriv ... --`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Agent {
         require_root();
         // Scenarios run in parallel: each agent's metrics endpoint on its own free port.
         let metrics: &[&str] = if args.contains(&"--metrics-addr") {
@@ -52,7 +57,15 @@ impl Agent {
         } else {
             &["--metrics-addr", "127.0.0.1:0"]
         };
-        let mut child = Command::new(agent_binary())
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(agent_binary());
+                c
+            }
+            None => Command::new(agent_binary()),
+        };
+        let mut child = cmd
             .arg("events")
             .args(metrics)
             .args(args)

@@ -1,6 +1,7 @@
 //! Kernel programs: load the embedded object with offsets from this kernel's BTF, attach each
 //! hook and say which attached, and hand out the maps the rest of the agent uses.
 pub mod btf;
+pub mod capabilities;
 pub mod tracefs;
 
 use std::{collections::HashSet, os::fd::AsFd};
@@ -31,6 +32,14 @@ pub enum ProbeError {
     Btf(#[from] btf::BtfError),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error(
+        "the kernel refused to create the agent's BPF maps and programs (EPERM): run as root, or \
+         grant CAP_BPF and CAP_PERFMON (see docs/deploy.md, least privilege); this process has {have}"
+    )]
+    NotPermitted {
+        have: String,
+        source: Box<aya::EbpfError>,
+    },
     #[error("map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -285,7 +294,29 @@ fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeErro
         .override_global("OFFSETS", offsets, true)
         .override_global("SETTINGS", settings, true)
         .load(OBJECT)
-        .map_err(ProbeError::Load)
+        .map_err(|e| {
+            if is_eperm(&e) {
+                ProbeError::NotPermitted {
+                    have: capabilities::describe_effective(),
+                    source: Box::new(e),
+                }
+            } else {
+                ProbeError::Load(e)
+            }
+        })
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn attach_btf_tracepoint(
