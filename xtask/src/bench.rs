@@ -216,15 +216,23 @@ fn mmap_load(path: &Path) -> f64 {
 }
 
 /// Workload 4 worker (a separate process): open, read 4 KiB, close small watched files in a
-/// loop for `secs`; prints how many cycles it did.
-pub fn worker(dir: &Path, secs: f64) {
+/// loop for `secs`, at most `rate` cycles a second when given; prints how many cycles it did.
+pub fn worker(dir: &Path, secs: f64, rate: Option<f64>) {
     let files: Vec<std::ffi::CString> = (0..8)
         .map(|i| cpath(&dir.join(format!("shard-{i}.safetensors"))))
         .collect();
     let mut buf = [0u8; 4096];
-    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
     while Instant::now() < end {
+        if let Some(rate) = rate {
+            // Ahead of schedule: wait until the cycles done so far are due.
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         for f in &files {
             let fd = unsafe { libc::open(f.as_ptr(), libc::O_RDONLY) };
             unsafe {
@@ -238,17 +246,28 @@ pub fn worker(dir: &Path, secs: f64) {
 }
 
 fn pipeline(dir: &Path, procs: usize, secs: f64) -> anyhow::Result<u64> {
+    let children = spawn_workers(dir, procs, secs, None)?;
+    wait_workers(children)
+}
+
+/// `procs` worker processes, each at most `rate` cycles a second when given.
+fn spawn_workers(dir: &Path, procs: usize, secs: f64, rate: Option<f64>) -> anyhow::Result<Vec<Child>> {
     let me = std::env::current_exe()?;
-    let children: Vec<Child> = (0..procs)
+    Ok((0..procs)
         .map(|_| {
-            Command::new(&me)
-                .args(["bench-worker", "--dir"])
+            let mut c = Command::new(&me);
+            c.args(["bench-worker", "--dir"])
                 .arg(dir)
-                .args(["--secs", &secs.to_string()])
-                .stdout(Stdio::piped())
-                .spawn()
+                .args(["--secs", &secs.to_string()]);
+            if let Some(r) = rate {
+                c.args(["--rate", &r.to_string()]);
+            }
+            c.stdout(Stdio::piped()).spawn()
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()?)
+}
+
+fn wait_workers(children: Vec<Child>) -> anyhow::Result<u64> {
     let mut cycles = 0;
     for c in children {
         let out = c.wait_with_output()?;
@@ -588,4 +607,92 @@ fn print_table(t: &serde_json::Value) {
         f(&fp["exfil_to_alert_p50_ms"]),
         f(&fp["exfil_to_alert_p99_ms"])
     );
+}
+
+/// `cargo xtask soak`: the agent under a steady event load for a long time; its resident memory
+/// sampled every 10 s must stay flat (issue: 100k events/s for 10 minutes).
+pub fn soak(root: &Path, minutes: f64, rate: f64) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the soak attaches kernel programs: run it as root");
+    }
+    let agent = root.join("target/release/llmwatch");
+    let models = PathBuf::from("/var/tmp/llmwatch-bench/models");
+    let pipe_dir = models.join("pipeline");
+    std::fs::create_dir_all(&pipe_dir)?;
+    for i in 0..8 {
+        make_file(&pipe_dir.join(format!("shard-{i}.safetensors")), 64 * 1024)?;
+    }
+    let mut running = start(Setup::Llmwatch, &agent, &models)?;
+    let pid = running.child.as_ref().unwrap().id();
+    std::thread::sleep(Duration::from_secs(1));
+    let secs = minutes * 60.0;
+    let procs = 4;
+    eprintln!(
+        "soak: {rate:.0} open/read/close cycles a second (one event each) from {procs} processes for {minutes} min"
+    );
+    let t0 = Instant::now();
+    let workers = spawn_workers(&pipe_dir, procs, secs, Some(rate / procs as f64))?;
+    let mut curve = vec![(0.0, rss_kib(pid))];
+    println!("{:>7}  {:>9}", "t (s)", "RSS (MiB)");
+    println!("{:>7.0}  {:>9.1}", 0.0, curve[0].1 as f64 / 1024.0);
+    while t0.elapsed().as_secs_f64() < secs {
+        std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs_f64(
+            (secs - t0.elapsed().as_secs_f64()).max(0.1),
+        )));
+        let t = t0.elapsed().as_secs_f64();
+        let rss = rss_kib(pid);
+        println!("{t:>7.0}  {:>9.1}", rss as f64 / 1024.0);
+        curve.push((t, rss));
+    }
+    let cycles = wait_workers(workers)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let log = running.stop();
+    let stopped = log
+        .iter()
+        .rev()
+        .find(|l| l.contains("agent_stopped"))
+        .cloned()
+        .unwrap_or_default();
+    let events = extract(&stopped, "\"events\":").unwrap_or(0);
+    let drops = extract(&stopped, "\"kernel_drops\":").unwrap_or(0);
+    // Flat: after the first minute (maps and caches filled), RSS does not keep growing.
+    let settled: Vec<u64> = curve
+        .iter()
+        .filter(|(t, _)| *t >= 60.0)
+        .map(|(_, r)| *r)
+        .collect();
+    let (first, last, max) = (
+        settled.first().copied().unwrap_or(0),
+        settled.last().copied().unwrap_or(0),
+        settled.iter().copied().max().unwrap_or(0),
+    );
+    let growth_mib = (last as f64 - first as f64) / 1024.0;
+    let summary = json!({
+        "machine": machine(),
+        "minutes": minutes,
+        "target_events_per_sec": rate,
+        "cycles": cycles,
+        "events_handled": events,
+        "events_per_sec": events as f64 / elapsed,
+        "kernel_drops": drops,
+        "rss_mib_after_1min": first as f64 / 1024.0,
+        "rss_mib_end": last as f64 / 1024.0,
+        "rss_mib_max": max as f64 / 1024.0,
+        "rss_growth_mib_after_1min": growth_mib,
+        "rss_curve": curve.iter().map(|(t, r)| json!({"t_s": t.round(), "rss_mib": *r as f64 / 1024.0})).collect::<Vec<_>>(),
+    });
+    println!(
+        "soak: {events} events in {elapsed:.0} s ({:.0}/s), kernel drops {drops}; RSS after 1 min {:.1} MiB, \
+         at the end {:.1} MiB (growth {growth_mib:+.1} MiB), max {:.1} MiB",
+        events as f64 / elapsed,
+        first as f64 / 1024.0,
+        last as f64 / 1024.0,
+        max as f64 / 1024.0
+    );
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("soak.json"), serde_json::to_string_pretty(&summary)?)?;
+    eprintln!("soak: wrote {}", out.join("soak.json").display());
+    Ok(())
 }

@@ -59,12 +59,22 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The agent under a steady event load; prints its RSS every 10 s (must stay flat).
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Events a second (watched-file open/read/close cycles, one event each).
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+    },
     #[command(hide = true)]
     BenchWorker {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
         secs: f64,
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -108,9 +118,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", String::from_utf8_lossy(&engine.stdout));
             Ok(())
         }
-        Task::BenchWorker { dir, secs } => {
-            bench::worker(&dir, secs);
+        Task::BenchWorker { dir, secs, rate } => {
+            bench::worker(&dir, secs, rate);
             Ok(())
+        }
+        Task::Soak { minutes, rate } => {
+            setup()?;
+            build(true)?;
+            bench::soak(&root, minutes, rate)
         }
         Task::Lint => {
             setup()?;
