@@ -433,6 +433,10 @@ impl llmwatch::sinks::DeliveryObserver for DeliveryMetrics {
     fn spool_dropped(&self, severity: &str) {
         self.0.spool_dropped(severity);
     }
+
+    fn spool_write_error(&self) {
+        self.0.spool_write_error();
+    }
 }
 
 /// Builds the webhook targets; a bad URL or an unreadable secret stops the start with a message

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub spool_depth: IntGauge,
     /// `llmwatch_spool_dropped_total{severity}`.
     pub spool_dropped: IntCounterVec,
+    /// `llmwatch_spool_write_errors_total`.
+    pub spool_write_errors: IntCounter,
     /// `llmwatch_event_to_alert_seconds`.
     pub event_to_alert_seconds: Histogram,
     /// `llmwatch_config_reloads_total{result}`.
@@ -230,6 +232,15 @@ impl Metrics {
             "Alerts dropped because the spool was full, by severity.",
             &["severity"],
         );
+        let spool_write_errors = IntCounter::new(
+            "llmwatch_spool_write_errors_total",
+            "Alerts the spool could not write to disk (full, I/O error): held in memory (bounded), \
+             delivered from there and written when the disk takes writes again; losses are in \
+             llmwatch_spool_dropped_total.",
+        )
+        .expect("valid counter");
+        r.register(Box::new(spool_write_errors.clone()))
+            .expect("unique metric");
         let event_to_alert_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "llmwatch_event_to_alert_seconds",
@@ -310,6 +321,7 @@ impl Metrics {
             webhook_deliveries,
             spool_depth,
             spool_dropped,
+            spool_write_errors,
             event_to_alert_seconds,
             config_reloads,
             decode_errors,
@@ -454,6 +466,11 @@ impl Metrics {
     /// An alert of `severity` was dropped because the spool was full.
     pub fn spool_dropped(&self, severity: &str) {
         self.spool_dropped.with_label_values(&[severity]).inc();
+    }
+
+    /// An alert could not be written to the spool and is held in memory instead.
+    pub fn spool_write_error(&self) {
+        self.spool_write_errors.inc();
     }
 
     /// Seconds from the event that completed an alert to the alert. Negative values (clock

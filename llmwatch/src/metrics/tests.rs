@@ -30,6 +30,8 @@ const EXPORTED: &[(&str, &str)] = &[
     ("llmwatch_webhook_deliveries_total", "counter"),
     ("llmwatch_spool_depth", "gauge"),
     ("llmwatch_spool_dropped_total", "counter"),
+    ("llmwatch_spool_write_errors_total", "counter"),
+    ("llmwatch_capability", "gauge"),
     ("llmwatch_event_to_alert_seconds", "histogram"),
     ("llmwatch_config_reloads_total", "counter"),
     ("llmwatch_decode_errors_total", "counter"),
@@ -51,6 +53,8 @@ fn touched() -> Metrics {
     m.set_kernel_events("file_read", 100);
     m.set_hook("raw_tracepoint/sys_exit", true);
     m.set_hook("lsm/file_open", false);
+    m.set_capability("kernel_btf", true);
+    m.set_capability("tracefs", false);
     m.set_watched(3, 3 << 30);
     m.weight_read("inference_server", None, 4096);
     m.weight_read("other", Some("0123456789abcdef0123"), 1 << 20);

@@ -9,9 +9,12 @@
 //! ones after it, which wait in the spool.
 //! - 2xx: delivered.
 //! - 408, 429, 5xx, connection errors, timeouts: retried with exponential backoff and full
-//!   jitter (uniform in `[0, min(retry_max, retry_initial * 2^n)]`), waiting at least the
-//!   receiver's `Retry-After` (seconds or HTTP date) capped at `retry_max`. Retries go on until
-//!   the alert is delivered or evicted from a full spool.
+//!   jitter (uniform in `[0, min(retry_max, retry_initial * 2^n)]`, `n` counting the target's
+//!   failed attempts in a row), waiting at least the receiver's `Retry-After` (seconds or HTTP
+//!   date) capped at `retry_max`. Retries go on until the alert is delivered or evicted from a
+//!   full spool. The backoff belongs to the target, not to the alert: when the alert being
+//!   retried is evicted, the next one waits out the same backoff, so a long outage costs about
+//!   one attempt per `retry_max / 2` (full jitter), whatever the rate of alerts.
 //! - any other status (400, 401, 404, 413, a 3xx: redirects are not followed): counted `failed`,
 //!   logged with the status and the start of the response body, and the alert is done for that
 //!   target: the same request would never succeed, and retrying it would block every later alert.
@@ -25,6 +28,11 @@
 //! The spool is bounded by `spool_max_bytes` (the sum of the alerts' JSON sizes). When a new
 //! alert does not fit, the oldest alert of the lowest severity (info < low < medium < high <
 //! critical) is evicted, which may be the new alert itself if everything queued is more severe.
+//! A disk that refuses writes (full, I/O errors) loses nothing by itself: alerts are kept in
+//! memory and delivered from there, bounded by `memory_max_bytes` (the same eviction rule), and
+//! written to the spool once the disk takes writes again (see [`spool`]). Every alert is
+//! delivered, refused by the receiver (`failed`), or counted as dropped (`spool_dropped`) and
+//! logged with the reason; none is lost silently.
 //!
 //! Requests go through `HTTPS_PROXY`/`HTTP_PROXY` (and `NO_PROXY`) when set, except to a
 //! loopback target; TLS is rustls with the Mozilla (webpki) roots.
@@ -54,6 +62,8 @@ pub use webhook::{ALERT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/llmwatch/spool";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// Alert bytes waiting in memory: not yet written, or held while the disk refuses writes.
+pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 8 << 20;
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -230,6 +240,9 @@ pub struct DeliveryConfig {
     pub spool_dir: PathBuf,
     /// Bound on the sum of the spooled alerts' JSON sizes.
     pub spool_max_bytes: u64,
+    /// Bound on the alert bytes waiting in memory (for the writer, or held while the disk
+    /// refuses writes); at most `spool_max_bytes` is used.
+    pub memory_max_bytes: u64,
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
@@ -240,6 +253,7 @@ impl Default for DeliveryConfig {
             targets: Vec::new(),
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            memory_max_bytes: DEFAULT_MEMORY_MAX_BYTES,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
         }
@@ -255,8 +269,12 @@ pub trait DeliveryObserver: Send + Sync {
     fn outcome(&self, target: &str, outcome: &'static str);
     /// Alerts in the spool now.
     fn spool_depth(&self, alerts: u64);
-    /// One alert lost from the spool (full or unwritable), by its severity.
+    /// One alert lost from the spool (full, or unwritable with memory full too), by its severity.
     fn spool_dropped(&self, severity: &str);
+    /// One alert the spool could not write to disk (full, I/O error): it is held in memory,
+    /// delivered from there and written once the disk takes writes again. Not a loss (a loss
+    /// is `spool_dropped`).
+    fn spool_write_error(&self) {}
 }
 
 /// An observer that ignores everything.
@@ -326,14 +344,29 @@ impl Delivery {
             );
             names.push((label, key));
         }
-        if cfg.spool_max_bytes == 0 {
-            let source = io::Error::new(io::ErrorKind::InvalidInput, "the size limit must be above zero");
-            return Err(DeliveryError::Spool {
-                path: cfg.spool_dir,
-                source,
-            });
+        for (what, v) in [
+            ("the size limit", cfg.spool_max_bytes),
+            (
+                "the limit on alerts waiting in memory (memory_max_bytes)",
+                cfg.memory_max_bytes,
+            ),
+        ] {
+            if v == 0 {
+                let source =
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} must be above zero"));
+                return Err(DeliveryError::Spool {
+                    path: cfg.spool_dir,
+                    source,
+                });
+            }
         }
-        let opened = spool::Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, names, observer)?;
+        let opened = spool::Spool::open(
+            &cfg.spool_dir,
+            cfg.spool_max_bytes,
+            cfg.memory_max_bytes,
+            names,
+            observer,
+        )?;
         let (drain, _) = watch::channel(false);
         let retry_max = cfg.retry_max.max(cfg.retry_initial);
         let tasks = senders
@@ -347,6 +380,8 @@ impl Delivery {
                     drain: drain.subscribe(),
                     retry_initial: cfg.retry_initial,
                     retry_max,
+                    failures: 0,
+                    not_before: None,
                 };
                 tokio::spawn(t.run())
             })
@@ -360,9 +395,9 @@ impl Delivery {
     }
 
     /// Never blocks and never fails: the alert is queued for the spool's writer thread, which
-    /// writes and fsyncs it before any target may POST it (see [`spool`] for what a SIGKILL can
-    /// lose). Room is made at once (eviction); an alert the spool cannot take is logged and
-    /// counted as dropped.
+    /// writes and fsyncs it (or, when the disk refuses it, holds it in memory) before any target
+    /// may POST it (see [`spool`] for what a SIGKILL can lose). Room is made at once (eviction);
+    /// an alert the spool cannot take is logged and counted as dropped.
     pub fn send(&self, alert: &Alert) {
         if self.spool.targets.is_empty() {
             return;
@@ -372,12 +407,15 @@ impl Delivery {
             _ => String::from("unknown"),
         };
         match serde_json::to_vec(alert) {
-            Ok(body) => self.spool.append(&body, &severity, &alert.rule, &alert.id),
-            Err(e) => log::error!(
-                "alert {} (rule {}) cannot be serialized: {e}; dropped",
-                alert.id,
-                alert.rule
-            ),
+            Ok(body) => self.spool.append(body, &severity, &alert.rule, &alert.id),
+            Err(e) => {
+                log::error!(
+                    "alert {} (rule {}) cannot be serialized: {e}; dropped",
+                    alert.id,
+                    alert.rule
+                );
+                self.spool.dropped_unspooled(&severity);
+            }
         }
     }
 
@@ -438,6 +476,10 @@ struct TargetTask {
     drain: watch::Receiver<bool>,
     retry_initial: Duration,
     retry_max: Duration,
+    /// Failed attempts in a row (any alert): the backoff's exponent.
+    failures: u64,
+    /// No attempt before this (the backoff), whichever alert is next.
+    not_before: Option<tokio::time::Instant>,
 }
 
 /// Whether the task goes on after one alert.
@@ -450,12 +492,11 @@ impl TargetTask {
     async fn run(mut self) {
         let mut synced = self.spool.subscribe();
         let mut jitter = webhook::Jitter::new(self.index as u64);
-        let mut failures: u64 = 0;
         loop {
             let upto = *synced.borrow_and_update();
             match self.spool.next_for(self.index, upto) {
                 spool::Next::Ready(seq, entry) => {
-                    if let Step::Stop = self.deliver(seq, &entry, &mut jitter, &mut failures).await {
+                    if let Step::Stop = self.deliver(seq, &entry, &mut jitter).await {
                         return;
                     }
                 }
@@ -480,13 +521,9 @@ impl TargetTask {
     }
 
     /// Delivers one alert: retries until delivered, refused for good, evicted, or draining.
-    async fn deliver(
-        &mut self,
-        seq: u64,
-        e: &spool::Entry,
-        jitter: &mut webhook::Jitter,
-        failures: &mut u64,
-    ) -> Step {
+    /// Waits out the target's backoff first, even when it was set while retrying an alert
+    /// that has been evicted since.
+    async fn deliver(&mut self, seq: u64, e: &spool::Entry, jitter: &mut webhook::Jitter) -> Step {
         let label = self.sender.label.clone();
         let target = &self.spool.targets[self.index];
         let raw = match self.spool.read(seq, e) {
@@ -516,17 +553,33 @@ impl TargetTask {
                 return Step::Next;
             }
         };
-        let mut attempt: u32 = 0;
+        drop(raw);
         loop {
             if !self.spool.contains(seq) {
                 return Step::Next; // evicted while we waited
             }
+            if let Some(at) = self.not_before
+                && tokio::time::Instant::now() < at
+            {
+                if *self.drain.borrow() {
+                    return Step::Stop; // draining: a target that needs a retry stops
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = self.drain.changed() => return Step::Stop,
+                }
+                continue;
+            }
             match self.sender.attempt(&body, &e.id).await {
                 webhook::Attempt::Delivered(code) => {
-                    if *failures > 0 {
-                        log::info!("webhook {label}: delivering again after {failures} failed attempt(s)");
+                    if self.failures > 0 {
+                        log::info!(
+                            "webhook {label}: delivering again after {} failed attempt(s)",
+                            self.failures
+                        );
                     }
-                    *failures = 0;
+                    self.failures = 0;
+                    self.not_before = None;
                     target.healthy.store(true, Ordering::Relaxed);
                     log::debug!(
                         "webhook {label}: alert {} (rule {}) delivered (HTTP {code})",
@@ -538,7 +591,8 @@ impl TargetTask {
                     return Step::Next;
                 }
                 webhook::Attempt::Failed { why } => {
-                    *failures = 0;
+                    self.failures = 0;
+                    self.not_before = None;
                     target.healthy.store(true, Ordering::Relaxed);
                     log::warn!(
                         "webhook {label}: alert {} (rule {}, {}) refused: {why}; not retried (the same \
@@ -554,7 +608,8 @@ impl TargetTask {
                 webhook::Attempt::Retry { after, why } => {
                     self.spool.observer_outcome(&label, "retried");
                     target.healthy.store(false, Ordering::Relaxed);
-                    *failures += 1;
+                    self.failures += 1;
+                    let failures = self.failures;
                     if *self.drain.borrow() {
                         log::info!(
                             "webhook {label}: {why}; stopping, alert {} stays in the spool",
@@ -562,14 +617,16 @@ impl TargetTask {
                         );
                         return Step::Stop;
                     }
-                    let mut wait = webhook::backoff(attempt, self.retry_initial, self.retry_max, jitter);
+                    let exponent = u32::try_from(failures - 1).unwrap_or(u32::MAX);
+                    let mut wait = webhook::backoff(exponent, self.retry_initial, self.retry_max, jitter);
                     if let Some(after) = after {
                         wait = wait.max(after.min(self.retry_max));
                     }
-                    if *failures == 1 || failures.is_power_of_two() {
+                    self.not_before = Some(tokio::time::Instant::now() + wait);
+                    if failures == 1 || failures.is_power_of_two() {
                         log::warn!(
                             "webhook {label}: alert {} not delivered ({why}); retry in {wait:?} \
-                             ({failures} failed attempt(s)); later alerts wait in the spool",
+                             ({failures} failed attempt(s) in a row); later alerts wait in the spool",
                             e.id
                         );
                     } else {
@@ -578,11 +635,6 @@ impl TargetTask {
                             e.id
                         );
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.drain.changed() => return Step::Stop,
-                    }
-                    attempt = attempt.saturating_add(1);
                 }
             }
         }

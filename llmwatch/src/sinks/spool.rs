@@ -25,6 +25,17 @@
 //! queue. The writer holds the spool's flock until its queue is empty, so a new agent never
 //! opens a spool that is still being written. Progress files are renamed into place without
 //! fsync: after a power loss a target may get an alert again, which receivers dedupe by its id.
+//!
+//! A disk that refuses writes (full, read-only, I/O errors) does not lose alerts: an alert the
+//! writer cannot write (or fsync) is *held* in memory, published to the senders and delivered
+//! from there; the failure is logged once per episode (naming the spool and the error) and each
+//! alert held is counted (`DeliveryObserver::spool_write_error`). While alerts are held, the
+//! writer tries the disk again every [`PROBE_INTERVAL`] (the oldest held alert first; new alerts
+//! are held without a try in between), and once a write succeeds it writes every held alert, in
+//! order, and logs that the spool is writable again. What waits in memory (alerts not yet
+//! written, and held ones) is bounded by the delivery's `memory_max_bytes`: past it the oldest
+//! of the lowest severity in memory is evicted, counted and logged like any eviction. Alerts
+//! still held when the agent stops are tried once more, then counted as dropped and logged.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs::{self, File, OpenOptions},
@@ -36,11 +47,18 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 
 use super::{DeliveryError, DeliveryObserver};
+
+/// How often the writer tries the disk again while alerts are held in memory.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Alert ids named in one log line about many alerts (the rest are counted).
+const IDS_LOGGED: usize = 20;
 
 /// What the spool knows of one alert without reading its file.
 #[derive(Debug, Clone)]
@@ -60,25 +78,123 @@ pub(crate) enum Next {
     Wait { unsynced: bool },
 }
 
+/// An alert whose bytes are in memory: not yet written, or held because the disk refused it.
+struct InMemory {
+    body: Arc<[u8]>,
+    /// The writer could not write it: delivered from memory, written when the disk allows.
+    held: bool,
+}
+
 struct State {
     next_seq: u64,
     entries: BTreeMap<u64, Entry>,
     /// (severity rank, seq): the first element is the next to evict.
     by_rank: BTreeSet<(u8, u64)>,
     bytes: u64,
+    /// The entries whose bytes are in memory, by seq and by (rank, seq), and their total size.
+    memory: BTreeMap<u64, InMemory>,
+    memory_by_rank: BTreeSet<(u8, u64)>,
+    memory_bytes: u64,
+    /// How many of `memory` are held.
+    held: usize,
+    /// Files of evicted alerts, for the writer to delete (`send` never touches the disk). At
+    /// most one per file on disk, so bounded like the spool.
+    removals: Vec<PathBuf>,
+    evict_log: EvictLog,
     /// Per target: every seq <= this is done (delivered, failed or evicted).
     progress: Vec<u64>,
-    writer: Option<mpsc::Sender<Op>>,
+    /// Wakes the writer (a full buffer means it is already woken).
+    writer: Option<mpsc::SyncSender<()>>,
 }
 
-/// Work for the writer thread, in order.
-enum Op {
-    Write {
-        seq: u64,
-        severity: String,
-        body: Vec<u8>,
-    },
-    Remove(PathBuf),
+/// Eviction log lines: the first `EVICT_LINES` of each minute one by one, the rest as one
+/// summary line (an hour-long outage at 10 alerts/s would otherwise log 34,000 warnings). Every
+/// eviction is counted in `llmwatch_spool_dropped_total` either way.
+#[derive(Default)]
+struct EvictLog {
+    since: Option<std::time::Instant>,
+    lines: u32,
+    quiet: u64,
+}
+
+const EVICT_LINES: u32 = 10;
+
+impl EvictLog {
+    /// Whether this eviction gets its own line; logs the summary of a finished minute.
+    fn line_for_next(&mut self, what: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .since
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60))
+        {
+            if self.quiet > 0 {
+                log::warn!(
+                    "{what}: {} more alerts evicted in the last minute (each counted in \
+                     llmwatch_spool_dropped_total, oldest lowest-severity first)",
+                    self.quiet
+                );
+            }
+            *self = EvictLog {
+                since: Some(now),
+                lines: 0,
+                quiet: 0,
+            };
+        }
+        if self.lines < EVICT_LINES {
+            self.lines += 1;
+            true
+        } else {
+            self.quiet += 1;
+            false
+        }
+    }
+}
+
+impl State {
+    /// Takes `seq` out of the index; whether its bytes were in memory (else: in its file).
+    fn take(&mut self, seq: u64) -> Option<(Entry, bool)> {
+        let e = self.entries.remove(&seq)?;
+        self.by_rank.remove(&(e.rank, seq));
+        self.bytes -= e.size;
+        let in_memory = match self.memory.remove(&seq) {
+            Some(m) => {
+                self.memory_by_rank.remove(&(e.rank, seq));
+                self.memory_bytes -= e.size;
+                if m.held {
+                    self.held -= 1;
+                }
+                true
+            }
+            None => false,
+        };
+        Some((e, in_memory))
+    }
+}
+
+/// Why an alert is evicted.
+#[derive(Clone, Copy)]
+enum Full {
+    /// The spool's byte limit.
+    Spool,
+    /// The limit on alert bytes waiting in memory.
+    Memory,
+}
+
+/// A time the disk refused writes, from the first failure to the first write that succeeds.
+struct Episode {
+    since: Instant,
+    last_probe: Instant,
+    /// Alerts held in memory since it began.
+    held: u64,
+    /// The latest error.
+    error: String,
+}
+
+/// One alert for the writer.
+struct Job {
+    seq: u64,
+    severity: String,
+    body: Arc<[u8]>,
 }
 
 pub(crate) struct Target {
@@ -91,11 +207,18 @@ pub(crate) struct Target {
 pub(crate) struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// Bound on the bytes of alerts waiting in memory (queued for the writer, or held).
+    memory_max: u64,
     observer: Arc<dyn DeliveryObserver>,
     pub targets: Vec<Target>,
     state: Mutex<State>,
-    /// Every seq <= this has been written and fsynced (or given up on) by the writer.
+    /// Every seq <= this has been written and fsynced, held in memory, or given up on.
     synced: watch::Sender<u64>,
+    /// Progress files cannot be written (logged once until they can again).
+    progress_failing: AtomicBool,
+    /// The writer thread's id, for tests that measure its CPU time.
+    #[cfg(test)]
+    pub(crate) writer_tid: std::sync::atomic::AtomicI32,
 }
 
 /// The open spool and its writer thread.
@@ -180,13 +303,24 @@ fn lock_dir(dir: &Path) -> Result<File, DeliveryError> {
     }
 }
 
+/// Deletes `files` (a missing one is fine); one warning for all the failures.
 fn remove_all(files: &[PathBuf]) {
+    let mut failed = 0;
+    let mut first = None;
     for path in files {
         if let Err(e) = fs::remove_file(path)
             && e.kind() != io::ErrorKind::NotFound
         {
-            log::warn!("spool: cannot remove delivered alert {}: {e}", path.display());
+            failed += 1;
+            first.get_or_insert((path, e));
         }
+    }
+    if let Some((path, e)) = first {
+        log::warn!(
+            "spool: cannot remove {} ({e}) and {} other file(s) of delivered or evicted alerts",
+            path.display(),
+            failed - 1
+        );
     }
 }
 
@@ -199,11 +333,26 @@ fn read_progress(path: &Path) -> Option<u64> {
         .ok()
 }
 
+/// `a, b, c and 7 more`.
+fn some_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = ids.len();
+    let s: Vec<&str> = ids.take(IDS_LOGGED).collect();
+    let more = n - s.len();
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{}{more}", s.join(", "))
+}
+
 impl Spool {
     /// Opens (creating) the spool at `dir` for these targets (label, key) and loads what is in it.
+    /// `memory_max` bounds the alert bytes waiting in memory (at most `max_bytes`).
     pub(crate) fn open(
         dir: &Path,
         max_bytes: u64,
+        memory_max: u64,
         targets: Vec<(String, String)>,
         observer: Arc<dyn DeliveryObserver>,
     ) -> Result<Opened, DeliveryError> {
@@ -286,10 +435,11 @@ impl Spool {
         let by_rank = entries.iter().map(|(s, e)| (e.rank, *s)).collect();
         let bytes = entries.values().map(|e| e.size).sum();
         let (synced, _) = watch::channel(max_seen);
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(1);
         let spool = Arc::new(Spool {
             dir: dir.to_path_buf(),
             max_bytes,
+            memory_max: memory_max.min(max_bytes),
             observer,
             targets: targets
                 .into_iter()
@@ -304,16 +454,26 @@ impl Spool {
                 entries,
                 by_rank,
                 bytes,
+                memory: BTreeMap::new(),
+                memory_by_rank: BTreeSet::new(),
+                memory_bytes: 0,
+                held: 0,
+                removals: Vec::new(),
+                evict_log: EvictLog::default(),
                 progress,
                 writer: Some(tx),
             }),
             synced,
+            progress_failing: AtomicBool::new(false),
+            #[cfg(test)]
+            writer_tid: std::sync::atomic::AtomicI32::new(0),
         });
         let writer = {
             let spool = spool.clone();
+            let from = max_seen + 1;
             std::thread::Builder::new()
                 .name("llmwatch-spool".into())
-                .spawn(move || spool.writer(&rx, lock))
+                .spawn(move || spool.writer(&rx, lock, from))
                 .map_err(err(dir))?
         };
         {
@@ -328,6 +488,7 @@ impl Spool {
                 );
             }
             while st.bytes > max_bytes && spool.evict_first(&mut st) {}
+            remove_all(&std::mem::take(&mut st.removals));
             if loaded > 0 {
                 log::info!(
                     "spool {}: {} alert(s) ({} bytes) from before the restart will be delivered first",
@@ -354,58 +515,67 @@ impl Spool {
     }
 
     /// Appends one alert (its exact JSON), making room first. Never panics, never waits for
-    /// the network or an fsync; a failure is logged and counted as dropped.
-    pub(crate) fn append(&self, body: &[u8], severity: &str, rule: &str, id: &str) {
+    /// the disk or the network; an alert that cannot be taken is logged and counted as dropped.
+    pub(crate) fn append(&self, body: Vec<u8>, severity: &str, rule: &str, id: &str) {
         let severity = clean_severity(severity);
         let rank = rank(&severity);
         let size = body.len() as u64;
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        if size > self.max_bytes {
-            log::warn!(
-                "spool: alert {id} (rule {rule}, {severity}) is {size} bytes, more than the whole spool \
-                 ({} bytes); dropped",
-                self.max_bytes
-            );
-            self.count_dropped(&st, None, &severity);
-            return;
-        }
-        while st.bytes + size > self.max_bytes {
-            // The oldest alert of the lowest severity goes, which may be this new one.
-            match st.by_rank.first().copied() {
-                Some(first) if first < (rank, seq) => {
-                    self.evict_first(&mut st);
-                }
-                _ => {
-                    log::warn!(
-                        "spool full ({} bytes): alert {id} (rule {rule}, {severity}) dropped; everything \
-                         queued is at least as severe",
-                        self.max_bytes
-                    );
-                    self.count_dropped(&st, None, &severity);
-                    return;
-                }
-            }
-        }
-        let Some(writer) = &st.writer else {
+        if st.writer.is_none() {
             log::error!(
-                "spool {}: stopped; alert {id} (rule {rule}) dropped",
+                "spool {}: stopped; alert {id} (rule {rule}, {severity}) dropped",
                 self.dir.display()
             );
             self.count_dropped(&st, None, &severity);
             return;
+        }
+        if size > self.memory_max {
+            let (what, limit) = if size > self.max_bytes {
+                ("the whole spool", self.max_bytes)
+            } else {
+                ("the limit on alerts waiting in memory", self.memory_max)
+            };
+            log::warn!(
+                "spool {}: alert {id} (rule {rule}, {severity}) is {size} bytes, more than {what} \
+                 ({limit} bytes); dropped",
+                self.dir.display()
+            );
+            self.count_dropped(&st, None, &severity);
+            return;
+        }
+        for full in [Full::Spool, Full::Memory] {
+            loop {
+                let (used, max, set) = match full {
+                    Full::Spool => (st.bytes, self.max_bytes, &st.by_rank),
+                    Full::Memory => (st.memory_bytes, self.memory_max, &st.memory_by_rank),
+                };
+                if used + size <= max {
+                    break;
+                }
+                // The oldest alert of the lowest severity goes, which may be this new one.
+                match set.first().copied() {
+                    Some(first) if first < (rank, seq) => self.evict(&mut st, first.1, full),
+                    _ => {
+                        log::warn!(
+                            "{}: alert {id} (rule {rule}, {severity}) dropped; everything queued is at \
+                             least as severe",
+                            self.full(full)
+                        );
+                        self.count_dropped(&st, None, &severity);
+                        return;
+                    }
+                }
+            }
+        }
+        let woken = match &st.writer {
+            Some(w) => !matches!(w.try_send(()), Err(mpsc::TrySendError::Disconnected(_))),
+            None => false,
         };
-        if writer
-            .send(Op::Write {
-                seq,
-                severity: severity.clone(),
-                body: body.to_vec(),
-            })
-            .is_err()
-        {
+        if !woken {
             log::error!(
-                "spool {}: the writer is gone; alert {id} (rule {rule}) dropped",
+                "spool {}: the writer is gone; alert {id} (rule {rule}, {severity}) dropped",
                 self.dir.display()
             );
             self.count_dropped(&st, None, &severity);
@@ -423,12 +593,40 @@ impl Spool {
         );
         st.by_rank.insert((rank, seq));
         st.bytes += size;
+        st.memory.insert(
+            seq,
+            InMemory {
+                body: body.into(),
+                held: false,
+            },
+        );
+        st.memory_by_rank.insert((rank, seq));
+        st.memory_bytes += size;
         for t in &self.targets {
             if !t.healthy.load(Ordering::Relaxed) {
                 self.observer.outcome(&t.label, "spooled");
             }
         }
         self.observer.spool_depth(st.entries.len() as u64);
+    }
+
+    /// What is full, for logs.
+    fn full(&self, full: Full) -> String {
+        match full {
+            Full::Spool => format!("spool full ({} bytes)", self.max_bytes),
+            Full::Memory => format!(
+                "spool {}: alerts waiting in memory at their limit ({} bytes; the disk refuses writes \
+                 or is slow)",
+                self.dir.display(),
+                self.memory_max
+            ),
+        }
+    }
+
+    /// Counts one alert dropped before it reached the spool (the caller logs why).
+    pub(crate) fn dropped_unspooled(&self, severity: &str) {
+        let st = self.lock();
+        self.count_dropped(&st, None, &clean_severity(severity));
     }
 
     /// Counts one dropped alert: per target that still needed it (all when `seq` is None).
@@ -443,31 +641,34 @@ impl Spool {
 
     /// Evicts the oldest alert of the lowest severity. False when the spool is empty.
     fn evict_first(&self, st: &mut State) -> bool {
-        let Some((_, seq)) = st.by_rank.pop_first() else {
-            return false;
-        };
-        let Some(e) = st.entries.remove(&seq) else {
-            return true;
-        };
-        st.bytes -= e.size;
-        // Through the writer: it may not have written it yet, and `send` must not touch the disk.
-        let path = self.dir.join(entry_name(seq, &e.severity));
-        if let Some(w) = &st.writer {
-            let _ = w.send(Op::Remove(path));
-        } else {
-            let _ = fs::remove_file(&path);
+        match st.by_rank.first().copied() {
+            Some((_, seq)) => {
+                self.evict(st, seq, Full::Spool);
+                true
+            }
+            None => false,
         }
-        log::warn!(
-            "spool full ({} bytes): evicted alert {} (rule {}, {}) queued as #{seq}; it will not be \
-             delivered",
-            self.max_bytes,
-            e.id,
-            e.rule,
-            e.severity
-        );
+    }
+
+    /// Evicts `seq`: counted and logged; its file (if written) goes to the writer to delete.
+    fn evict(&self, st: &mut State, seq: u64, full: Full) {
+        let Some((e, in_memory)) = st.take(seq) else {
+            return;
+        };
+        if !in_memory {
+            st.removals.push(self.dir.join(entry_name(seq, &e.severity)));
+        }
+        let what = self.full(full);
+        if st.evict_log.line_for_next(&what) {
+            log::warn!(
+                "{what}: evicted alert {} (rule {}, {}) queued as #{seq}; it will not be delivered",
+                e.id,
+                e.rule,
+                e.severity
+            );
+        }
         self.count_dropped(st, Some(seq), &e.severity);
         self.observer.spool_depth(st.entries.len() as u64);
-        true
     }
 
     /// The first alert after `target`'s progress that the writer has made durable (`upto`).
@@ -489,10 +690,17 @@ impl Spool {
         self.lock().entries.contains_key(&seq)
     }
 
-    /// The alert's bytes; None once it has been evicted.
+    /// The alert's bytes (from memory while it is there, else from its file); None once it has
+    /// been evicted.
     pub(crate) fn read(&self, seq: u64, e: &Entry) -> io::Result<Option<Vec<u8>>> {
-        if !self.contains(seq) {
-            return Ok(None);
+        {
+            let st = self.lock();
+            if !st.entries.contains_key(&seq) {
+                return Ok(None);
+            }
+            if let Some(m) = st.memory.get(&seq) {
+                return Ok(Some(m.body.to_vec()));
+            }
         }
         match fs::read(self.dir.join(entry_name(seq, &e.severity))) {
             Ok(b) => Ok(Some(b)),
@@ -516,12 +724,24 @@ impl Spool {
         let t = &self.targets[target];
         let path = self.dir.join("progress").join(&t.key);
         let tmp = self.dir.join("progress").join(format!(".{}.tmp", t.key));
-        if let Err(e) = fs::write(&tmp, format!("{seq}\n")).and_then(|_| fs::rename(&tmp, &path)) {
-            log::warn!(
-                "spool: cannot record progress of webhook {} in {}: {e}",
-                t.label,
-                path.display()
-            );
+        match fs::write(&tmp, format!("{seq}\n")).and_then(|_| fs::rename(&tmp, &path)) {
+            Ok(()) => {
+                if self.progress_failing.swap(false, Ordering::Relaxed) {
+                    log::info!("spool: progress of webhook {} is recorded again", t.label);
+                }
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                // Once until it works again: a full disk would otherwise log every delivery.
+                if !self.progress_failing.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "spool: cannot record progress of webhook {} in {}: {e}; until it can, a restart \
+                         may deliver some alerts again (receivers dedupe on the alert id)",
+                        t.label,
+                        path.display()
+                    );
+                }
+            }
         }
         remove_all(&gone);
     }
@@ -529,16 +749,16 @@ impl Spool {
     /// Takes the alerts every target is done with out of the index; returns their files.
     fn collect_done(&self, st: &mut State) -> Vec<PathBuf> {
         let min = st.progress.iter().copied().min().unwrap_or(u64::MAX);
-        let keep = st.entries.split_off(&min.saturating_add(1));
-        let gone = std::mem::replace(&mut st.entries, keep);
+        let gone: Vec<u64> = st.entries.range(..=min).map(|(s, _)| *s).collect();
         if gone.is_empty() {
             return Vec::new();
         }
         let mut files = Vec::with_capacity(gone.len());
-        for (seq, e) in gone {
-            st.by_rank.remove(&(e.rank, seq));
-            st.bytes -= e.size;
-            files.push(self.dir.join(entry_name(seq, &e.severity)));
+        for seq in gone {
+            // One in memory has no file (or the writer, finding it gone, deletes what it wrote).
+            if let Some((e, false)) = st.take(seq) {
+                files.push(self.dir.join(entry_name(seq, &e.severity)));
+            }
         }
         self.observer.spool_depth(st.entries.len() as u64);
         files
@@ -549,52 +769,245 @@ impl Spool {
         self.lock().writer = None;
     }
 
-    /// The writer thread: writes and removes files in order, fsyncs each batch, then publishes
-    /// it to the senders. Holds `lock` (the spool's flock) until its queue is done.
-    fn writer(&self, rx: &mpsc::Receiver<Op>, lock: File) {
-        while let Ok(first) = rx.recv() {
-            let mut written = Vec::new();
-            let mut top = 0;
-            for op in std::iter::once(first).chain(rx.try_iter()) {
-                match op {
-                    Op::Write { seq, severity, body } => {
-                        top = top.max(seq);
-                        if !self.contains(seq) {
-                            continue; // evicted before it was written
-                        }
-                        match self.write_file(seq, &severity, &body) {
-                            Ok(f) => written.push((seq, f)),
-                            Err(e) => self.write_failed(seq, &e),
-                        }
-                    }
-                    Op::Remove(path) => {
-                        if let Err(e) = fs::remove_file(&path)
-                            && e.kind() != io::ErrorKind::NotFound
-                        {
-                            log::warn!("spool: cannot remove {}: {e}", path.display());
-                        }
-                    }
-                }
+    /// The writer thread: passes over the work (see [`Spool::pass`]) when woken, and every
+    /// [`PROBE_INTERVAL`] while alerts are held in memory. Holds `lock` (the spool's flock)
+    /// until its queue is done. `from`: the first seq it has to write.
+    fn writer(&self, rx: &mpsc::Receiver<()>, lock: File, mut from: u64) {
+        #[cfg(test)]
+        // SAFETY: gettid has no arguments and cannot fail.
+        self.writer_tid
+            .store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        let mut episode: Option<Episode> = None;
+        loop {
+            let stopping = if episode.is_some() {
+                matches!(
+                    rx.recv_timeout(PROBE_INTERVAL),
+                    Err(mpsc::RecvTimeoutError::Disconnected)
+                )
+            } else {
+                rx.recv().is_err()
+            };
+            self.pass(&mut from, &mut episode, stopping);
+            if stopping {
+                break;
             }
-            for (seq, f) in &written {
-                if let Err(e) = f.sync_all() {
-                    log::warn!("spool {}: fsync of alert #{seq} failed: {e}", self.dir.display());
-                }
-            }
-            if !written.is_empty()
-                && let Err(e) = sync_dir(&self.dir)
-            {
-                log::warn!("spool {}: fsync of the directory failed: {e}", self.dir.display());
-            }
-            self.synced.send_if_modified(|v| {
-                let newer = top > *v;
-                if newer {
-                    *v = top;
-                }
-                newer
-            });
         }
         drop(lock);
+    }
+
+    /// One pass of the writer: deletes the evicted alerts' files; while the disk refuses
+    /// writes, tries the held alerts again when a probe is due; writes the new alerts (or holds
+    /// them, while the disk refuses writes), fsyncs them and the directory, then publishes
+    /// everything up to the newest alert to the senders. `stopping`: the last pass, where held
+    /// alerts get a last try and are dropped, counted, if the disk still refuses them.
+    fn pass(&self, from: &mut u64, episode: &mut Option<Episode>, stopping: bool) {
+        let (removals, queued, top) = {
+            let mut st = self.lock();
+            let removals = std::mem::take(&mut st.removals);
+            let queued: Vec<Job> = st
+                .memory
+                .range(*from..)
+                .filter(|(_, m)| !m.held)
+                .map(|(seq, m)| Job {
+                    seq: *seq,
+                    severity: st.entries[seq].severity.clone(),
+                    body: m.body.clone(),
+                })
+                .collect();
+            (removals, queued, st.next_seq - 1)
+        };
+        remove_all(&removals);
+
+        // Whether to try the disk in this pass; whether a write worked; the first failure.
+        let probe = episode
+            .as_ref()
+            .is_some_and(|e| stopping || e.last_probe.elapsed() >= PROBE_INTERVAL);
+        let mut try_disk = episode.is_none() || probe;
+        let mut failure: Option<(u64, io::Error)> = None;
+        let mut written: Vec<(u64, String, File)> = Vec::new();
+        let mut hold: Vec<u64> = Vec::new();
+        if let Some(ep) = episode.as_mut()
+            && probe
+        {
+            ep.last_probe = Instant::now();
+            let held: Vec<Job> = {
+                let st = self.lock();
+                st.memory
+                    .iter()
+                    .filter(|(_, m)| m.held)
+                    .map(|(seq, m)| Job {
+                        seq: *seq,
+                        severity: st.entries[seq].severity.clone(),
+                        body: m.body.clone(),
+                    })
+                    .collect()
+            };
+            for job in held {
+                match self.write_file(job.seq, &job.severity, &job.body) {
+                    Ok(f) => written.push((job.seq, job.severity, f)),
+                    Err(e) => {
+                        failure = Some((job.seq, e));
+                        try_disk = false;
+                        break;
+                    }
+                }
+            }
+        }
+        for job in queued {
+            if !self.contains(job.seq) {
+                continue; // evicted or delivered before it was written
+            }
+            if !try_disk {
+                hold.push(job.seq);
+                continue;
+            }
+            match self.write_file(job.seq, &job.severity, &job.body) {
+                Ok(f) => written.push((job.seq, job.severity, f)),
+                Err(e) => {
+                    failure.get_or_insert((job.seq, e));
+                    try_disk = false;
+                    hold.push(job.seq);
+                }
+            }
+        }
+        let mut durable = Vec::with_capacity(written.len());
+        for (seq, severity, f) in written {
+            match f.sync_all() {
+                Ok(()) => durable.push((seq, severity)),
+                Err(e) => {
+                    let _ = fs::remove_file(self.dir.join(entry_name(seq, &severity)));
+                    failure.get_or_insert((seq, e));
+                    try_disk = false;
+                    hold.push(seq);
+                }
+            }
+        }
+        if !durable.is_empty()
+            && let Err(e) = sync_dir(&self.dir)
+        {
+            // The renames may not survive a crash: hold the batch (and take its files back).
+            for (seq, severity) in durable.drain(..) {
+                let _ = fs::remove_file(self.dir.join(entry_name(seq, &severity)));
+                hold.push(seq);
+            }
+            failure.get_or_insert((0, e)); // seq 0 is none: the directory
+            try_disk = false;
+        }
+
+        let wrote_any = !durable.is_empty();
+        let (orphans, newly_held, held_left, first_failed) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let mut orphans = Vec::new();
+            for (seq, severity) in durable {
+                match st.memory.remove(&seq) {
+                    Some(m) => {
+                        let e = &st.entries[&seq];
+                        st.memory_by_rank.remove(&(e.rank, seq));
+                        st.memory_bytes -= e.size;
+                        if m.held {
+                            st.held -= 1;
+                        }
+                    }
+                    // Evicted or delivered while being written: its file must not outlive it.
+                    None => orphans.push(self.dir.join(entry_name(seq, &severity))),
+                }
+            }
+            let mut newly_held = 0;
+            for seq in hold {
+                if let Some(m) = st.memory.get_mut(&seq)
+                    && !m.held
+                {
+                    m.held = true;
+                    newly_held += 1;
+                }
+            }
+            st.held += newly_held;
+            let first_failed = failure.as_ref().map(|(seq, e)| match st.entries.get(seq) {
+                Some(a) => format!("alert {} (rule {}, {}): {e}", a.id, a.rule, a.severity),
+                None => format!("to the directory: {e}"),
+            });
+            (orphans, newly_held, st.held, first_failed)
+        };
+        remove_all(&orphans);
+        for _ in 0..newly_held {
+            self.observer.spool_write_error();
+        }
+
+        match (episode.as_mut(), first_failed) {
+            (None, Some(what)) => {
+                log::error!(
+                    "spool {}: cannot write {what}; alerts are kept in memory (at most {} bytes) and \
+                     delivered from there, the disk is tried again every {PROBE_INTERVAL:?}, and \
+                     llmwatch_spool_write_errors_total counts the alerts held",
+                    self.dir.display(),
+                    self.memory_max
+                );
+                let now = Instant::now();
+                *episode = Some(Episode {
+                    since: now,
+                    last_probe: now,
+                    held: newly_held as u64,
+                    error: what,
+                });
+            }
+            (Some(ep), failed) => {
+                ep.held += newly_held as u64;
+                if let Some(what) = failed {
+                    log::debug!("spool {}: still cannot write {what}", self.dir.display());
+                    ep.error = what;
+                } else if try_disk && wrote_any && held_left == 0 {
+                    log::info!(
+                        "spool {}: writable again after {:.1?}; the {} alert(s) held in memory meanwhile \
+                         are written or delivered",
+                        self.dir.display(),
+                        ep.since.elapsed(),
+                        ep.held
+                    );
+                    *episode = None;
+                }
+            }
+            (None, None) => {}
+        }
+
+        *from = top + 1;
+        self.synced.send_if_modified(|v| {
+            let newer = top > *v;
+            if newer {
+                *v = top;
+            }
+            newer
+        });
+
+        if stopping && held_left > 0 {
+            self.drop_held(episode.as_ref().map(|e| e.error.as_str()).unwrap_or("?"));
+        }
+    }
+
+    /// At exit: the alerts still held in memory are lost; counted and logged.
+    fn drop_held(&self, error: &str) {
+        let mut st = self.lock();
+        let seqs: Vec<u64> = st
+            .memory
+            .iter()
+            .filter(|(_, m)| m.held)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut lost = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some((e, _)) = st.take(seq) {
+                self.count_dropped(&st, Some(seq), &e.severity);
+                lost.push(e.id);
+            }
+        }
+        self.observer.spool_depth(st.entries.len() as u64);
+        log::error!(
+            "spool {}: {} alert(s) held in memory are lost as delivery stops: the disk still refuses them \
+             ({error}): {}",
+            self.dir.display(),
+            lost.len(),
+            some_ids(lost.iter().map(String::as_str))
+        );
     }
 
     fn write_file(&self, seq: u64, severity: &str, body: &[u8]) -> io::Result<File> {
@@ -613,22 +1026,5 @@ impl Spool {
             let _ = fs::remove_file(&tmp);
         }
         written
-    }
-
-    /// A write error (disk full...): the alert is dropped and counted.
-    fn write_failed(&self, seq: u64, err: &io::Error) {
-        let mut st = self.lock();
-        let Some(e) = st.entries.remove(&seq) else { return };
-        st.by_rank.remove(&(e.rank, seq));
-        st.bytes -= e.size;
-        log::error!(
-            "spool {}: cannot write alert {} (rule {}, {}): {err}; dropped",
-            self.dir.display(),
-            e.id,
-            e.rule,
-            e.severity
-        );
-        self.count_dropped(&st, Some(seq), &e.severity);
-        self.observer.spool_depth(st.entries.len() as u64);
     }
 }

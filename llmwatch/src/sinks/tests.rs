@@ -203,6 +203,7 @@ struct Counts {
     outcomes: Mutex<HashMap<(String, &'static str), u64>>,
     dropped: Mutex<HashMap<String, u64>>,
     depth: Mutex<u64>,
+    write_errors: AtomicUsize,
 }
 
 impl Counts {
@@ -229,6 +230,14 @@ impl Counts {
     fn dropped(&self, severity: &str) -> u64 {
         self.dropped.lock().unwrap().get(severity).copied().unwrap_or(0)
     }
+
+    fn dropped_total(&self) -> u64 {
+        self.dropped.lock().unwrap().values().sum()
+    }
+
+    fn write_errors(&self) -> usize {
+        self.write_errors.load(Ordering::SeqCst)
+    }
 }
 
 impl DeliveryObserver for Counts {
@@ -253,6 +262,130 @@ impl DeliveryObserver for Counts {
             .entry(severity.to_string())
             .or_default() += 1;
     }
+
+    fn spool_write_error(&self) {
+        self.write_errors.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// ---- logs: every record of this test binary, for tests that check what is logged ----
+
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record) {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{} {}", r.level(), r.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if log::set_logger(&Capture).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    });
+}
+
+/// The records logged so far that contain every one of `words`.
+fn logged(words: &[&str]) -> Vec<String> {
+    LOGS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .cloned()
+        .collect()
+}
+
+// ---- a small tmpfs, to fill up ----
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop (also when the test fails).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None, saying why, when this process cannot mount one (not root, no CAP_SYS_ADMIN). Under
+    /// `cargo xtask test` (LLMWATCH_REQUIRE_ROOT=1, as root) that is a failure, not a skip.
+    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let skip = |why: String| {
+            assert!(
+                std::env::var("LLMWATCH_REQUIRE_ROOT").as_deref() != Ok("1"),
+                "{test}: {why} (LLMWATCH_REQUIRE_ROOT=1)"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+        };
+        // SAFETY: no arguments, cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            skip("mounting a tmpfs needs root".into());
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let opts = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                path.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            skip(format!("cannot mount a tmpfs on {}: {e}", dir.path().display()));
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with `filler` until it refuses more.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+
+    /// Gives the space back.
+    fn unfill(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.dir.path().join("filler")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated string.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// CPU time (user + system) a thread of this process has used, in clock ticks.
+fn thread_cpu_ticks(tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 // ---- helpers ----
@@ -288,6 +421,7 @@ fn cfg(dir: &Path, targets: Vec<WebhookTarget>) -> DeliveryConfig {
         targets,
         spool_dir: dir.to_path_buf(),
         spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+        memory_max_bytes: DEFAULT_MEMORY_MAX_BYTES,
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
     }
@@ -920,6 +1054,13 @@ async fn bad_targets_are_named_without_their_secrets() {
     zero.spool_max_bytes = 0;
     let err = Delivery::start(zero, Arc::new(NoObserver)).await.err().unwrap();
     assert!(err.to_string().contains("above zero"), "{err}");
+    let mut zero = cfg(dir.path(), vec![]);
+    zero.memory_max_bytes = 0;
+    let err = Delivery::start(zero, Arc::new(NoObserver)).await.err().unwrap();
+    assert!(
+        err.to_string().contains("memory_max_bytes") && err.to_string().contains("above zero"),
+        "{err}"
+    );
 
     let err = Delivery::start(
         cfg(Path::new("/proc/llmwatch-spool"), vec![]),
@@ -1033,4 +1174,176 @@ fn presets_parse() {
     assert_eq!("alertmanager".parse::<Preset>().unwrap(), Preset::Alertmanager);
     assert_eq!("raw".parse::<Preset>().unwrap(), Preset::Raw);
     assert!("teams".parse::<Preset>().is_err());
+}
+
+// ---- a disk that refuses writes ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_alerts_in_memory_and_spooling_resumes_by_itself() {
+    let Some(fs) = Tmpfs::mount(
+        "a_full_disk_holds_alerts_in_memory_and_spooling_resumes_by_itself",
+        "64k",
+    ) else {
+        return;
+    };
+    capture_logs();
+    let dir = fs.path().join("spool");
+    let shown = dir.display().to_string();
+    let size = serde_json::to_vec(&alert(0, "low")).unwrap().len() as u64;
+    let down = Down::new();
+    let counts = Arc::new(Counts::default());
+    let mut c = cfg(&dir, vec![target(down.url())]);
+    c.memory_max_bytes = 8 * size;
+    let d = Delivery::start(c, counts.clone()).await.unwrap();
+    let sev = |i: usize| if i.is_multiple_of(4) { "critical" } else { "low" };
+
+    // Episode 1, receiver down: nothing can be written; 8 alerts fit in memory, so of these 12
+    // the 4 oldest lows (1, 2, 3, 5) are evicted, counted; the other 8 are held.
+    fs.fill();
+    for i in 0..12 {
+        d.send(&alert(i, sev(i)));
+    }
+    assert_eq!(counts.dropped("low"), 4);
+    assert_eq!(counts.get("dropped"), 4);
+    wait_for("8 alerts held", Duration::from_secs(5), || {
+        counts.write_errors() >= 8
+    })
+    .await;
+    assert!(counts.write_errors() <= 12, "{}", counts.write_errors());
+    assert_eq!(*counts.depth.lock().unwrap(), 8);
+    assert!(spooled(&dir).is_empty(), "{:?}", spooled(&dir));
+    // The writer is idle between its tries of the disk (one a second): no busy loop.
+    let tid = d.spool.writer_tid.load(Ordering::Relaxed);
+    let cpu = thread_cpu_ticks(tid);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let spent = thread_cpu_ticks(tid) - cpu;
+    assert!(spent <= 10, "the writer used {spent} ticks of CPU in 2.5 s");
+    // Once per episode, naming the spool and the error.
+    let errors = logged(&[&shown, "cannot write", "No space left on device"]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("ERROR"), "{errors:?}");
+    let evicted = logged(&[&shown, "waiting in memory at their limit", "evicted"]);
+    assert_eq!(evicted.len(), 4, "{evicted:?}");
+
+    // Space comes back: the held alerts are written by themselves, in a second or so.
+    fs.unfill();
+    let on_disk: Vec<String> = [0, 4, 6, 7, 8, 9, 10, 11]
+        .iter()
+        .map(|i| format!("{:020}-{}.json", i + 1, sev(*i)))
+        .collect();
+    wait_for("the held alerts on disk", Duration::from_secs(5), || {
+        spooled(&dir) == on_disk
+    })
+    .await;
+    wait_for("the recovery logged", Duration::from_secs(2), || {
+        logged(&[&shown, "writable again"]).len() == 1
+    })
+    .await;
+
+    // Episode 2: the disk fills again; 4 more alerts are held; the receiver comes up meanwhile.
+    fs.fill();
+    let held = counts.write_errors();
+    for i in 12..16 {
+        d.send(&alert(i, sev(i)));
+    }
+    wait_for("4 more held", Duration::from_secs(5), || {
+        counts.write_errors() == held + 4
+    })
+    .await;
+    assert_eq!(
+        logged(&[&shown, "cannot write", "No space left on device"]).len(),
+        2,
+        "once per episode"
+    );
+    let rx = Receiver::listen(down, always(ok)).await;
+    let want: Vec<String> = [0, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        .iter()
+        .map(|i| format!("id-{i:04}"))
+        .collect();
+    wait_for("12 deliveries", Duration::from_secs(10), || {
+        rx.delivered_ids().len() >= 12
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.delivered_ids(), want, "in order, exactly once");
+    // Every alert is delivered or counted as dropped.
+    assert_eq!(counts.get("delivered") + counts.dropped_total(), 16);
+    assert!(
+        logged(&[&shown, "cannot record progress"]).len() <= 1,
+        "progress failures are logged once: {:?}",
+        logged(&[&shown, "cannot record progress"])
+    );
+    wait_for("an empty spool", Duration::from_secs(5), || {
+        spooled(&dir).is_empty() && *counts.depth.lock().unwrap() == 0
+    })
+    .await;
+    fs.unfill();
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_held_in_memory_when_delivery_stops_are_counted_as_lost() {
+    let Some(fs) = Tmpfs::mount(
+        "alerts_held_in_memory_when_delivery_stops_are_counted_as_lost",
+        "64k",
+    ) else {
+        return;
+    };
+    capture_logs();
+    let dir = fs.path().join("spool");
+    let down = Down::new();
+    let counts = Arc::new(Counts::default());
+    let d = Delivery::start(cfg(&dir, vec![target(down.url())]), counts.clone())
+        .await
+        .unwrap();
+    fs.fill();
+    for i in 0..3 {
+        d.send(&alert(i, "high"));
+    }
+    wait_for("3 alerts held", Duration::from_secs(5), || {
+        counts.write_errors() == 3
+    })
+    .await;
+    assert_eq!(counts.dropped_total(), 0, "held, not lost (yet)");
+    d.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(counts.dropped("high"), 3);
+    assert_eq!(counts.get("dropped"), 3);
+    let lost = logged(&[&dir.display().to_string(), "lost as delivery stops"]);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(
+        lost[0].contains("id-0000, id-0001, id-0002") && lost[0].contains("No space left on device"),
+        "{lost:?}"
+    );
+    fs.unfill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_is_the_targets_not_the_alerts() {
+    // A spool of 2 alerts, the receiver answering 503, alerts coming faster than retries: the
+    // alert being retried is evicted again and again. The next one must wait out the backoff,
+    // not be tried at once with a fresh one.
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(always(|| status(503))).await;
+    let size = serde_json::to_vec(&alert(0, "low")).unwrap().len() as u64;
+    let counts = Arc::new(Counts::default());
+    let mut c = cfg(dir.path(), vec![target(rx.url())]);
+    c.spool_max_bytes = 2 * size;
+    c.retry_initial = Duration::from_millis(10);
+    c.retry_max = Duration::from_millis(200);
+    let d = Delivery::start(c, counts.clone()).await.unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        d.send(&alert(i, "low"));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let posts = rx.reqs().len();
+    let took = start.elapsed();
+    eprintln!("{posts} attempts in {took:?} while {i} alerts came");
+    // Full jitter averages half of retry_max once ramped up (5 doublings from 10 ms): about 20
+    // attempts in 2 s. A backoff restarting with each alert makes hundreds.
+    assert!(posts <= 45, "{posts} attempts in {took:?}");
+    assert!(counts.dropped("low") as usize >= i - 2);
+    d.shutdown(Duration::from_millis(100)).await;
 }
