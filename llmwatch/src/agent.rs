@@ -50,6 +50,7 @@ pub enum Status<'a> {
         tracefs: &'a probes::tracefs::TracefsState,
         watched_files: usize,
         watched_bytes: u64,
+        #[serde(serialize_with = "crate::json_path::ser_paths")]
         roots: &'a [std::path::PathBuf],
         scan: &'a ScanReport,
         processes: usize,
@@ -68,7 +69,9 @@ pub enum Status<'a> {
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
+        #[serde(serialize_with = "crate::json_path::ser_paths")]
         added: Vec<&'a std::path::Path>,
+        #[serde(serialize_with = "crate::json_path::ser_paths")]
         removed: Vec<&'a std::path::Path>,
         watched_files: usize,
         scan: &'a ScanReport,
@@ -83,6 +86,7 @@ pub enum Status<'a> {
     /// The configuration was reloaded, or a reload was refused and the old one kept.
     ConfigReload {
         ok: bool,
+        #[serde(serialize_with = "crate::json_path::ser_path")]
         path: &'a std::path::Path,
         error: Option<String>,
         /// Keys whose new values only take effect after a restart.
@@ -1006,18 +1010,29 @@ fn key_ip(k: &SendKey) -> IpAddr {
 /// Writes every output as one JSON line to stdout.
 pub struct JsonLines<W: std::io::Write> {
     out: W,
+    /// One line is serialized here first (reused: `events` prints every event).
+    line: Vec<u8>,
 }
 
 impl<W: std::io::Write> JsonLines<W> {
     pub fn new(out: W) -> Self {
-        JsonLines { out }
+        JsonLines {
+            out,
+            line: Vec::new(),
+        }
     }
 }
 
 impl<W: std::io::Write> Sink for JsonLines<W> {
     fn emit(&mut self, out: Output<'_>) {
-        if serde_json::to_writer(&mut self.out, &out).is_ok() {
-            let _ = self.out.write_all(b"\n");
+        // Whole lines only: a value that fails half-way must not leave a fragment on stdout.
+        self.line.clear();
+        match serde_json::to_writer(&mut self.line, &out) {
+            Ok(()) => {
+                self.line.push(b'\n');
+                let _ = self.out.write_all(&self.line);
+            }
+            Err(e) => log::error!("an output could not be written as JSON and is lost: {e}"),
         }
     }
     fn flush(&mut self) {

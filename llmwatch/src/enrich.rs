@@ -1,7 +1,7 @@
 //! Events joined with what the agent knows: the process (exe, user, parent chain, container)
 //! and the watched file (path, size, format). Path-based kernel reports (refused opens,
 //! renames, unlinks) are kept only when the path names a watched file.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,10 @@ pub struct ProcessView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileView {
+    #[serde(
+        serialize_with = "crate::json_path::ser_path",
+        deserialize_with = "crate::json_path::de_path"
+    )]
     pub path: std::sync::Arc<std::path::Path>,
     pub dev: u32,
     pub ino: u64,
@@ -71,7 +75,9 @@ fn by_key(files: &WatchedSet, key: FileKey) -> Option<FileView> {
 /// Absolute form of a path a process passed relative to `dirfd` (AT_FDCWD = its cwd).
 /// Best effort: the process may be gone, then the path stays as passed.
 pub fn resolve_user_path(pid: u32, dirfd: i32, path: &str) -> PathBuf {
-    let p = Path::new(path);
+    // Kernel paths arrive escaped as in JSON (non-UTF-8 bytes as \xNN).
+    let decoded = crate::json_path::path_from_json(path).unwrap_or_else(|| PathBuf::from(path));
+    let p = decoded.as_path();
     if p.is_absolute() {
         return p.to_path_buf();
     }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod enrich;
 pub mod events;
+pub mod json_path;
 pub mod metrics;
 pub mod probes;
 pub mod redact;

@@ -57,7 +57,7 @@ pub struct AlertFile {
 impl AlertFile {
     pub fn of(f: &FileView, bytes_read: u64) -> Self {
         AlertFile {
-            path: f.path.to_string_lossy().into_owned(),
+            path: crate::json_path::path_to_json(&f.path).into_owned(),
             dev: f.dev,
             ino: f.ino,
             size: f.size,
