@@ -18,6 +18,51 @@ pub struct ReplayStats {
     pub errors: Vec<String>,
 }
 
+/// Longest line read (recordings' lines are a few KiB). A longer line is reported as bad and
+/// skipped up to its newline without being buffered: `BufRead::lines` would hold a whole line
+/// in memory however long, so an input without newlines was an unbounded allocation.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Reads one line into `buf` (without its `\n` or `\r\n`). `Ok(None)` at end of input,
+/// `Ok(Some(false))` when the line was longer than `max` bytes: then `buf` is empty and the
+/// rest of the line was consumed and dropped.
+fn read_line_capped(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let (mut any, mut fits) = (false, true);
+    loop {
+        let avail = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            break;
+        }
+        any = true;
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let chunk = &avail[..newline.unwrap_or(avail.len())];
+        if fits && buf.len() + chunk.len() <= max {
+            buf.extend_from_slice(chunk);
+        } else if fits {
+            fits = false;
+            *buf = Vec::new();
+        }
+        let used = newline.map_or(avail.len(), |i| i + 1);
+        input.consume(used);
+        if newline.is_some() {
+            break;
+        }
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(any.then_some(fits))
+}
+
 #[derive(Deserialize)]
 struct LossLine {
     time: chrono::DateTime<chrono::Utc>,
@@ -26,7 +71,7 @@ struct LossLine {
 
 /// Runs `cfg`'s rules over every line of `input`; `on_alert` gets each alert in order.
 pub fn replay(
-    input: impl BufRead,
+    mut input: impl BufRead,
     cfg: Arc<Config>,
     mut on_alert: impl FnMut(&Alert),
 ) -> std::io::Result<ReplayStats> {
@@ -39,21 +84,23 @@ pub fn replay(
             stats.errors.push(format!("line {n}: {why}"));
         }
     };
-    for (i, line) in input.lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                bad(&mut stats, n, "not UTF-8".into());
-                continue;
-            }
-            Err(e) => return Err(e),
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    while let Some(fits) = read_line_capped(&mut input, &mut buf, MAX_LINE)? {
+        n += 1;
+        if !fits {
+            bad(&mut stats, n, format!("longer than {MAX_LINE} bytes; skipped"));
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            bad(&mut stats, n, "not UTF-8".into());
+            continue;
         };
         stats.lines += 1;
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = match serde_json::from_str(&line) {
+        let value: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
                 bad(&mut stats, n, format!("not JSON: {e}"));
@@ -86,4 +133,56 @@ pub fn replay(
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> ReplayStats {
+        let cfg = Arc::new(crate::config::parse("").unwrap());
+        replay(input, cfg, |_| {}).unwrap()
+    }
+
+    const LOSS: &str = r#"{"kind":"agent_event_loss","time":"2026-11-23T10:00:00Z","dropped":3}"#;
+
+    #[test]
+    fn a_line_over_the_cap_is_a_bad_line_and_the_next_one_is_read() {
+        let mut input = vec![b'x'; 3 * MAX_LINE];
+        input.push(b'\n');
+        input.extend_from_slice(LOSS.as_bytes());
+        input.push(b'\n');
+        let stats = run(&input);
+        assert_eq!(stats.bad_lines, 1, "{:?}", stats.errors);
+        assert!(
+            stats.errors[0].starts_with("line 1: longer than 1048576 bytes"),
+            "{:?}",
+            stats.errors
+        );
+        assert_eq!((stats.lines, stats.losses), (1, 1), "line 2 is still read");
+    }
+
+    #[test]
+    fn an_unterminated_line_over_the_cap_ends_the_input_as_one_bad_line() {
+        let big = std::io::BufReader::new(std::io::Read::take(std::io::repeat(b'{'), 8 * MAX_LINE as u64));
+        let stats = replay(big, Arc::new(crate::config::parse("").unwrap()), |_| {}).unwrap();
+        assert_eq!((stats.lines, stats.bad_lines), (0, 1), "{:?}", stats.errors);
+        assert!(stats.errors[0].contains("longer than"), "{:?}", stats.errors);
+    }
+
+    #[test]
+    fn lines_up_to_the_cap_crlf_and_bad_utf8_are_read_as_before() {
+        let mut at_cap = LOSS.as_bytes().to_vec();
+        at_cap.resize(MAX_LINE, b' ');
+        let mut input = at_cap;
+        input.extend_from_slice(b"\n\xff\xfe\n");
+        input.extend_from_slice(LOSS.as_bytes());
+        input.extend_from_slice(b"\r\n\n");
+        input.extend_from_slice(LOSS.as_bytes());
+        let stats = run(&input);
+        assert_eq!(stats.losses, 3, "{:?}", stats.errors);
+        assert_eq!(stats.bad_lines, 1);
+        assert_eq!(stats.errors, ["line 2: not UTF-8"]);
+        assert_eq!(stats.lines, 4);
+    }
 }

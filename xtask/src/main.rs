@@ -8,6 +8,7 @@ use std::{
 };
 
 mod bench;
+mod fuzz;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,14 @@ enum Task {
         #[arg(long, default_value_t = 100_000.0)]
         rate: f64,
     },
+    /// Run the cargo-fuzz targets (nightly) for a while each; fails naming any crashing input.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets to run (default: all: config_parse, event_decode, replay_reader).
+        targets: Vec<String>,
+    },
     #[command(hide = true)]
     BenchWorker {
         #[arg(long)]
@@ -118,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", String::from_utf8_lossy(&engine.stdout));
             Ok(())
         }
+        Task::Fuzz { secs, targets } => fuzz::run(&root, secs, &targets),
         Task::BenchWorker { dir, secs, rate } => {
             bench::worker(&dir, secs, rate);
             Ok(())
@@ -364,6 +374,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .env("LLMWATCH_BIN", &bin)
         .env("LLMWATCH_REQUIRE_PROMTOOL", "1")
         .env("LLMWATCH_REQUIRE_DEPLOY_TOOLS", "1")
+        .env("LLMWATCH_REQUIRE_ROOT", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     // Pass the output through and add one closing line for the whole run: cargo prints a

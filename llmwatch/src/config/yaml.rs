@@ -66,14 +66,22 @@ pub(crate) struct SyntaxError {
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, true) {
-        return Err(SyntaxError {
+    // Events are pulled one by one, not through `Parser::load`, which recurses once per level of
+    // nesting (load_node -> load_sequence -> load_node ...): `- - - ... x` 10,000 deep (20 KB)
+    // overflowed the stack. Pulling also stops at the first problem (see `MAX_DEPTH`).
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
             line: e.marker().line().max(1),
             message: e.info().to_string(),
-        });
-    }
-    if let Some(e) = b.error {
-        return Err(e);
+        })?;
+        let end = ev == Event::StreamEnd;
+        b.on_event(ev, mark);
+        if let Some(e) = b.error.take() {
+            return Err(e);
+        }
+        if end {
+            break;
+        }
     }
     let mut docs = b.docs.into_iter();
     let first = docs.next();
@@ -87,15 +95,33 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     Ok(first)
 }
 
+/// Most bytes (estimated: nodes plus their text) that anchors and aliases may copy in one
+/// file. An alias copies its anchored node, so anchors of aliases multiply (`b: &b [*a, *a,
+/// ...]`, `c: [*b, *b, ...]`, the "billion laughs"): 352 bytes of YAML expanded to gigabytes
+/// before the cap (fuzz/regressions/config_parse/billion_laughs_alias_expansion). Anchors are
+/// counted too: each keeps a copy of its node, so anchors nested in anchors copy quadratically.
+/// A configuration that reuses a list or two this way copies kilobytes.
+const MAX_COPY_BYTES: usize = 4 << 20;
+
+/// Deepest nesting of lists and mappings (a configuration nests 5 deep): the tree is dropped,
+/// cloned and compared recursively, so its depth must be bounded (see `parse`).
+const MAX_DEPTH: usize = 128;
+
+/// Estimated bytes of a node, not counting its children.
+const NODE_BYTES: usize = std::mem::size_of::<Node>();
+
 enum Frame {
     Seq {
         line: usize,
         anchor: usize,
+        /// `Builder::bytes` when the collection started.
+        start: usize,
         items: Vec<Node>,
     },
     Map {
         line: usize,
         anchor: usize,
+        start: usize,
         entries: Vec<(Node, Node)>,
         key: Option<Node>,
     },
@@ -105,14 +131,48 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     docs: Vec<Node>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their estimated bytes.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Estimated bytes of every node built so far, alias copies included.
+    bytes: usize,
+    /// Estimated bytes copied for anchors and aliases.
+    copied: usize,
     error: Option<SyntaxError>,
 }
 
 impl Builder {
-    fn finish(&mut self, node: Node, anchor: usize) {
-        if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+    /// Whether `bytes` more may be copied for an anchor or alias; sets the error when not.
+    fn copy(&mut self, bytes: usize, line: usize) -> bool {
+        if self.copied + bytes > MAX_COPY_BYTES {
+            self.error.get_or_insert(SyntaxError {
+                line,
+                message: format!(
+                    "anchors and aliases copy more than {} MiB (aliases of aliases multiply)",
+                    MAX_COPY_BYTES >> 20
+                ),
+            });
+            return false;
+        }
+        self.copied += bytes;
+        true
+    }
+
+    /// Whether a list or mapping may start here; sets the error when not.
+    fn deeper(&mut self, line: usize) -> bool {
+        if self.stack.len() >= MAX_DEPTH {
+            self.error = Some(SyntaxError {
+                line,
+                message: format!("lists and mappings nested more than {MAX_DEPTH} deep"),
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Places a complete node of `bytes` estimated bytes (children included).
+    fn finish(&mut self, node: Node, anchor: usize, bytes: usize) {
+        if anchor != 0 && self.copy(bytes, node.line) {
+            self.anchors.insert(anchor, (node.clone(), bytes));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -136,18 +196,23 @@ impl MarkedEventReceiver for Builder {
                 // An explicit `!!str` tag makes even `null` or `8000` a string.
                 let tagged_str = tag.is_some_and(|t| t.suffix.ends_with("str"));
                 let plain = style == TScalarStyle::Plain && !tagged_str;
+                let bytes = NODE_BYTES + text.len();
+                self.bytes += bytes;
                 self.finish(
                     Node {
                         line,
                         value: Value::Scalar { text, plain },
                     },
                     anchor,
+                    bytes,
                 );
             }
+            Event::SequenceStart(_, _) | Event::MappingStart(_, _) if !self.deeper(line) => {}
             Event::SequenceStart(anchor, _) => {
                 self.stack.push(Frame::Seq {
                     line,
                     anchor,
+                    start: self.bytes,
                     items: Vec::new(),
                 });
             }
@@ -155,37 +220,56 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Frame::Map {
                     line,
                     anchor,
+                    start: self.bytes,
                     entries: Vec::new(),
                     key: None,
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq { line, anchor, items }) => self.finish(
-                    Node {
-                        line,
-                        value: Value::Seq(items),
-                    },
+                Some(Frame::Seq {
+                    line,
                     anchor,
-                ),
+                    start,
+                    items,
+                }) => {
+                    self.bytes += NODE_BYTES;
+                    let bytes = self.bytes - start;
+                    self.finish(
+                        Node {
+                            line,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                        bytes,
+                    )
+                }
                 Some(Frame::Map {
                     line,
                     anchor,
+                    start,
                     entries,
                     ..
-                }) => self.finish(
-                    Node {
-                        line,
-                        value: Value::Map(entries),
-                    },
-                    anchor,
-                ),
+                }) => {
+                    self.bytes += NODE_BYTES;
+                    let bytes = self.bytes - start;
+                    self.finish(
+                        Node {
+                            line,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                        bytes,
+                    )
+                }
                 None => {}
             },
-            Event::Alias(id) => match self.anchors.get(&id) {
-                Some(n) => {
+            Event::Alias(id) => match self.anchors.get(&id).map(|(_, bytes)| *bytes) {
+                Some(bytes) if !self.copy(bytes, line) => {}
+                Some(bytes) => {
                     // The copy keeps the anchor's line: that is where its content was written.
-                    let n = n.clone();
-                    self.finish(n, 0);
+                    let n = self.anchors[&id].0.clone();
+                    self.bytes += bytes;
+                    self.finish(n, 0, bytes);
                 }
                 None => {
                     self.error = Some(SyntaxError {
@@ -244,6 +328,62 @@ mod tests {
         let n = parse("a: &p [x]\nb: *p\n").unwrap().unwrap();
         let Value::Map(entries) = &n.value else { panic!() };
         assert_eq!(entries[0].1, entries[1].1);
+    }
+
+    /// The error for `text` (without printing a huge tree when there is none).
+    fn rejected(text: &str) -> SyntaxError {
+        match parse(text) {
+            Ok(_) => panic!("accepted {} bytes", text.len()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn nested_aliases_cannot_expand_without_bound() {
+        // fuzz/regressions/config_parse/billion_laughs_alias_expansion: 10^9 nodes.
+        let mut text = String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let refs = vec![format!("*{prev}"); 10].join(",");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let e = rejected(&text);
+        assert!(e.message.contains("aliases copy more than 4 MiB"), "{e:?}");
+        assert!((5..=9).contains(&e.line), "{e:?}");
+        // One large scalar aliased many times is bounded the same way.
+        let big = "x".repeat(64 << 10);
+        let e = rejected(&format!("a: &a {big}\nb: [{}]\n", vec!["*a"; 100].join(",")));
+        assert!(e.message.contains("aliases copy"), "{e:?}");
+        // So are anchors nested in anchors, each of which keeps a copy of its node: 100 levels
+        // (1 KB) copy 200 KB.
+        let nested: String = (0..50)
+            .map(|i| {
+                let opens: String = (0..100).map(|j| format!("&a{i}_{j} [")).collect();
+                format!("k{i}: {opens}x{}\n", "]".repeat(100))
+            })
+            .collect();
+        let e = rejected(&nested);
+        assert!(e.message.contains("aliases copy"), "{e:?}");
+        // Reusing a list a few times is fine.
+        let n = parse("a: &p [x, y]\nb: *p\nc: [*p, *p]\n").unwrap().unwrap();
+        let Value::Map(entries) = &n.value else { panic!() };
+        assert_eq!(entries[1].1, entries[0].1);
+        assert_eq!(entries[2].1.value, Value::Seq(vec![entries[0].1.clone(); 2]));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // 10,000 levels overflowed the stack (yaml-rust2's `Parser::load` recurses per level).
+        let e = rejected(&format!("{}x\n", "- ".repeat(100_000)));
+        assert_eq!(
+            e,
+            SyntaxError {
+                line: 1,
+                message: "lists and mappings nested more than 128 deep".into()
+            }
+        );
+        let e = rejected(&format!("a: {}1{}\n", "{a: ".repeat(200), "}".repeat(200)));
+        assert!(e.message.contains("nested more than 128 deep"), "{e:?}");
+        assert!(parse(&format!("{}x\n", "- ".repeat(MAX_DEPTH))).is_ok());
     }
 
     #[test]

@@ -269,6 +269,15 @@ fn cstr(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// A NUL-terminated path from the kernel, written as in JSON (`json_path`): exact, also when
+/// it is not UTF-8, so it still names the file it named.
+fn cpath(bytes: &[u8]) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    crate::json_path::path_to_json(std::path::Path::new(std::ffi::OsStr::from_bytes(&bytes[..end])))
+        .into_owned()
+}
+
 fn ip(family: u16, addr: [u8; 16]) -> IpAddr {
     if family == libc::AF_INET as u16 {
         IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
@@ -338,10 +347,12 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         kind::FILE_OPEN_DENIED => {
             let e: raw::FileOpenDeniedEvent = read_as(buf, "file_open_denied")?;
             EventKind::FileOpenDenied {
-                path: cstr(&e.path),
+                path: cpath(&e.path),
                 dirfd: e.dirfd,
                 flags: e.flags,
-                errno: -e.ret,
+                // A garbage record can hold i32::MIN, whose negation overflows (a panic in
+                // debug builds; found by fuzzing). The kernel only writes -4095..0 here.
+                errno: e.ret.saturating_neg(),
                 syscall: syscalls::name(e.syscall as u64).into(),
             }
         }
@@ -383,7 +394,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 op: TamperOp::from_raw(e.op),
                 fd: e.fd,
                 dirfd: e.dirfd,
-                path: (!by_fd).then(|| cstr(&e.path)),
+                path: (!by_fd).then(|| cpath(&e.path)),
                 bytes: e.bytes,
                 syscall: syscalls::name(e.syscall as u64).into(),
             }
@@ -423,7 +434,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
             let n = (e.args_len as usize).min(e.args.len());
             EventKind::ProcExec {
                 ppid: e.ppid,
-                filename: cstr(&e.filename),
+                filename: cpath(&e.filename),
                 argv: crate::redact::argv(argv(&e.args[..n])),
             }
         }
@@ -701,5 +712,48 @@ mod tests {
                 syscall: "unlinkat".into()
             }
         );
+    }
+
+    #[test]
+    fn denied_open_with_i32_min_ret_does_not_overflow() {
+        // fuzz/regressions/event_decode/file_open_denied_ret_i32_min_negate_overflow
+        let rec = raw::FileOpenDeniedEvent {
+            hdr: hdr(kind::FILE_OPEN_DENIED),
+            ret: i32::MIN,
+            flags: 0,
+            dirfd: -100,
+            syscall: syscalls::OPENAT as u32,
+            path: [0xff; raw::PATH_LEN],
+        };
+        let ev = decode(&encode(&rec)).unwrap();
+        assert!(
+            matches!(ev.kind, EventKind::FileOpenDenied { errno: i32::MAX, .. }),
+            "{ev:?}"
+        );
+        serde_json::to_string(&ev).unwrap();
+    }
+
+    #[test]
+    fn kernel_paths_keep_non_utf8_bytes() {
+        let mut path = [0u8; raw::PATH_LEN];
+        let name = b"/models/m\xff\\x.gguf";
+        path[..name.len()].copy_from_slice(name);
+        let rec = raw::FileOpenDeniedEvent {
+            hdr: hdr(kind::FILE_OPEN_DENIED),
+            ret: -13,
+            flags: 0,
+            dirfd: -100,
+            syscall: syscalls::OPENAT as u32,
+            path,
+        };
+        let ev = decode(&encode(&rec)).unwrap();
+        let EventKind::FileOpenDenied { path, .. } = &ev.kind else {
+            panic!("{ev:?}")
+        };
+        // Escaped, not replaced: the byte and the backslash both come back.
+        assert_eq!(path, "/models/m\\xff\\\\x.gguf");
+        use std::os::unix::ffi::OsStrExt as _;
+        let back = crate::enrich::resolve_user_path(1, -100, path);
+        assert_eq!(back.as_os_str().as_bytes(), name);
     }
 }
