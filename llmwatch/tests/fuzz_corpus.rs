@@ -360,13 +360,28 @@ fn event_seeds() -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+/// The committed seeds are the ones the current record layouts produce. After a layout or kind
+/// change, regenerate them: `LLMWATCH_REGENERATE_SEEDS=1 cargo test -p llmwatch --test
+/// fuzz_corpus event_seeds`.
 #[test]
-#[ignore = "writes fuzz/corpus/event_decode; run by hand after a record layout or kind changes"]
-fn regenerate_event_decode_seeds() {
+fn event_seeds_are_current() {
     let dir = fuzz_dir().join("corpus/event_decode");
-    std::fs::create_dir_all(&dir).unwrap();
+    let regenerate = std::env::var("LLMWATCH_REGENERATE_SEEDS").as_deref() == Ok("1");
+    if regenerate {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
     for (name, bytes) in event_seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
+        let path = dir.join(&name);
+        if regenerate {
+            std::fs::write(&path, &bytes).unwrap();
+            continue;
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "fuzz seed {name} is missing or stale: LLMWATCH_REGENERATE_SEEDS=1 cargo test -p llmwatch \
+             --test fuzz_corpus event_seeds"
+        );
     }
 }
 
