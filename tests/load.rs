@@ -56,15 +56,29 @@ fn ten_thousand_short_lived_readers_a_minute_are_all_attributed() {
         let got = agent.collect_for(secs(1), |v| {
             v["kind"] == "file_read"
                 && v["file"]["ino"] == ino
-                && v["task"]["pid"].as_u64().is_some_and(|p| wanted.contains(&(p as u32)))
+                && v["task"]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| wanted.contains(&(p as u32)))
         });
         for v in got {
             reads.insert(v["task"]["pid"].as_u64().unwrap() as u32, v);
         }
     }
-    let losses: Vec<&Value> = agent.seen.iter().filter(|v| v["kind"] == "agent_event_loss").collect();
-    assert!(losses.is_empty(), "the kernel dropped events under this load: {losses:#?}");
-    assert_eq!(reads.len(), PROCESSES, "reads seen for {} of {PROCESSES} readers", reads.len());
+    let losses: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["kind"] == "agent_event_loss")
+        .collect();
+    assert!(
+        losses.is_empty(),
+        "the kernel dropped events under this load: {losses:#?}"
+    );
+    assert_eq!(
+        reads.len(),
+        PROCESSES,
+        "reads seen for {} of {PROCESSES} readers",
+        reads.len()
+    );
 
     let mut bad = Vec::new();
     for (pid, v) in &reads {
@@ -76,7 +90,9 @@ fn ten_thousand_short_lived_readers_a_minute_are_all_attributed() {
             && p["exe"].as_str().is_some_and(|e| e.ends_with("/cat"))
             && p["argv"][1].as_str() == weights.to_str()
             && p["ancestry"][0]["pid"] == me
-            && p["cgroup"].as_str().is_some_and(|c| my_cgroup.trim_end().ends_with(c));
+            && p["cgroup"]
+                .as_str()
+                .is_some_and(|c| my_cgroup.trim_end().ends_with(c));
         if !ok {
             bad.push(v.clone());
         }
