@@ -160,38 +160,61 @@ fn cpath(p: &Path) -> std::ffi::CString {
 }
 
 /// Workload 1: ns per 64-byte read of /dev/zero.
+/// Timed in 20 slices, the fastest counting: an interrupt or the other core's work lands in
+/// some slices, not in the hook's cost (the same for every setup).
+const SLICES: u64 = 20;
+
 fn unrelated_syscalls(iters: u64) -> f64 {
     let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY) };
     let mut buf = [0u8; 64];
-    let t = Instant::now();
-    for _ in 0..iters {
-        unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 64) };
+    let per_slice = (iters / SLICES).max(1);
+    let mut best = f64::MAX;
+    for _ in 0..SLICES {
+        let t = Instant::now();
+        for _ in 0..per_slice {
+            unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 64) };
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / per_slice as f64);
     }
-    let ns = t.elapsed().as_nanos() as f64 / iters as f64;
     unsafe { libc::close(fd) };
-    ns
+    best
 }
 
 /// Workload 2: GB/s reading the page-cached file in `chunk` reads.
 fn weight_reads(path: &Path, chunk: usize) -> f64 {
     let mut buf = vec![0u8; chunk];
     let fd = unsafe { libc::open(cpath(path).as_ptr(), libc::O_RDONLY) };
-    let t = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), chunk) };
-        if n <= 0 {
-            break;
+    // The file in SLICES consecutive pieces, the fastest counting (see SLICES).
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let slice = (len / SLICES).max(chunk as u64);
+    let mut best = 0f64;
+    let mut done = false;
+    while !done {
+        let t = Instant::now();
+        let mut total = 0u64;
+        while total < slice {
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), chunk) };
+            if n <= 0 {
+                done = true;
+                break;
+            }
+            total += n as u64;
         }
-        total += n as u64;
+        if total >= slice {
+            best = best.max(total as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
     }
-    let secs = t.elapsed().as_secs_f64();
     unsafe { libc::close(fd) };
-    total as f64 / secs / 1e9
+    best
 }
 
 /// Workload 3: GB/s mapping the file and touching every page.
+/// Best of five whole passes (map, touch every page, unmap): see SLICES.
 fn mmap_load(path: &Path) -> f64 {
+    (0..5).map(|_| mmap_pass(path)).fold(0.0, f64::max)
+}
+
+fn mmap_pass(path: &Path) -> f64 {
     let len = std::fs::metadata(path).unwrap().len() as usize;
     let fd = unsafe { libc::open(cpath(path).as_ptr(), libc::O_RDONLY) };
     let t = Instant::now();
@@ -455,15 +478,7 @@ fn footprint(agent: &Path, models: &Path, pipe_dir: &Path, opts: &Opts) -> anyho
         &models.join("pipeline/shard-0.safetensors"),
         if opts.quick { 5 } else { 20 },
     )?;
-    let log = running.stop();
-    let stopped = log
-        .iter()
-        .rev()
-        .find(|l| l.contains("agent_stopped"))
-        .cloned()
-        .unwrap_or_default();
-    let events = extract(&stopped, "\"events\":").unwrap_or(0);
-    let drops = extract(&stopped, "\"kernel_drops\":").unwrap_or(0);
+    let (events, drops) = stop_and_count(&mut running);
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
     let p = |q: f64| {
@@ -482,6 +497,21 @@ fn footprint(agent: &Path, models: &Path, pipe_dir: &Path, opts: &Opts) -> anyho
         "exfil_to_alert_p50_ms": p(0.5).map(|s| s * 1000.0),
         "exfil_to_alert_p99_ms": p(0.99).map(|s| s * 1000.0),
     }))
+}
+
+/// Stops the agent; (events it handled, kernel drops) from its agent_stopped line.
+fn stop_and_count(running: &mut Running) -> (u64, u64) {
+    let log = running.stop();
+    let stopped = log
+        .iter()
+        .rev()
+        .find(|l| l.contains("agent_stopped"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        extract(&stopped, "\"events\":").unwrap_or(0),
+        extract(&stopped, "\"kernel_drops\":").unwrap_or(0),
+    )
 }
 
 fn extract(line: &str, key: &str) -> Option<u64> {
@@ -647,15 +677,7 @@ pub fn soak(root: &Path, minutes: f64, rate: f64) -> anyhow::Result<()> {
     let cycles = wait_workers(workers)?;
     let elapsed = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let log = running.stop();
-    let stopped = log
-        .iter()
-        .rev()
-        .find(|l| l.contains("agent_stopped"))
-        .cloned()
-        .unwrap_or_default();
-    let events = extract(&stopped, "\"events\":").unwrap_or(0);
-    let drops = extract(&stopped, "\"kernel_drops\":").unwrap_or(0);
+    let (events, drops) = stop_and_count(&mut running);
     // Flat: after the first minute (maps and caches filled), RSS does not keep growing.
     let settled: Vec<u64> = curve
         .iter()

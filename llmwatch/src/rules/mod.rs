@@ -70,6 +70,19 @@ struct ProcStateView {
 /// Output of the engine for one input.
 pub type Alerts = Vec<Alert>;
 
+/// The sink the engine's rules write to, from the engine's own fields (a macro, not a method:
+/// `on_event` borrows other fields of `self` beside it).
+macro_rules! alert_sink {
+    ($engine:ident, $out:expr) => {
+        AlertSink {
+            engine_cfg: &$engine.cfg,
+            dedup: &mut $engine.dedup,
+            losses: &$engine.losses,
+            out: $out,
+        }
+    };
+}
+
 pub struct Engine {
     cfg: Arc<Config>,
     procs: HashMap<u32, ProcState>,
@@ -165,12 +178,7 @@ impl Engine {
             server: state.server.as_deref(),
             startup_load,
         };
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
+        let mut sink = alert_sink!(self, out);
         match &ev.event.kind {
             EventKind::FileOpen { .. }
             | EventKind::FileRead { .. }
@@ -244,12 +252,7 @@ impl Engine {
             server: state.server.as_deref(),
             startup_load: false,
         };
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
+        let mut sink = alert_sink!(self, out);
         self.process_rules.on_exec(
             &ctx,
             filename,
@@ -272,12 +275,7 @@ impl Engine {
         let summary = format!(
             "the kernel dropped {dropped} events (ring buffer full); alerts in this window may be incomplete"
         );
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
+        let mut sink = alert_sink!(self, out);
         sink.emit(AlertSpec {
             rule: "agent.event_loss",
             severity: None,
@@ -293,12 +291,7 @@ impl Engine {
 
     /// agent.tamper found by the agent's own checks (its maps changed underneath it).
     pub fn on_agent_tamper(&mut self, summary: String, key: String, t: DateTime<Utc>, out: &mut Alerts) {
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
+        let mut sink = alert_sink!(self, out);
         sink.emit(AlertSpec {
             rule: "agent.tamper",
             severity: None,
@@ -357,12 +350,7 @@ impl Engine {
         t: DateTime<Utc>,
         out: &mut Alerts,
     ) {
-        let mut sink = AlertSink {
-            engine_cfg: &self.cfg,
-            dedup: &mut self.dedup,
-            losses: &self.losses,
-            out,
-        };
+        let mut sink = alert_sink!(self, out);
         sink.emit(AlertSpec {
             rule: "weight.tamper",
             severity,

@@ -222,25 +222,9 @@ impl ProcessRules {
         else {
             return;
         };
-        let p = &ctx.ev.process;
-        let key = format!("{}:{prog_name}", p.pid);
-        if !sink.gate("host.bpf_load", &key, ctx.t) {
-            return;
-        }
-        sink.emit(AlertSpec {
-            rule: "host.bpf_load",
-            severity: None,
-            summary: format!(
-                "{} (pid {}) loaded a BPF program {prog_name:?} (type {prog_type})",
-                p.exe.as_deref().unwrap_or(&p.comm),
-                p.pid
-            ),
-            time: ctx.t,
-            process: AlertProcess::of(ctx.ev),
-            files: vec![],
-            network: vec![],
-            window: Window::at(ctx.t),
-            key,
+        let key = format!("{}:{prog_name}", ctx.ev.process.pid);
+        about_the_process(ctx, sink, "host.bpf_load", key, |who| {
+            format!("{who} loaded a BPF program {prog_name:?} (type {prog_type})")
         });
     }
 
@@ -257,29 +241,13 @@ impl ProcessRules {
         else {
             return;
         };
-        let p = &ctx.ev.process;
-        let key = format!("{}:{object}:{id}", p.pid);
-        if !sink.gate("agent.tamper", &key, ctx.t) {
-            return;
-        }
+        let key = format!("{}:{object}:{id}", ctx.ev.process.pid);
         let what = match object.as_ref() {
             "map" => "it can now change what the agent watches or read its events",
             _ => "it can now inspect or detach the agent's kernel hooks",
         };
-        sink.emit(AlertSpec {
-            rule: "agent.tamper",
-            severity: None,
-            summary: format!(
-                "{} (pid {}) took a handle to llmwatch's BPF {object} {name} (id {id}): {what}",
-                p.exe.as_deref().unwrap_or(&p.comm),
-                p.pid
-            ),
-            time: ctx.t,
-            process: AlertProcess::of(ctx.ev),
-            files: vec![],
-            network: vec![],
-            window: Window::at(ctx.t),
-            key,
+        about_the_process(ctx, sink, "agent.tamper", key, |who| {
+            format!("{who} took a handle to llmwatch's BPF {object} {name} (id {id}): {what}")
         });
     }
 
@@ -287,4 +255,31 @@ impl ProcessRules {
         self.gpu_spawns
             .retain(|_, q| q.back().is_some_and(|t| now - *t < keep));
     }
+}
+
+/// A one-event alert about the acting process, gated on (`rule`, `key`) before the summary is
+/// built; `summary` gets "exe (pid N)".
+fn about_the_process(
+    ctx: &Ctx<'_>,
+    sink: &mut AlertSink<'_>,
+    rule: &'static str,
+    key: String,
+    summary: impl FnOnce(&str) -> String,
+) {
+    if !sink.gate(rule, &key, ctx.t) {
+        return;
+    }
+    let p = &ctx.ev.process;
+    let who = format!("{} (pid {})", p.exe.as_deref().unwrap_or(&p.comm), p.pid);
+    sink.emit(AlertSpec {
+        rule,
+        severity: None,
+        summary: summary(&who),
+        time: ctx.t,
+        process: AlertProcess::of(ctx.ev),
+        files: vec![],
+        network: vec![],
+        window: Window::at(ctx.t),
+        key,
+    });
 }
