@@ -478,6 +478,7 @@ async fn start_delivery(
             targets,
             spool_dir: cfg.spool.dir.clone(),
             spool_max_bytes: cfg.spool.max_bytes,
+            memory_max_bytes: cfg.spool.memory_max_bytes,
             ..Default::default()
         },
         Arc::new(DeliveryMetrics(metrics)),

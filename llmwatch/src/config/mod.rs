@@ -96,6 +96,9 @@ pub struct WebhookConfig {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// Alerts the disk has not taken yet (not written, or refused: disk full) wait in memory up
+    /// to this many bytes; past it the oldest lowest-severity one is evicted and counted.
+    pub memory_max_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -103,6 +106,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             dir: PathBuf::from("/var/lib/llmwatch/spool"),
             max_bytes: 64 << 20,
+            memory_max_bytes: 8 << 20,
         }
     }
 }

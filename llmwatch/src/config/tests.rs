@@ -580,3 +580,44 @@ fn local_timezone_sources_in_order() {
     );
     assert_eq!(tz(None, None, None), chrono_tz::UTC);
 }
+
+/// Every key the parser accepts has a row (or mention) in docs/configuration.md: a key users
+/// cannot find is a key they cannot use.
+#[test]
+fn every_accepted_key_is_documented() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let mut missing = Vec::new();
+    for (section, keys) in super::validate::SECTIONS {
+        for key in *keys {
+            // `host`, `models.dirs`; in a section's own table `days`; nested `maintenance[].end`.
+            let last = section.rsplit('.').next().unwrap_or(section);
+            let documented = if section.is_empty() {
+                doc.contains(&format!("`{key}"))
+            } else {
+                [
+                    format!("`{section}.{key}`"),
+                    format!("`{last}.{key}`"),
+                    format!("`{key}`"),
+                ]
+                .iter()
+                .any(|c| doc.contains(c.as_str()))
+            };
+            if !documented {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+}
+
+#[test]
+fn spool_keys_parse_and_bad_sizes_name_the_key() {
+    let c =
+        parse("spool:\n  dir: /var/spool/llmwatch\n  max_bytes: 16MiB\n  memory_max_bytes: 2MiB\n").unwrap();
+    assert_eq!(c.spool.dir, PathBuf::from("/var/spool/llmwatch"));
+    assert_eq!((c.spool.max_bytes, c.spool.memory_max_bytes), (16 << 20, 2 << 20));
+    assert_eq!(Config::default().spool.memory_max_bytes, 8 << 20);
+    let ps = problems("spool:\n  memory_max_bytes: 0\n");
+    let p = at(&ps, "spool.memory_max_bytes");
+    assert_eq!(p.line, Some(2), "{p:?}");
+}

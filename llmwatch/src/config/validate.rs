@@ -30,7 +30,7 @@ const TOP: &[&str] = &[
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
-const SPOOL: &[&str] = &["dir", "max_bytes"];
+const SPOOL: &[&str] = &["dir", "max_bytes", "memory_max_bytes"];
 const MODELS: &[&str] = &["dirs", "extra_dirs", "manifest"];
 const SERVER: &[&str] = &[
     "name",
@@ -49,7 +49,7 @@ const GPU: &[&str] = &["allow", "extra_majors"];
 const KERNEL: &[&str] = &["read_report_bytes", "send_report_bytes", "flush_interval"];
 
 /// Every mapping's keys, to point a key written in the wrong place to where it belongs.
-const SECTIONS: &[(&str, &[&str])] = &[
+pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("", TOP),
     ("models", MODELS),
     ("servers[]", SERVER),
@@ -371,6 +371,14 @@ impl Checker {
                 "a size",
                 positive_size,
                 &mut cfg.spool.max_bytes,
+            );
+            self.set(
+                &sp,
+                "spool",
+                "memory_max_bytes",
+                "a size",
+                positive_size,
+                &mut cfg.spool.memory_max_bytes,
             );
         }
         if let Some(n) = f.get("webhooks") {
