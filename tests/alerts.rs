@@ -5,7 +5,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use llmwatch_e2e::{Agent, TempDir, Value, secs, write_safetensors};
+use llmwatch_e2e::{Agent, TempDir, Value, load_socket_filter, secs, write_safetensors};
 
 fn write_config(dir: &Path, yaml: &str) -> String {
     let p = dir.join("llmwatch.yaml");
@@ -487,17 +487,7 @@ fn tokens_on_command_lines_never_reach_events_or_alerts() {
 fn another_process_loading_bpf_is_reported() {
     let dir = TempDir::new("bpfload");
     let mut agent = Agent::watching(&[dir.path()], &[]);
-    // A two-instruction socket filter (r0 = 0; exit), loaded with the raw bpf(2) syscall.
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_PROG_TYPE_SOCKET_FILTER
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes()); // insn_cnt
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..61].copy_from_slice(b"llmwatch_test");
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
-    assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
+    let fd = load_socket_filter(b"llmwatch_test");
     let a = agent
         .wait_for(secs(10), |v| {
             v["rule"] == "host.bpf_load" && v["process"]["pid"] == std::process::id()
@@ -509,7 +499,7 @@ fn another_process_loading_bpf_is_reported() {
         "{}",
         a["summary"]
     );
-    unsafe { libc::close(fd as i32) };
+    unsafe { libc::close(fd) };
     // The agent's own loads (at its start) are not reported (other agents of parallel tests
     // are other processes, and are).
     let me = agent.pid();

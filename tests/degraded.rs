@@ -2,7 +2,9 @@
 //! says what it lost (agent_ready, a metric, `llmwatch check`), and keeps doing what it can.
 use std::process::Command;
 
-use llmwatch_e2e::{Agent, TempDir, Value, agent_binary, http_get, require_root, secs, write_safetensors};
+use llmwatch_e2e::{
+    Agent, TempDir, Value, agent_binary, http_get, load_socket_filter, require_root, secs, write_safetensors,
+};
 
 fn metric(agent: &Agent, line_start: &str) -> Option<f64> {
     let addr = agent.ready["metrics_addr"].as_str().expect("metrics served");
@@ -21,21 +23,6 @@ fn degraded_lines(agent: &Agent) -> Vec<String> {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
-}
-
-/// Loads a two-instruction socket filter with the raw bpf(2) syscall; returns its fd.
-fn load_bpf_program() -> i32 {
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_PROG_TYPE_SOCKET_FILTER
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..60].copy_from_slice(b"degraded_bpf");
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
-    assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
-    fd as i32
 }
 
 #[test]
@@ -68,7 +55,7 @@ fn without_kernel_btf_the_agent_runs_degraded_and_says_what_it_loses() {
     );
 
     // What still works: bpf() use by another process.
-    let fd = load_bpf_program();
+    let fd = load_socket_filter(b"degraded_bpf");
     let me = std::process::id();
     let seen = agent.wait_for(secs(10), |v| {
         v["kind"] == "bpf_load" && v["task"]["pid"] == me && v["prog_name"] == "degraded_bpf"

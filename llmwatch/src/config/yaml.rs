@@ -225,44 +225,27 @@ impl MarkedEventReceiver for Builder {
                     key: None,
                 });
             }
-            Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq {
-                    line,
-                    anchor,
-                    start,
-                    items,
-                }) => {
-                    self.bytes += NODE_BYTES;
-                    let bytes = self.bytes - start;
-                    self.finish(
-                        Node {
-                            line,
-                            value: Value::Seq(items),
-                        },
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (line, anchor, start, value) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        line,
                         anchor,
-                        bytes,
-                    )
-                }
-                Some(Frame::Map {
-                    line,
-                    anchor,
-                    start,
-                    entries,
-                    ..
-                }) => {
-                    self.bytes += NODE_BYTES;
-                    let bytes = self.bytes - start;
-                    self.finish(
-                        Node {
-                            line,
-                            value: Value::Map(entries),
-                        },
+                        start,
+                        items,
+                    }) => (line, anchor, start, Value::Seq(items)),
+                    Some(Frame::Map {
+                        line,
                         anchor,
-                        bytes,
-                    )
-                }
-                None => {}
-            },
+                        start,
+                        entries,
+                        ..
+                    }) => (line, anchor, start, Value::Map(entries)),
+                    None => return,
+                };
+                self.bytes += NODE_BYTES;
+                let bytes = self.bytes - start;
+                self.finish(Node { line, value }, anchor, bytes);
+            }
             Event::Alias(id) => match self.anchors.get(&id).map(|(_, bytes)| *bytes) {
                 Some(bytes) if !self.copy(bytes, line) => {}
                 Some(bytes) => {

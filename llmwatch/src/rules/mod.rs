@@ -275,32 +275,40 @@ impl Engine {
         let summary = format!(
             "the kernel dropped {dropped} events (ring buffer full); alerts in this window may be incomplete"
         );
-        let mut sink = alert_sink!(self, out);
-        sink.emit(AlertSpec {
-            rule: "agent.event_loss",
-            severity: None,
+        let window = Window { start, end: t };
+        self.about_the_agent(
+            "agent.event_loss",
             summary,
-            time: t,
-            process: agent_process(),
-            files: vec![],
-            network: vec![],
-            window: Window { start, end: t },
-            key: "agent.event_loss".into(),
-        });
+            "agent.event_loss".into(),
+            window,
+            out,
+        );
     }
 
     /// agent.tamper found by the agent's own checks (its maps changed underneath it).
     pub fn on_agent_tamper(&mut self, summary: String, key: String, t: DateTime<Utc>, out: &mut Alerts) {
+        self.about_the_agent("agent.tamper", summary, key, Window::at(t), out);
+    }
+
+    /// An alert the agent raises about itself (no event, no files): named by `agent_process`.
+    fn about_the_agent(
+        &mut self,
+        rule: &'static str,
+        summary: String,
+        key: String,
+        window: Window,
+        out: &mut Alerts,
+    ) {
         let mut sink = alert_sink!(self, out);
         sink.emit(AlertSpec {
-            rule: "agent.tamper",
+            rule,
             severity: None,
             summary,
-            time: t,
+            time: window.end,
             process: agent_process(),
             files: vec![],
             network: vec![],
-            window: Window::at(t),
+            window,
             key,
         });
     }
