@@ -1941,6 +1941,8 @@ mod tests {
         let shm = c"/dev/shm";
         let mut fs_st = std::mem::MaybeUninit::<libc::statfs>::uninit();
         let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a NUL-terminated path and output buffers of the right types; each buffer is
+        // read only after its call returned 0 (`&&` stops at the first failure).
         let roomy_tmpfs = unsafe {
             libc::statfs(shm.as_ptr(), fs_st.as_mut_ptr()) == 0
                 && libc::statvfs(shm.as_ptr(), vfs.as_mut_ptr()) == 0
@@ -2090,6 +2092,7 @@ mod tests {
         for i in 0..levels {
             let name = format!("{i:03}{}", "d".repeat(name_len - 3));
             let c = CString::new(name.clone()).unwrap();
+            // SAFETY: an open directory descriptor and a NUL-terminated name.
             assert_eq!(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) }, 0);
             dir = open_at(
                 dir.as_raw_fd(),
@@ -2104,6 +2107,8 @@ mod tests {
 
     fn write_at(dir: &OwnedFd, name: &str, bytes: &[u8], flags: i32) {
         let c = CString::new(name).unwrap();
+        // SAFETY: an open directory descriptor and a NUL-terminated name; the fd returned is
+        // ours to own.
         let fd = unsafe {
             libc::openat(
                 dir.as_raw_fd(),
@@ -2113,6 +2118,7 @@ mod tests {
             )
         };
         assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: just opened (checked above), owned by nothing else.
         let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         use std::io::Write;
         (&f).write_all(bytes).unwrap();
@@ -2124,6 +2130,7 @@ mod tests {
             CString::new(name).unwrap(),
         );
         assert_eq!(
+            // SAFETY: NUL-terminated target and name, and an open directory descriptor.
             unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) },
             0
         );
