@@ -233,7 +233,7 @@ pub(super) struct Seen {
 pub(super) struct Walk {
     pub(super) seen: HashMap<FileId, Seen>,
     /// (st_dev, st_ino) of every directory walked, so each is walked once.
-    pub(super) visited: HashSet<(u64, u64)>,
+    visited: HashSet<(u64, u64)>,
     /// Directories (or files) that could not be read: entries under them keep their old state.
     pub(super) incomplete: Vec<PathBuf>,
     pub(super) report: ScanReport,
@@ -242,6 +242,17 @@ pub(super) struct Walk {
 }
 
 impl Walk {
+    pub(super) fn new(progress: Progress) -> Self {
+        Walk {
+            seen: HashMap::new(),
+            visited: HashSet::new(),
+            incomplete: Vec::new(),
+            report: ScanReport::default(),
+            dropped: 0,
+            progress,
+        }
+    }
+
     fn error(&mut self, path: &Path, reason: impl std::fmt::Display) {
         self.report.error(path, reason, &mut self.dropped);
     }

@@ -183,14 +183,7 @@ impl WatchedSet {
     /// watched like any other. A scan that takes long logs its progress (see `progress_every`).
     pub fn rescan(&mut self) -> (Diff, ScanReport) {
         let start = Instant::now();
-        let mut walk = Walk {
-            seen: HashMap::new(),
-            visited: HashSet::new(),
-            incomplete: Vec::new(),
-            report: ScanReport::default(),
-            dropped: 0,
-            progress: Progress::new(start, self.progress_every),
-        };
+        let mut walk = Walk::new(Progress::new(start, self.progress_every));
         for root in &self.roots {
             walk.root(root);
         }
