@@ -257,6 +257,13 @@ impl Walk {
         self.report.error(path, reason, &mut self.dropped);
     }
 
+    /// A path that could not be read: reported, and the watched entries under it are kept as
+    /// they were (a transient EACCES/EIO must not unwatch a weight).
+    fn unreadable(&mut self, path: PathBuf, e: io::Error) {
+        self.error(&path, e);
+        self.incomplete.push(path);
+    }
+
     pub(super) fn root(&mut self, root: &Path) {
         // A configured root may itself be a symlink (/models -> /mnt/nvme/models): follow it
         // once, and walk its real path so regular files' paths are already canonical.
@@ -268,8 +275,7 @@ impl Walk {
             }
             Err(e) => {
                 self.report.roots_missing.push(root.to_owned());
-                self.error(root, e);
-                self.incomplete.push(root.to_owned());
+                self.unreadable(root.to_owned(), e);
                 return;
             }
         };
@@ -287,8 +293,7 @@ impl Walk {
             Ok(d) => d,
             Err(e) if vanished(&e) => return,
             Err(e) => {
-                self.error(&real_root, e);
-                self.incomplete.push(real_root);
+                self.unreadable(real_root, e);
                 return;
             }
         };
@@ -301,8 +306,7 @@ impl Walk {
                 Ok(d) => d,
                 Err(e) if vanished(&e) => continue,
                 Err(e) => {
-                    self.error(&path, e);
-                    self.incomplete.push(path);
+                    self.unreadable(path, e);
                     continue;
                 }
             };
@@ -326,8 +330,7 @@ impl Walk {
                 None => break,
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) => {
-                    self.error(path, e);
-                    self.incomplete.push(path.to_owned());
+                    self.unreadable(path.to_owned(), e);
                     break;
                 }
             };
@@ -344,8 +347,7 @@ impl Walk {
                     Ok(st) => st.kind(),
                     Err(e) if vanished(&e) => continue,
                     Err(e) => {
-                        self.error(&child, e);
-                        self.incomplete.push(child);
+                        self.unreadable(child, e);
                         continue;
                     }
                 },
@@ -359,8 +361,7 @@ impl Walk {
                         Ok(_) => continue, // replaced since it was listed
                         Err(e) if vanished(&e) => continue,
                         Err(e) => {
-                            self.error(&child, e);
-                            self.incomplete.push(child);
+                            self.unreadable(child, e);
                             continue;
                         }
                     };
@@ -379,8 +380,7 @@ impl Walk {
                         Ok(_) => continue,
                         Err(e) if vanished(&e) => continue,
                         Err(e) => {
-                            self.error(&child, e);
-                            self.incomplete.push(child);
+                            self.unreadable(child, e);
                             continue;
                         }
                     };
