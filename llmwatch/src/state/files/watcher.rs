@@ -73,25 +73,21 @@ impl RootWatcher {
         };
         let mut watcher =
             RecommendedWatcher::new(handler, config).map_err(|source| FilesError::Init { source })?;
+        let mut watch = |path: &Path, mode| {
+            watcher.watch(path, mode).map_err(|source| FilesError::Watch {
+                path: path.to_owned(),
+                source,
+            })
+        };
         let mut states = Vec::with_capacity(roots.len());
         for root in &roots {
             if root.exists() {
-                watcher
-                    .watch(root, RecursiveMode::Recursive)
-                    .map_err(|source| FilesError::Watch {
-                        path: root.clone(),
-                        source,
-                    })?;
+                watch(root, RecursiveMode::Recursive)?;
                 states.push(RootState::Watched);
             } else {
                 let anc = nearest_existing_ancestor(root);
                 if let Some(a) = &anc {
-                    watcher
-                        .watch(a, RecursiveMode::NonRecursive)
-                        .map_err(|source| FilesError::Watch {
-                            path: a.clone(),
-                            source,
-                        })?;
+                    watch(a, RecursiveMode::NonRecursive)?;
                 }
                 states.push(RootState::Pending(anc));
             }
