@@ -27,8 +27,10 @@ pub mod kind {
     pub const PROC_ACCESS: u32 = 13;
     pub const BPF_LOAD: u32 = 14;
     pub const BPF_ACCESS: u32 = 15;
-    /// One past the largest kind: sizes per-kind counter arrays (at most 16).
-    pub const COUNT: u32 = 16;
+    pub const FILE_TOUCH: u32 = 16;
+    /// One past the largest kind: sizes per-kind counter arrays (at most
+    /// [`crate::maps::stat::KINDS`]).
+    pub const COUNT: u32 = 17;
 }
 
 /// Common prefix of every record. Captured in the kernel at event time so a process that has
@@ -61,7 +63,23 @@ pub struct FileId {
     pub ino: u64,
 }
 
-/// A watched file was opened (successfully).
+/// How a process came to hold a descriptor of a watched file ([`FileOpenEvent::origin`]).
+pub mod open_origin {
+    /// It opened the file (open family, open_by_handle_at).
+    pub const OPENED: u32 = 0;
+    /// First use of a descriptor it did not open itself: inherited across fork/exec, or opened
+    /// before the agent started (`syscall` is the call that used it).
+    pub const INHERITED: u32 = 1;
+    /// Received over a unix socket (SCM_RIGHTS, recvmsg/recvmmsg).
+    pub const RECEIVED: u32 = 2;
+    /// Taken from another process with pidfd_getfd.
+    pub const PIDFD_GETFD: u32 = 3;
+    /// Opened through io_uring (IORING_OP_OPENAT/OPENAT2).
+    pub const IO_URING: u32 = 4;
+}
+
+/// A process got a descriptor of a watched file: opened it, or (see `origin`) inherited,
+/// received or took one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileOpenEvent {
@@ -73,7 +91,21 @@ pub struct FileOpenEvent {
     /// `f_flags` of the opened file (O_ACCMODE, O_TRUNC, O_DIRECT...).
     pub flags: u32,
     pub syscall: u32,
-    pub _pad: u32,
+    /// One of [`open_origin`].
+    pub origin: u32,
+}
+
+/// Pages of a watched file a process's mappings faulted in (what it touched, not what it
+/// mapped), counted where the kernel has the filemap fault tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileTouchEvent {
+    pub hdr: EventHeader,
+    pub file: FileId,
+    /// Bytes since the previous report for this process and file.
+    pub bytes: u64,
+    /// Bytes faulted in by this process from this file since it was first seen.
+    pub total: u64,
 }
 
 /// An open that failed with EACCES or EPERM (refused), or ENXIO/ENODEV (device node without a

@@ -13,6 +13,12 @@ pub mod names {
     pub const GPU_MAJORS: &str = "GPU_MAJORS";
     pub const INFERENCE_PORTS: &str = "INFERENCE_PORTS";
     pub const STATS: &str = "STATS";
+    pub const HOLDERS: &str = "HOLDERS";
+    pub const PID_FILTER: &str = "PID_FILTER";
+    pub const SEND_INTEREST: &str = "SEND_INTEREST";
+    pub const SEND_FILTER: &str = "SEND_FILTER";
+    pub const URING_READS: &str = "URING_READS";
+    pub const TOUCHES: &str = "TOUCHES";
 }
 
 /// Value of `WATCHED_FILES` (key: [`FileId`]).
@@ -50,15 +56,48 @@ pub struct TrackedFd {
     pub written: u64,
 }
 
-/// Key of `OPENS_SEEN`: a process and a watched file it has opened (read-only opens after the
-/// first are not reported again; their reads still are).
+/// A process and a watched file: key of `OPENS_SEEN` (read-only opens after the first are not
+/// reported again; their reads still are) and of `TOUCHES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct OpenKey {
+pub struct ProcFileKey {
     pub file: FileId,
     pub pid: u32,
     pub _pad: u32,
 }
+
+/// Key of `URING_READS`: bytes a process read from one open watched file through io_uring,
+/// where no descriptor number is involved (the `struct file` is the identity).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UringKey {
+    pub file_ptr: u64,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// Value of `TOUCHES`: pages of a watched file faulted into one process's mappings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TouchStats {
+    pub file: FileId,
+    pub pages: u64,
+    /// Value of `pages` at the last report.
+    pub reported: u64,
+}
+
+/// Slots of the per-process filter arrays (`PID_FILTER`, `SEND_FILTER`): tgid modulo this.
+pub const FILTER_SLOTS: u32 = 1 << 16;
+
+/// Values of [`Settings::send_path`]: where bytes sent are counted.
+pub mod send_path {
+    /// The `sock_send_length` tracepoint: every sendmsg in the kernel, whatever the syscall.
+    pub const SOCK_SEND_LENGTH: u32 = 0;
+    /// The syscall exit hook (write/writev/send*/sendmmsg/sendfile/splice on sockets) plus
+    /// io_uring send completions: kernels without `sock_send_length` (6.1 and older).
+    pub const SYSCALLS: u32 = 1;
+}
+
 
 /// Key of `SEND_STATS`: one (process, destination) pair.
 #[repr(C)]
@@ -82,17 +121,24 @@ pub struct SendStats {
 
 /// Indexes into the per-CPU `STATS` array (u64 counters).
 pub mod stat {
+    /// Event kinds each per-kind range below has room for (`kind & (KINDS - 1)`).
+    pub const KINDS: u32 = 32;
     /// Ring-buffer reservations that failed, i.e. events lost. Index = EVENT kind (1..COUNT).
     pub const RINGBUF_DROPS_BASE: u32 = 0;
     /// Events submitted, by kind (index = base + kind).
-    pub const EVENTS_BASE: u32 = 16;
+    pub const EVENTS_BASE: u32 = KINDS;
     /// `TRACKED_FDS` inserts refused (map full): reads through that fd go uncounted.
-    pub const TRACKED_FDS_FULL: u32 = 32;
+    pub const TRACKED_FDS_FULL: u32 = 2 * KINDS;
     /// `SEND_STATS` inserts refused.
-    pub const SEND_STATS_FULL: u32 = 33;
+    pub const SEND_STATS_FULL: u32 = 2 * KINDS + 1;
     /// Kernel memory reads (bpf_probe_read_kernel) that failed.
-    pub const PROBE_READ_ERRORS: u32 = 34;
-    pub const COUNT: u32 = 40;
+    pub const PROBE_READ_ERRORS: u32 = 66;
+    /// `HOLDERS` / `SEND_INTEREST` / `URING_READS` / `TOUCHES` inserts refused (map full).
+    pub const HOLDERS_FULL: u32 = 67;
+    pub const INTEREST_FULL: u32 = 68;
+    pub const URING_READS_FULL: u32 = 69;
+    pub const TOUCHES_FULL: u32 = 70;
+    pub const COUNT: u32 = 80;
 }
 
 /// Settings the agent writes into the programs' read-only globals before load.
@@ -105,7 +151,8 @@ pub struct Settings {
     pub send_report_bytes: u64,
     /// Pid of the agent itself: its own reads of weight files (hashing, discovery) are not events.
     pub agent_pid: u32,
-    pub _pad: u32,
+    /// One of [`send_path`].
+    pub send_path: u32,
 }
 
 impl Default for Settings {
@@ -114,7 +161,7 @@ impl Default for Settings {
             read_report_bytes: 1 << 20,
             send_report_bytes: 1 << 20,
             agent_pid: 0,
-            _pad: 0,
+            send_path: send_path::SOCK_SEND_LENGTH,
         }
     }
 }
@@ -123,6 +170,12 @@ pub const WATCHED_FILES_MAX: u32 = 1 << 16;
 pub const WATCHED_NAMES_MAX: u32 = 1 << 16;
 pub const TRACKED_FDS_MAX: u32 = 1 << 16;
 pub const SEND_STATS_MAX: u32 = 1 << 16;
+/// Processes holding (or that may hold) a descriptor or mapping of a watched file.
+pub const HOLDERS_MAX: u32 = 1 << 16;
+/// Processes whose sends are counted (trees that read weights, inference servers).
+pub const SEND_INTEREST_MAX: u32 = 1 << 16;
+pub const URING_READS_MAX: u32 = 1 << 14;
+pub const TOUCHES_MAX: u32 = 1 << 16;
 pub const EVENTS_RINGBUF_BYTES: u32 = 8 << 20;
 
 /// FNV-1a over a file name, as both sides compute it for `WATCHED_NAMES`.

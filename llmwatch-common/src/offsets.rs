@@ -24,6 +24,11 @@ pub struct Offsets {
     pub task_files: u32,
     pub task_mm: u32,
     pub task_exit_code: u32,
+    // task_struct.children / .sibling (list_head), .signal; signal_struct.leader (session leader)
+    pub task_children: u32,
+    pub task_sibling: u32,
+    pub task_signal: u32,
+    pub signal_leader: u32,
     // struct files_struct / struct fdtable
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
@@ -59,6 +64,14 @@ pub struct Offsets {
     pub req_opcode: u32,
     // struct io_uring_cqe (UAPI, but resolved like the rest)
     pub cqe_res: u32,
+    // struct address_space (filemap fault tracepoints): the inode it caches
+    pub mapping_host: u32,
+    // struct vm_fault / vm_area_struct / file.f_mapping (filemap kprobes, where the tracepoints
+    // are missing)
+    pub vmf_vma: u32,
+    pub vmf_pgoff: u32,
+    pub vma_file: u32,
+    pub file_mapping: u32,
     // /proc/<pid>/mem opens: super_block.s_magic, file.f_path.dentry, dentry.d_name.name, dentry.d_parent
     pub sb_magic: u32,
     pub file_dentry: u32,
@@ -98,6 +111,15 @@ impl Offsets {
             task_files: MISSING,
             task_mm: MISSING,
             task_exit_code: MISSING,
+            task_children: MISSING,
+            task_sibling: MISSING,
+            task_signal: MISSING,
+            signal_leader: MISSING,
+            mapping_host: MISSING,
+            vmf_vma: MISSING,
+            vmf_pgoff: MISSING,
+            vma_file: MISSING,
+            file_mapping: MISSING,
             files_fdt: MISSING,
             fdt_max_fds: MISSING,
             fdt_fd: MISSING,

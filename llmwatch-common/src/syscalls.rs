@@ -18,6 +18,7 @@ pub const CONNECT: u64 = 42;
 pub const ACCEPT: u64 = 43;
 pub const SENDTO: u64 = 44;
 pub const SENDMSG: u64 = 46;
+pub const RECVMSG: u64 = 47;
 pub const FCNTL: u64 = 72;
 pub const PTRACE: u64 = 101;
 pub const TRUNCATE: u64 = 76;
@@ -30,6 +31,9 @@ pub const UNLINKAT: u64 = 263;
 pub const RENAMEAT: u64 = 264;
 pub const SPLICE: u64 = 275;
 pub const ACCEPT4: u64 = 288;
+pub const RECVMMSG: u64 = 299;
+pub const OPEN_BY_HANDLE_AT: u64 = 304;
+pub const SENDMMSG: u64 = 307;
 pub const DUP3: u64 = 292;
 pub const PREADV: u64 = 295;
 pub const PWRITEV: u64 = 296;
@@ -40,10 +44,12 @@ pub const BPF: u64 = 321;
 pub const COPY_FILE_RANGE: u64 = 326;
 pub const PREADV2: u64 = 327;
 pub const PWRITEV2: u64 = 328;
+pub const CLOSE_RANGE: u64 = 436;
 pub const OPENAT2: u64 = 437;
+pub const PIDFD_GETFD: u64 = 438;
 
 /// Largest syscall number the dispatcher cares about; anything above is skipped with one compare.
-pub const MAX_INTERESTING: u64 = OPENAT2;
+pub const MAX_INTERESTING: u64 = PIDFD_GETFD;
 
 /// Name of a syscall number this module knows, for events and logs.
 pub fn name(nr: u64) -> &'static str {
@@ -64,6 +70,7 @@ pub fn name(nr: u64) -> &'static str {
         ACCEPT => "accept",
         SENDTO => "sendto",
         SENDMSG => "sendmsg",
+        RECVMSG => "recvmsg",
         FCNTL => "fcntl",
         PTRACE => "ptrace",
         PROCESS_VM_READV => "process_vm_readv",
@@ -78,6 +85,9 @@ pub fn name(nr: u64) -> &'static str {
         RENAMEAT => "renameat",
         SPLICE => "splice",
         ACCEPT4 => "accept4",
+        RECVMMSG => "recvmmsg",
+        OPEN_BY_HANDLE_AT => "open_by_handle_at",
+        SENDMMSG => "sendmmsg",
         DUP3 => "dup3",
         PREADV => "preadv",
         PWRITEV => "pwritev",
@@ -86,7 +96,9 @@ pub fn name(nr: u64) -> &'static str {
         COPY_FILE_RANGE => "copy_file_range",
         PREADV2 => "preadv2",
         PWRITEV2 => "pwritev2",
+        CLOSE_RANGE => "close_range",
         OPENAT2 => "openat2",
+        PIDFD_GETFD => "pidfd_getfd",
         _ => "other",
     }
 }

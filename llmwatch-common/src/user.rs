@@ -6,7 +6,9 @@ use crate::{event::FileId, maps::*, offsets::Offsets};
 unsafe impl aya::Pod for FileId {}
 unsafe impl aya::Pod for WatchedFile {}
 unsafe impl aya::Pod for FdKey {}
-unsafe impl aya::Pod for OpenKey {}
+unsafe impl aya::Pod for ProcFileKey {}
+unsafe impl aya::Pod for UringKey {}
+unsafe impl aya::Pod for TouchStats {}
 unsafe impl aya::Pod for TrackedFd {}
 unsafe impl aya::Pod for SendKey {}
 unsafe impl aya::Pod for SendStats {}

@@ -16,10 +16,12 @@ use crate::maps::{EVENTS, stat_inc};
 #[inline(always)]
 pub fn reserve<T: 'static>(kind: u32) -> Option<RingBufEntry<T>> {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        stat_inc(stat::RINGBUF_DROPS_BASE + (kind & 15));
+        stat_inc(stat::RINGBUF_DROPS_BASE + (kind & (stat::KINDS - 1)));
         return None;
     };
     let hdr = entry.as_mut_ptr() as *mut EventHeader;
+    // SAFETY: `hdr` points at the start of a reservation of `size_of::<T>()` bytes that this
+    // program owns until submit, and every record type `T` begins with an `EventHeader`.
     unsafe {
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
@@ -54,5 +56,5 @@ pub fn submit<T>(entry: RingBufEntry<T>, kind: u32) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
-    stat_inc(stat::EVENTS_BASE + (kind & 15));
+    stat_inc(stat::EVENTS_BASE + (kind & (stat::KINDS - 1)));
 }

@@ -3,18 +3,18 @@ use aya_ebpf::helpers::generated::bpf_probe_read_user_str;
 use llmwatch_common::{
     event::{
         FileId, FileMmapEvent, FileOpenDeniedEvent, FileOpenEvent, FileReadEvent, FileTamperEvent,
-        GpuOpenEvent, PATH_LEN, kind, read_reason, tamper_op,
+        GpuOpenEvent, PATH_LEN, kind, open_origin, read_reason, tamper_op,
     },
-    maps::{FdKey, OpenKey, TrackedFd, name_hash, stat},
+    maps::{FdKey, ProcFileKey, TrackedFd, name_hash, stat},
     syscalls as nr,
 };
 
 use crate::{
-    emit,
+    emit, holders,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, OPENS_SEEN, PID_FILTER, PID_FILTER_SLOTS, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES,
-        agent_pid, settings_read_report, stat_inc,
+        GPU_MAJORS, OPENS_SEEN, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
+        stat_inc,
     },
 };
 
@@ -26,44 +26,16 @@ const ENXIO: i64 = 6;
 const ENODEV: i64 = 19;
 const AT_FDCWD: i32 = -100;
 
-/// Whether the current process may hold a tracked descriptor (see `PID_FILTER`).
 #[inline(always)]
-pub fn pid_may_track() -> bool {
-    let (pid, _) = kernel::current_pid_tgid();
-    match PID_FILTER.get_ptr(pid & (PID_FILTER_SLOTS - 1)) {
-        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
-        None => false,
-    }
-}
-
-#[inline(always)]
-fn pid_filter_add(pid: u32, delta: i32) {
-    if let Some(p) = PID_FILTER.get_ptr_mut(pid & (PID_FILTER_SLOTS - 1)) {
-        let v = unsafe { core::ptr::read_volatile(p) };
-        // Never wrap below zero: a stale count only costs lookups, a wrapped one hides nothing
-        // either but would never return to zero.
-        if delta > 0 || v > 0 {
-            crate::kernel::atomic_add32(p, delta as u32);
-        }
-    }
-}
-
-#[inline(always)]
-fn tracked_insert(key: &FdKey, value: &TrackedFd) {
+fn tracked_insert(key: &FdKey, value: &TrackedFd) -> bool {
     if TRACKED_FDS.insert(key, value, 0).is_err() {
         stat_inc(stat::TRACKED_FDS_FULL);
-    } else {
-        pid_filter_add(key.pid, 1);
+        return false;
     }
+    true
 }
 
-#[inline(always)]
-fn tracked_remove(key: &FdKey) {
-    if TRACKED_FDS.remove(key).is_ok() {
-        pid_filter_add(key.pid, -1);
-    }
-}
-
+/// The tracked descriptor `fd` of the current process, if it is one.
 #[inline(always)]
 fn tracked(fd: u64) -> Option<(FdKey, *mut TrackedFd)> {
     let (pid, _) = kernel::current_pid_tgid();
@@ -71,11 +43,106 @@ fn tracked(fd: u64) -> Option<(FdKey, *mut TrackedFd)> {
     TRACKED_FDS.get_ptr_mut(&key).map(|p| (key, p))
 }
 
-/// open/openat/openat2/creat returned: classify the new descriptor once.
+/// Like `tracked`, and for a holder, a descriptor it did not open in front of us (inherited
+/// across fork/exec, duplicated before we saw it, opened before the agent started) is
+/// recognised by the file it refers to and tracked from this use on.
+#[inline(always)]
+fn tracked_or_adopt(fd: u64, sysno: u64) -> Option<(FdKey, *mut TrackedFd)> {
+    if let Some(hit) = tracked(fd) {
+        return Some(hit);
+    }
+    if !holders::is_holder(kernel::current_pid_tgid().0) {
+        return None;
+    }
+    if !adopt(fd, sysno, open_origin::INHERITED) {
+        return None;
+    }
+    tracked(fd)
+}
+
+/// Tracks `fd` of the current process if it refers to a watched file; reports how the process
+/// got it. True when it is tracked now.
+#[inline(always)]
+pub fn adopt(fd: u64, sysno: u64, origin: u32) -> bool {
+    let Some(file) = kernel::fd_file(fd) else {
+        return false;
+    };
+    let Some(inode) = kernel::file_inode(file) else {
+        return false;
+    };
+    if inode.mode & S_IFMT != S_IFREG {
+        return false;
+    }
+    let id = FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    };
+    // SAFETY: a lookup whose value is only tested for presence.
+    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
+        return false;
+    }
+    track(fd as i64, file, &inode, id, sysno, origin)
+}
+
+/// A descriptor of watched file `id` in the current process: track it, make the process a
+/// holder, and report it (read-only ones once per process and file).
+#[inline(always)]
+fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, origin: u32) -> bool {
+    let (pid, _) = kernel::current_pid_tgid();
+    if pid == agent_pid() {
+        return false;
+    }
+    let key = FdKey { pid, fd: fd as u32 };
+    let value = TrackedFd {
+        file: id,
+        file_ptr: file,
+        bytes: 0,
+        reported: 0,
+        size: inode.size,
+        written: 0,
+    };
+    let tracked = tracked_insert(&key, &value);
+    holders::become_holder();
+    let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
+    // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
+    // reported once per process and file.
+    if flags & 0o1003 == 0 {
+        let seen = ProcFileKey {
+            file: id,
+            pid,
+            _pad: 0,
+        };
+        // SAFETY: a lookup whose value is only tested for presence.
+        if unsafe { OPENS_SEEN.get(&seen) }.is_some() {
+            return tracked;
+        }
+        let _ = OPENS_SEEN.insert(&seen, &1, 0);
+    }
+    let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else {
+        return tracked;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a FileOpenEvent.
+    unsafe {
+        (*ev).file = id;
+        (*ev).size = inode.size;
+        (*ev).fd = fd as i32;
+        (*ev).flags = flags;
+        (*ev).syscall = sysno as u32;
+        (*ev).origin = origin;
+    }
+    emit::submit(entry, kind::FILE_OPEN);
+    tracked
+}
+
+/// open/openat/openat2/creat/open_by_handle_at returned: classify the new descriptor once.
 #[inline(always)]
 pub fn on_open(regs: u64, sysno: u64, ret: i64) {
     if ret == -EACCES || ret == -EPERM || ret == -ENXIO || ret == -ENODEV {
-        on_open_denied(regs, sysno, ret);
+        if sysno != nr::OPEN_BY_HANDLE_AT {
+            on_open_denied(regs, sysno, ret);
+        }
         return;
     }
     if ret < 0 {
@@ -100,51 +167,12 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
         _pad: 0,
         ino: inode.ino,
     };
+    // SAFETY: a lookup whose value is only tested for presence.
     if unsafe { WATCHED_FILES.get(&id) }.is_none() {
         proc_mem_open(file, inode.sb);
         return;
     }
-    let (pid, _) = kernel::current_pid_tgid();
-    if pid == agent_pid() {
-        return;
-    }
-    let key = FdKey { pid, fd: ret as u32 };
-    let value = TrackedFd {
-        file: id,
-        file_ptr: file,
-        bytes: 0,
-        reported: 0,
-        size: inode.size,
-        written: 0,
-    };
-    tracked_insert(&key, &value);
-    let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
-    // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
-    // reported once per process and file.
-    if flags & 0o1003 == 0 {
-        let seen = OpenKey {
-            file: id,
-            pid,
-            _pad: 0,
-        };
-        if unsafe { OPENS_SEEN.get(&seen) }.is_some() {
-            return;
-        }
-        let _ = OPENS_SEEN.insert(&seen, &1, 0);
-    }
-    let Some(mut entry) = emit::reserve::<FileOpenEvent>(kind::FILE_OPEN) else {
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        (*ev).file = id;
-        (*ev).size = inode.size;
-        (*ev).fd = ret as i32;
-        (*ev).flags = flags;
-        (*ev).syscall = sysno as u32;
-        (*ev)._pad = 0;
-    }
-    emit::submit(entry, kind::FILE_OPEN);
+    track(ret, file, &inode, id, sysno, open_origin::OPENED);
 }
 
 #[inline(always)]
@@ -218,31 +246,46 @@ unsafe fn read_path(dst: *mut u8, src: u64) -> i64 {
 
 /// Bytes came out of `fd` (read family, sendfile/splice/copy_file_range source).
 #[inline(always)]
-pub fn on_read(_regs: u64, sysno: u64, fd: u64, ret: i64) {
+pub fn on_read(sysno: u64, fd: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let Some((key, entry)) = tracked(fd) else {
+    let Some((key, entry)) = tracked_or_adopt(fd, sysno) else {
         return;
     };
     let bytes = ret as u64;
+    // SAFETY: `entry` points at a TRACKED_FDS value, valid for the rest of this program run.
     crate::kernel::atomic_add(unsafe { &raw mut (*entry).bytes }, bytes);
-    let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
+    // SAFETY: as above.
+    let (total, reported, file_ptr) = unsafe { ((*entry).bytes, (*entry).reported, (*entry).file_ptr) };
     // Aggregate in the kernel: userspace hears every `read_report_bytes` and on close (and
     // sweeps the counter of a live descriptor itself), not per syscall.
     if total.wrapping_sub(reported) < settings_read_report() {
         return;
     }
-    let reason = read_reason::PROGRESS;
     // Only when reporting, check the slot still holds the file we classified: close_range or
-    // exec may have closed it without a close() we saw, and the number been reused.
-    let file_ptr = unsafe { (*entry).file_ptr };
+    // exec may have closed it without a close() we saw, and the number been reused. Then the
+    // old file's report ends before this read, and this read starts the new one's.
     if kernel::fd_file(fd) != Some(file_ptr) {
-        tracked_remove(&key);
+        let before = total - bytes;
+        report_read(
+            entry,
+            fd as i32,
+            nr::CLOSE as u32,
+            before.saturating_sub(reported),
+            before,
+            read_reason::CLOSE,
+        );
+        let _ = TRACKED_FDS.remove(&key);
+        if let Some((_, fresh)) = tracked_or_adopt(fd, sysno) {
+            // SAFETY: as above, for the new entry.
+            crate::kernel::atomic_add(unsafe { &raw mut (*fresh).bytes }, bytes);
+        }
         return;
     }
+    // SAFETY: as above.
     unsafe { (*entry).reported = total };
-    report_read(entry, fd as i32, sysno as u32, total - reported, total, reason);
+    report_read(entry, fd as i32, sysno as u32, total - reported, total, read_reason::PROGRESS);
 }
 
 #[inline(always)]
@@ -251,6 +294,7 @@ fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` is our own reservation; `entry` a live map value (see `on_read`).
     unsafe {
         (*ev).file = (*entry).file;
         (*ev).bytes = bytes;
@@ -264,37 +308,70 @@ fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total
     emit::submit(rec, kind::FILE_READ);
 }
 
+/// `fd` of the current process is closed (close, close_range, or replaced by dup2): report
+/// its final count and stop tracking it.
 #[inline(always)]
-pub fn on_close(fd: u64, ret: i64) {
-    if ret != 0 {
-        return;
-    }
+fn closed(fd: u64, sysno: u64) {
     let Some((key, entry)) = tracked(fd) else {
         return;
     };
     // Always reported, even with nothing new: "this descriptor is done, total N" is what
     // per-read rules key on, and it costs one record per open of a watched file.
+    // SAFETY: `entry` points at a live TRACKED_FDS value.
     let (total, reported) = unsafe { ((*entry).bytes, (*entry).reported) };
     report_read(
         entry,
         fd as i32,
-        nr::CLOSE as u32,
+        sysno as u32,
         total - reported,
         total,
         read_reason::CLOSE,
     );
-    tracked_remove(&key);
+    let _ = TRACKED_FDS.remove(&key);
 }
 
-/// dup/dup2/dup3/fcntl(F_DUPFD): the new descriptor refers to the same watched file.
 #[inline(always)]
-pub fn on_dup(old_fd: u64, ret: i64) {
+pub fn on_close(fd: u64, ret: i64) {
+    if ret == 0 {
+        closed(fd, nr::CLOSE);
+    }
+}
+
+/// Descriptors close_range looks at: enough for `closefrom(3)` before an exec in the usual
+/// process; a tracked descriptor beyond is still caught when its number is reused (`on_read`).
+const CLOSE_RANGE_SPAN: u64 = 64;
+
+/// close_range(first, last, flags): every tracked descriptor in the range is closed (unless
+/// only marked close-on-exec).
+#[inline(always)]
+pub fn on_close_range(first: u64, last: u64, flags: u64, ret: i64) {
+    const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+    if ret != 0 || flags & CLOSE_RANGE_CLOEXEC != 0 {
+        return;
+    }
+    let mut i = 0;
+    while i < CLOSE_RANGE_SPAN {
+        let fd = first + i;
+        if fd > last {
+            break;
+        }
+        closed(fd, nr::CLOSE_RANGE);
+        i += 1;
+    }
+}
+
+/// dup/dup2/dup3/fcntl(F_DUPFD): the new descriptor refers to the old one's file (a tracked
+/// descriptor it replaced is closed).
+#[inline(always)]
+pub fn on_dup(sysno: u64, old_fd: u64, ret: i64) {
     if ret < 0 || ret as u64 == old_fd {
         return;
     }
+    closed(ret as u64, sysno);
     let Some((key, entry)) = tracked(old_fd) else {
         return;
     };
+    // SAFETY: `entry` points at a live TRACKED_FDS value.
     let mut copy = unsafe { *entry };
     copy.bytes = 0;
     copy.reported = 0;
@@ -316,13 +393,14 @@ pub fn on_mmap(regs: u64, ret: i64) {
     if fd < 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd as u64) else {
+    let Some((_, entry)) = tracked_or_adopt(fd as u64, nr::MMAP) else {
         return;
     };
     let Some(mut rec) = emit::reserve::<FileMmapEvent>(kind::FILE_MMAP) else {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` is our own reservation; `entry` a live map value.
     unsafe {
         (*ev).file = (*entry).file;
         (*ev).addr = ret as u64;
@@ -343,10 +421,12 @@ pub fn on_write(sysno: u64, fd: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd) else {
+    let Some((_, entry)) = tracked_or_adopt(fd, sysno) else {
         return;
     };
+    // SAFETY: `entry` points at a live TRACKED_FDS value.
     let before = unsafe { (*entry).written };
+    // SAFETY: as above.
     unsafe { (*entry).written = before + ret as u64 };
     if before == 0 {
         tamper_fd(entry, tamper_op::WRITE, fd as i32, sysno, ret as u64);
@@ -358,10 +438,107 @@ pub fn on_ftruncate(fd: u64, ret: i64) {
     if ret != 0 {
         return;
     }
-    let Some((_, entry)) = tracked(fd) else {
+    let Some((_, entry)) = tracked_or_adopt(fd, nr::FTRUNCATE) else {
         return;
     };
     tamper_fd(entry, tamper_op::TRUNCATE, fd as i32, nr::FTRUNCATE, 0);
+}
+
+/// recvmsg/recvmmsg returned: descriptors of watched files that came in as SCM_RIGHTS are
+/// tracked in the receiver (which usually holds nothing yet, so this is not holder-gated; a
+/// message without control data costs one user read).
+#[inline(always)]
+pub fn on_recvmsg(regs: u64, sysno: u64, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    // struct msghdr (UAPI): msg_control at 32, msg_controllen at 40; for recvmmsg the first
+    // struct mmsghdr starts with one. Only the first message of a recvmmsg batch is looked at.
+    let msg = kernel::regs_arg(regs, 1);
+    if sysno == nr::RECVMMSG && ret == 0 {
+        return;
+    }
+    let Some(controllen) = kernel::read_user::<u64>(msg + 40) else {
+        return;
+    };
+    // One cmsghdr (16 bytes) and one descriptor at least.
+    if controllen < 20 {
+        return;
+    }
+    let Some(control) = kernel::read_user::<u64>(msg + 32) else {
+        return;
+    };
+    received_rights(control, controllen);
+}
+
+/// struct cmsghdr (UAPI).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CmsgHdr {
+    len: u64,
+    level: i32,
+    ty: i32,
+}
+
+/// Control messages looked at per recvmsg, and descriptors per message.
+const MAX_CMSGS: u32 = 2;
+const MAX_RIGHTS: u64 = 8;
+
+/// Descriptors that arrived as SCM_RIGHTS: if one refers to a watched file, the receiver
+/// becomes a holder (each such descriptor is then tracked from its first use, see
+/// `tracked_or_adopt`) and the first one is reported as received.
+#[inline(always)]
+fn received_rights(control: u64, controllen: u64) {
+    const SOL_SOCKET: i32 = 1;
+    const SCM_RIGHTS: i32 = 1;
+    let mut off: u64 = 0;
+    let mut n = 0;
+    let mut found: i64 = -1;
+    while n < MAX_CMSGS && off + 20 <= controllen && found < 0 {
+        let cmsg = control + off;
+        let Some(hdr) = kernel::read_user::<CmsgHdr>(cmsg) else {
+            return;
+        };
+        let len = hdr.len;
+        if len < 16 {
+            return;
+        }
+        if hdr.level == SOL_SOCKET && hdr.ty == SCM_RIGHTS {
+            let fds = (len - 16) / 4;
+            let mut i = 0;
+            while i < MAX_RIGHTS && i < fds {
+                if let Some(fd) = kernel::read_user::<i32>(cmsg + 16 + i * 4)
+                    && fd >= 0
+                    && refers_to_watched(fd as u64)
+                {
+                    found = fd as i64;
+                    break;
+                }
+                i += 1;
+            }
+        }
+        // CMSG_NXTHDR: the next header starts at the 8-byte-aligned end of this one.
+        off += (len + 7) & !7;
+        n += 1;
+    }
+    if found >= 0 {
+        adopt(found as u64, nr::RECVMSG, open_origin::RECEIVED);
+    }
+}
+
+/// Whether descriptor `fd` of the current process is a watched file.
+#[inline(always)]
+fn refers_to_watched(fd: u64) -> bool {
+    let Some(inode) = kernel::fd_file(fd).and_then(kernel::file_inode) else {
+        return false;
+    };
+    let id = FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    };
+    // SAFETY: a lookup whose value is only tested for presence.
+    inode.mode & S_IFMT == S_IFREG && unsafe { WATCHED_FILES.get(&id) }.is_some()
 }
 
 #[inline(always)]
@@ -370,6 +547,7 @@ fn tamper_fd(entry: *const TrackedFd, op: u32, fd: i32, sysno: u64, bytes: u64) 
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` is our own reservation; `entry` a live map value.
     unsafe {
         (*ev).file = (*entry).file;
         (*ev).bytes = bytes;
@@ -449,53 +627,6 @@ fn basename_watched(path: &[u8; PATH_LEN]) -> bool {
         i += 1;
     }
     unsafe { WATCHED_NAMES.get(&h) }.is_some()
-}
-
-/// io_uring read completions on watched files (no syscall returns the bytes for these).
-#[inline(always)]
-pub fn on_io_uring_complete(req: u64, cqe: u64) {
-    // IORING_OP_READV = 1, READ_FIXED = 4, READ = 22, READ_MULTISHOT = 49
-    let Some(opcode) = read::<u8>(req, off!(req_opcode)) else {
-        return;
-    };
-    if !(opcode == 1 || opcode == 4 || opcode == 22 || opcode == 49) {
-        return;
-    }
-    let Some(res) = read::<i32>(cqe, off!(cqe_res)) else {
-        return;
-    };
-    if res <= 0 {
-        return;
-    }
-    let Some(file) = read::<u64>(req, off!(req_file)) else {
-        return;
-    };
-    let Some(inode) = kernel::file_inode(file) else {
-        return;
-    };
-    let id = FileId {
-        dev: inode.dev,
-        _pad: 0,
-        ino: inode.ino,
-    };
-    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
-        return;
-    }
-    let Some(mut rec) = emit::reserve::<FileReadEvent>(kind::FILE_READ) else {
-        return;
-    };
-    let ev = rec.as_mut_ptr();
-    unsafe {
-        (*ev).file = id;
-        (*ev).bytes = res as u64;
-        (*ev).total = res as u64;
-        (*ev).fd = -1;
-        (*ev).syscall = opcode as u32;
-        (*ev).reason = read_reason::IO_URING;
-        (*ev)._pad = 0;
-        (*ev).instance = file;
-    }
-    emit::submit(rec, kind::FILE_READ);
 }
 
 /// An open of /proc/<pid>/mem: reading another process's memory through procfs.

@@ -39,3 +39,13 @@ pub fn floor_sock_send(_ctx: RawTracePointContext) -> i32 {
 pub fn floor_io_uring_complete(_ctx: RawTracePointContext) -> i32 {
     0
 }
+
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn floor_filemap_map_pages(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_fault")]
+pub fn floor_filemap_fault(_ctx: RawTracePointContext) -> i32 {
+    0
+}

@@ -3,11 +3,13 @@
 //! One `sys_exit` raw tracepoint dispatches on the syscall number: at exit the arguments are
 //! still in `pt_regs` and the return value says what really happened (bytes returned, fd
 //! opened), so no `sys_enter` program is needed and unrelated syscalls pay one compare.
-//! Process lifecycle comes from the sched tracepoints, socket sends from `sock_send_length`,
-//! io_uring reads from `io_uring_complete`.
+//! Process lifecycle comes from the sched tracepoints, socket sends from `sock_send_length`
+//! (or the syscall hook where the kernel lacks it), io_uring from `io_uring_complete`, pages
+//! touched through mappings from the filemap fault tracepoints.
 //!
 //! Module per concern: `kernel` (reading kernel memory with BTF-resolved offsets), `emit`
-//! (ring-buffer records), `files`, `net`, `process`.
+//! (ring-buffer records), `holders` (which processes are looked at), `files`, `touch`, `net`,
+//! `uring`, `process`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -24,6 +26,8 @@ mod files;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod holders;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -31,16 +35,20 @@ mod maps;
 mod net;
 #[cfg(target_arch = "bpf")]
 mod process;
+#[cfg(target_arch = "bpf")]
+mod touch;
+#[cfg(target_arch = "bpf")]
+mod uring;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{btf_tracepoint, raw_tracepoint},
-        programs::{BtfTracePointContext, RawTracePointContext},
+        macros::{btf_tracepoint, kprobe, raw_tracepoint},
+        programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
     };
     use llmwatch_common::syscalls as nr;
 
-    use crate::{files, kernel, net};
+    use crate::{files, holders, kernel, maps, net};
 
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn llmwatch_sys_exit(ctx: RawTracePointContext) -> i32 {
@@ -64,6 +72,8 @@ mod programs {
         if off == llmwatch_common::offsets::MISSING as u64 {
             return 0;
         }
+        // SAFETY: `regs` is the typed `struct pt_regs *` of the BTF tracepoint and `off` the
+        // BTF offset of its `orig_ax`, a constant the verifier checks against the type.
         let sysno = unsafe { core::ptr::read_volatile((regs + off) as *const u64) };
         dispatch(regs, sysno, ret)
     }
@@ -74,33 +84,52 @@ mod programs {
             return 0;
         }
         match sysno {
-            // Descriptor-based syscalls only matter for processes holding a watched file: one
-            // inlined array load decides, before any argument is read.
+            // Descriptor-based syscalls only matter for holders of a watched file: one inlined
+            // array load decides, before any argument is read.
             nr::READ
             | nr::PREAD64
             | nr::READV
             | nr::PREADV
             | nr::PREADV2
-            | nr::SENDFILE
-            | nr::SPLICE
             | nr::COPY_FILE_RANGE
-            | nr::WRITE
             | nr::PWRITE64
-            | nr::WRITEV
             | nr::PWRITEV
             | nr::PWRITEV2
             | nr::CLOSE
+            | nr::CLOSE_RANGE
             | nr::MMAP
             | nr::DUP
             | nr::DUP2
             | nr::DUP3
             | nr::FCNTL
             | nr::FTRUNCATE => {
-                if files::pid_may_track() {
+                if holders::current_may_hold() {
                     on_fd_syscall(regs, sysno, ret);
                 }
             }
-            nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => files::on_open(regs, sysno, ret),
+            // Reads of a file and sends into a socket in one call; writes may be either.
+            nr::SENDFILE | nr::SPLICE | nr::WRITE | nr::WRITEV => {
+                if holders::current_may_hold() {
+                    on_fd_syscall(regs, sysno, ret);
+                }
+                if maps::sends_at_syscalls() && holders::current_sends_counted() {
+                    net::on_send_syscall(regs, sysno, ret);
+                }
+            }
+            nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => {
+                if holders::current_sends_counted() {
+                    net::on_send_syscall(regs, sysno, ret);
+                }
+            }
+            nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT | nr::OPEN_BY_HANDLE_AT => {
+                files::on_open(regs, sysno, ret)
+            }
+            nr::RECVMSG | nr::RECVMMSG => files::on_recvmsg(regs, sysno, ret),
+            nr::PIDFD_GETFD => {
+                if ret >= 0 {
+                    files::adopt(ret as u64, sysno, llmwatch_common::event::open_origin::PIDFD_GETFD);
+                }
+            }
             nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
                 files::on_path_change(regs, sysno, ret)
             }
@@ -110,13 +139,6 @@ mod programs {
             nr::BPF => crate::process::on_bpf(regs, ret),
             nr::CONNECT => net::on_connect(regs, ret),
             nr::ACCEPT | nr::ACCEPT4 => net::on_accept(ret),
-            nr::SENDTO => net::on_sendto(regs, kernel::regs_arg(regs, 4), ret),
-            // struct msghdr (UAPI): msg_name is its first field.
-            nr::SENDMSG => net::on_sendto(
-                regs,
-                kernel::read_user::<u64>(kernel::regs_arg(regs, 1)).unwrap_or(0),
-                ret,
-            ),
             _ => {}
         }
         0
@@ -126,22 +148,28 @@ mod programs {
     fn on_fd_syscall(regs: u64, sysno: u64, ret: i64) {
         match sysno {
             nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 => {
-                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret)
+                files::on_read(sysno, kernel::regs_arg(regs, 0), ret)
             }
-            nr::SENDFILE => files::on_read(regs, sysno, kernel::regs_arg(regs, 1), ret),
-            nr::SPLICE => files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret),
+            nr::SENDFILE => files::on_read(sysno, kernel::regs_arg(regs, 1), ret),
+            nr::SPLICE => files::on_read(sysno, kernel::regs_arg(regs, 0), ret),
             nr::COPY_FILE_RANGE => {
-                files::on_read(regs, sysno, kernel::regs_arg(regs, 0), ret);
+                files::on_read(sysno, kernel::regs_arg(regs, 0), ret);
                 files::on_write(sysno, kernel::regs_arg(regs, 2), ret);
             }
             nr::CLOSE => files::on_close(kernel::regs_arg(regs, 0), ret),
+            nr::CLOSE_RANGE => files::on_close_range(
+                kernel::regs_arg(regs, 0),
+                kernel::regs_arg(regs, 1),
+                kernel::regs_arg(regs, 2),
+                ret,
+            ),
             nr::MMAP => files::on_mmap(regs, ret),
-            nr::DUP | nr::DUP2 | nr::DUP3 => files::on_dup(kernel::regs_arg(regs, 0), ret),
+            nr::DUP | nr::DUP2 | nr::DUP3 => files::on_dup(sysno, kernel::regs_arg(regs, 0), ret),
             nr::FCNTL => {
                 // F_DUPFD (0) and F_DUPFD_CLOEXEC (1030) make a new descriptor.
                 let cmd = kernel::regs_arg(regs, 1);
                 if cmd == 0 || cmd == 1030 {
-                    files::on_dup(kernel::regs_arg(regs, 0), ret);
+                    files::on_dup(sysno, kernel::regs_arg(regs, 0), ret);
                 }
             }
             nr::FTRUNCATE => files::on_ftruncate(kernel::regs_arg(regs, 0), ret),
@@ -176,9 +204,49 @@ mod programs {
         0
     }
 
+    /// io_uring_complete(ctx, req, cqe): Linux 6.3 and later.
     #[raw_tracepoint(tracepoint = "io_uring_complete")]
     pub fn llmwatch_io_uring_complete(ctx: RawTracePointContext) -> i32 {
-        files::on_io_uring_complete(ctx.arg(1), ctx.arg(2));
+        crate::uring::on_complete(ctx.arg(1), crate::uring::Res::Cqe(ctx.arg(2)));
+        0
+    }
+
+    /// io_uring_complete(ctx, req, user_data, res, cflags, extra1, extra2): before 6.3.
+    #[raw_tracepoint(tracepoint = "io_uring_complete")]
+    pub fn llmwatch_io_uring_complete_res(ctx: RawTracePointContext) -> i32 {
+        let res: u64 = ctx.arg(3);
+        crate::uring::on_complete(ctx.arg(1), crate::uring::Res::Value(res as i32));
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+    pub fn llmwatch_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
+        crate::touch::on_pages(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "mm_filemap_fault")]
+    pub fn llmwatch_filemap_fault(ctx: RawTracePointContext) -> i32 {
+        let index: u64 = ctx.arg(1);
+        crate::touch::on_pages(ctx.arg(0), index, index);
+        0
+    }
+
+    /// The same as `llmwatch_filemap_map_pages`, where the kernel lacks the tracepoint.
+    #[kprobe]
+    pub fn llmwatch_kprobe_filemap_map_pages(ctx: ProbeContext) -> u32 {
+        if let (Some(vmf), Some(first), Some(last)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
+            crate::touch::on_map_pages_call(vmf, first, last);
+        }
+        0
+    }
+
+    /// The same as `llmwatch_filemap_fault`, where the kernel lacks the tracepoint.
+    #[kprobe]
+    pub fn llmwatch_kprobe_filemap_fault(ctx: ProbeContext) -> u32 {
+        if let Some(vmf) = ctx.arg::<u64>(0) {
+            crate::touch::on_fault_call(vmf);
+        }
         0
     }
 }

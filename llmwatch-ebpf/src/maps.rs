@@ -3,9 +3,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use llmwatch_common::{
     event::FileId,
-    maps::{self as m, FdKey, OpenKey, SendKey, SendStats, Settings, TrackedFd, WatchedFile},
+    maps::{
+        self as m, FdKey, ProcFileKey, SendKey, SendStats, Settings, TouchStats, TrackedFd, UringKey,
+        WatchedFile,
+    },
     offsets::Offsets,
 };
 
@@ -18,7 +22,7 @@ pub static SETTINGS: Settings = Settings {
     read_report_bytes: 1 << 20,
     send_report_bytes: 1 << 20,
     agent_pid: 0,
-    _pad: 0,
+    send_path: m::send_path::SOCK_SEND_LENGTH,
 };
 
 #[map(name = "EVENTS")]
@@ -37,18 +41,45 @@ pub static WATCHED_NAMES: HashMap<u64, u8> = HashMap::with_max_entries(m::WATCHE
 #[map(name = "TRACKED_FDS")]
 pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> = HashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
 
-/// Number of tracked descriptors per (tgid mod 65536): the fd-based syscalls of a process
-/// with none (nearly every read on the host) stop after this inlined array load, before any
-/// hash lookup or argument read. Collisions only cost an extra lookup.
+/// Processes that hold, or may hold, a descriptor or mapping of a watched file: they opened
+/// one, were forked by a holder, received one (SCM_RIGHTS, pidfd_getfd, io_uring), or held
+/// one when the agent started (seeded from /proc). Removed when the process exits.
+#[map(name = "HOLDERS")]
+pub static HOLDERS: HashMap<u32, u8> = HashMap::with_max_entries(m::HOLDERS_MAX, 0);
+
+/// Number of `HOLDERS` per (tgid mod FILTER_SLOTS): the fd-based syscalls of a process that
+/// is no holder (nearly every syscall on the host) stop after this inlined array load, before
+/// any hash lookup or argument read. Collisions only cost an extra lookup. Memory-mappable so
+/// the agent's own additions (seeding) are atomic adds like the kernel's.
 #[map(name = "PID_FILTER")]
-pub static PID_FILTER: Array<u32> = Array::with_max_entries(PID_FILTER_SLOTS, 0);
-pub const PID_FILTER_SLOTS: u32 = 1 << 16;
+pub static PID_FILTER: Array<u32> = Array::with_max_entries(m::FILTER_SLOTS, BPF_F_MMAPABLE);
+
+/// Processes whose bytes sent are counted: every process of a tree that got hold of a watched
+/// file (the reader, up to two ancestors below a session leader, their descendants, and
+/// later children of any of them) and the inference servers the agent names. Everything else
+/// sends without a hash-map update.
+#[map(name = "SEND_INTEREST")]
+pub static SEND_INTEREST: HashMap<u32, u8> = HashMap::with_max_entries(m::SEND_INTEREST_MAX, 0);
+
+/// Number of `SEND_INTEREST` entries per (tgid mod FILTER_SLOTS), as `PID_FILTER` is for
+/// `HOLDERS`: the one inlined check on every send.
+#[map(name = "SEND_FILTER")]
+pub static SEND_FILTER: Array<u32> = Array::with_max_entries(m::FILTER_SLOTS, BPF_F_MMAPABLE);
+
+/// Bytes read from watched files through io_uring, per process and open file (no descriptor
+/// number is involved there), reported like descriptor reads.
+#[map(name = "URING_READS")]
+pub static URING_READS: LruHashMap<UringKey, TrackedFd> = LruHashMap::with_max_entries(m::URING_READS_MAX, 0);
+
+/// Pages of watched files faulted into each process's mappings (filemap fault tracepoints).
+#[map(name = "TOUCHES")]
+pub static TOUCHES: LruHashMap<ProcFileKey, TouchStats> = LruHashMap::with_max_entries(m::TOUCHES_MAX, 0);
 
 /// Watched files each process has opened: repeated read-only opens are not reported again
 /// (a loader reopening a shard, a worker pool), which keeps the event rate bounded. LRU, so a
 /// long-gone process's entries age out.
 #[map(name = "OPENS_SEEN")]
-pub static OPENS_SEEN: LruHashMap<OpenKey, u8> = LruHashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
+pub static OPENS_SEEN: LruHashMap<ProcFileKey, u8> = LruHashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
 
 /// Bytes sent per (process, destination). LRU so entries of processes whose exit the agent
 /// missed age out instead of filling the map.
@@ -70,7 +101,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(m::stat::COUN
 #[inline(always)]
 pub fn stat_inc(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
+        // SAFETY: `p` points into this CPU's slot of a per-CPU array: no other CPU writes it,
+        // and the programs do not nest on one CPU.
         unsafe { *p += 1 };
     }
 }
@@ -80,17 +112,30 @@ pub fn offsets() -> &'static Offsets {
     &OFFSETS
 }
 
+// The settings are read volatile: the object is built with placeholder values that the agent
+// overrides before load, which the compiler must not fold in.
+
 #[inline(always)]
 pub fn settings_read_report() -> u64 {
+    // SAFETY: a plain load of a field of a static (read-only global).
     unsafe { core::ptr::read_volatile(&SETTINGS.read_report_bytes) }
 }
 
 #[inline(always)]
 pub fn settings_send_report() -> u64 {
+    // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&SETTINGS.send_report_bytes) }
 }
 
 #[inline(always)]
 pub fn agent_pid() -> u32 {
+    // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&SETTINGS.agent_pid) }
+}
+
+/// Whether bytes sent are counted at syscall exit (no `sock_send_length` on this kernel).
+#[inline(always)]
+pub fn sends_at_syscalls() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&SETTINGS.send_path) == m::send_path::SYSCALLS }
 }

@@ -5,10 +5,12 @@ use llmwatch_common::{
     maps::{SendKey, SendStats, stat},
 };
 
+use llmwatch_common::syscalls as nr;
+
 use crate::{
-    emit,
+    emit, holders,
     kernel::{self, off, read},
-    maps::{INFERENCE_PORTS, SEND_STATS, agent_pid, settings_send_report, stat_inc},
+    maps::{INFERENCE_PORTS, SEND_STATS, agent_pid, sends_at_syscalls, settings_send_report, stat_inc},
 };
 
 const AF_INET: u16 = 2;
@@ -75,72 +77,155 @@ pub fn on_connect(regs: u64, ret: i64) {
         .and_then(kernel::file_sock)
         .map(|(_, t)| t)
         .unwrap_or(0);
+    emit_connect(&dest, sock_type, fd as i32, ret as i32);
+}
+
+#[inline(always)]
+fn emit_connect(dest: &Dest, sock_type: u16, fd: i32, ret: i32) {
     let Some(mut rec) = emit::reserve::<NetConnectEvent>(kind::NET_CONNECT) else {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a NetConnectEvent.
     unsafe {
         (*ev).addr = dest.addr;
         (*ev).family = dest.family;
         (*ev).port = dest.port;
         (*ev).sock_type = sock_type;
         (*ev)._pad = 0;
-        (*ev).fd = fd as i32;
-        (*ev).ret = ret as i32;
+        (*ev).fd = fd;
+        (*ev).ret = ret;
     }
     emit::submit(rec, kind::NET_CONNECT);
+}
+
+/// A connect through io_uring completed on socket `file`: the destination is the peer the
+/// kernel now has.
+#[inline(always)]
+pub fn connected_file(file: u64) {
+    if !is_socket(file) {
+        return;
+    }
+    let Some((sk, sock_type)) = kernel::file_sock(file) else {
+        return;
+    };
+    let Some(dest) = sk_dest(sk) else {
+        return;
+    };
+    emit_connect(&dest, sock_type, -1, 0);
+}
+
+/// The connected peer of `sk` (an IPv4/IPv6 socket with a destination port).
+#[inline(always)]
+fn sk_dest(sk: u64) -> Option<Dest> {
+    let family = read::<u16>(sk, off!(sk_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let dport_be = read::<u16>(sk, off!(sk_dport))?;
+    if dport_be == 0 {
+        return None;
+    }
+    Some(Dest {
+        family,
+        port: u16::from_be(dport_be),
+        addr: sk_peer(sk, family)?,
+    })
 }
 
 /// Every sendmsg path (write, send, sendto, sendmsg, sendfile/splice to a socket) ends in
 /// `sock_sendmsg_nosec`, which fires `sock_send_length` in the sender's context.
 #[inline(always)]
 pub fn on_sock_send(sk: u64, ret: i32) {
-    if ret <= 0 {
+    if ret <= 0 || !holders::current_sends_counted() {
         return;
     }
-    let Some(family) = read::<u16>(sk, off!(sk_family)) else {
-        return;
-    };
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
-    let Some(dport_be) = read::<u16>(sk, off!(sk_dport)) else {
-        return;
-    };
-    if dport_be == 0 {
-        // Unconnected (UDP sendto): the destination is only in the message; `on_sendto` counts it.
-        return;
-    }
-    let Some(addr) = sk_peer(sk, family) else {
+    // Unconnected (UDP sendto) has no destination here; the syscall hook counts it.
+    let Some(dest) = sk_dest(sk) else {
         return;
     };
     let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
-    account_send(
-        Dest {
-            family,
-            port: u16::from_be(dport_be),
-            addr,
-        },
-        protocol,
-        ret as u64,
-    );
+    account_send(dest, protocol, ret as u64);
 }
 
-/// sendto()/sendmsg() with an address (`uaddr`) on an unconnected socket (UDP): the kernel
-/// socket has no peer, so the destination is only in the call.
+const S_IFSOCK: u16 = 0o140000;
+
 #[inline(always)]
-pub fn on_sendto(regs: u64, uaddr: u64, ret: i64) {
+fn is_socket(file: u64) -> bool {
+    let inode: u64 = read(file, off!(file_inode)).unwrap_or(0);
+    read::<u16>(inode, off!(inode_mode)).is_some_and(|m| m & kernel::S_IFMT == S_IFSOCK)
+}
+
+/// A send-family syscall returned `ret` bytes (messages, for sendmmsg). Where
+/// `sock_send_length` counts connected sockets, only sends to an explicit address (an
+/// unconnected UDP socket) are counted here; without it (6.1 and older), every send to a
+/// socket: write/writev, send/sendto/sendmsg/sendmmsg, sendfile/splice into a socket.
+#[inline(always)]
+pub fn on_send_syscall(regs: u64, sysno: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
-    if uaddr == 0 {
+    let all = sends_at_syscalls();
+    let (fd, uaddr) = match sysno {
+        // struct msghdr (UAPI): msg_name is its first field.
+        nr::SENDMSG => (
+            kernel::regs_arg(regs, 0),
+            kernel::read_user::<u64>(kernel::regs_arg(regs, 1)).unwrap_or(0),
+        ),
+        nr::SENDTO => (kernel::regs_arg(regs, 0), kernel::regs_arg(regs, 4)),
+        nr::SENDMMSG => (kernel::regs_arg(regs, 0), 0),
+        // Writes into a socket only count where nothing else sees them.
+        nr::SPLICE if all => (kernel::regs_arg(regs, 2), 0),
+        nr::SENDFILE | nr::WRITE | nr::WRITEV if all => (kernel::regs_arg(regs, 0), 0),
+        _ => return,
+    };
+    if !all && uaddr == 0 && sysno != nr::SENDMMSG {
         return;
     }
-    let Some((sk, sock_type)) = kernel::fd_file(kernel::regs_arg(regs, 0)).and_then(kernel::file_sock) else {
+    let Some(file) = kernel::fd_file(fd) else {
         return;
     };
-    // A connected socket was already counted by `sock_send_length`.
-    if read::<u16>(sk, off!(sk_dport)).unwrap_or(0) != 0 {
+    if !is_socket(file) {
+        return;
+    }
+    let Some((sk, sock_type)) = kernel::file_sock(file) else {
+        return;
+    };
+    if sysno == nr::SENDMMSG {
+        sendmmsg(sk, sock_type, kernel::regs_arg(regs, 1), ret as u64, all);
+        return;
+    }
+    sent(sk, sock_type, uaddr, ret as u64, all);
+}
+
+/// Messages of one sendmmsg looked at.
+const MAX_MMSG: u64 = 16;
+
+/// sendmmsg(fd, msgvec, vlen) sent `count` messages: `struct mmsghdr` is a msghdr (56 bytes,
+/// msg_name first) and the bytes sent (`msg_len`, u32) padded to 64.
+#[inline(always)]
+fn sendmmsg(sk: u64, sock_type: u16, msgvec: u64, count: u64, all: bool) {
+    let mut i = 0;
+    while i < MAX_MMSG && i < count {
+        let m = msgvec + i * 64;
+        let len = kernel::read_user::<u32>(m + 56).unwrap_or(0) as u64;
+        let uaddr = kernel::read_user::<u64>(m).unwrap_or(0);
+        if len > 0 {
+            sent(sk, sock_type, uaddr, len, all);
+        }
+        i += 1;
+    }
+}
+
+/// `bytes` went out of socket `sk`: to its peer when connected (counted here only with
+/// `all`), else to the address the caller passed.
+#[inline(always)]
+fn sent(sk: u64, sock_type: u16, uaddr: u64, bytes: u64, all: bool) {
+    if let Some(dest) = sk_dest(sk) {
+        if all {
+            let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
+            account_send(dest, protocol, bytes);
+        }
         return;
     }
     let Some(dest) = read_sockaddr(uaddr) else {
@@ -151,7 +236,19 @@ pub fn on_sendto(regs: u64, uaddr: u64, ret: i64) {
     } else {
         IPPROTO_TCP
     };
-    account_send(dest, protocol, ret as u64);
+    account_send(dest, protocol, bytes);
+}
+
+/// An io_uring send or write of `bytes` completed on `file` (counted here only where the
+/// kernel has no `sock_send_length`; the caller checks).
+#[inline(always)]
+pub fn sent_on_file(file: u64, bytes: u64) {
+    if !is_socket(file) {
+        return;
+    }
+    if let Some((sk, sock_type)) = kernel::file_sock(file) {
+        sent(sk, sock_type, 0, bytes, true);
+    }
 }
 
 #[inline(always)]
@@ -168,11 +265,14 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
     };
     let (total, reported, reason) = match SEND_STATS.get_ptr_mut(&key) {
         Some(stats) => {
+            // SAFETY: `stats` points at a live SEND_STATS value.
             crate::kernel::atomic_add(unsafe { &raw mut (*stats).bytes }, bytes);
+            // SAFETY: as above.
             let (total, reported) = unsafe { ((*stats).bytes, (*stats).reported) };
             if total.wrapping_sub(reported) < settings_send_report() {
                 return;
             }
+            // SAFETY: as above.
             unsafe { (*stats).reported = total };
             (total, reported, llmwatch_common::event::read_reason::PROGRESS)
         }
@@ -193,6 +293,7 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a NetSendEvent.
     unsafe {
         (*ev).addr = dest.addr;
         (*ev).family = dest.family;
@@ -218,6 +319,7 @@ pub fn on_accept(ret: i64) {
     let Some(local_port) = read::<u16>(sk, off!(sk_num)) else {
         return;
     };
+    // SAFETY: a lookup whose value is only tested for presence.
     if unsafe { INFERENCE_PORTS.get(&local_port) }.is_none() {
         return;
     }
@@ -228,6 +330,7 @@ pub fn on_accept(ret: i64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a NetAcceptEvent.
     unsafe {
         (*ev).addr = addr;
         (*ev).family = family;

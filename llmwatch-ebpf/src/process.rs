@@ -56,6 +56,7 @@ pub fn on_exec(task: u64, bprm: u64) {
     emit::submit(rec, kind::PROC_EXEC);
 }
 
+/// sched_process_fork runs in the parent.
 #[inline(always)]
 pub fn on_fork(child: u64) {
     let Some(child_pid) = read::<u32>(child, off!(task_pid)) else {
@@ -67,6 +68,7 @@ pub fn on_fork(child: u64) {
     if child_pid != child_tgid {
         return; // a new thread, not a new process
     }
+    crate::holders::on_fork(kernel::current_pid_tgid().0, child_tgid);
     let Some(mut rec) = emit::reserve::<ProcForkEvent>(kind::PROC_FORK) else {
         return;
     };
@@ -84,6 +86,8 @@ pub fn on_exit(task: u64) {
     if pid != tid {
         return; // a thread other than the leader
     }
+    // Before the record, so a full ring buffer never leaves a stale holder behind.
+    crate::holders::on_exit(pid);
     let exit_code: u32 = read(task, off!(task_exit_code)).unwrap_or(0);
     let Some(mut rec) = emit::reserve::<ProcExitEvent>(kind::PROC_EXIT) else {
         return;

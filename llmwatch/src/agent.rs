@@ -1,28 +1,26 @@
 //! The running agent: kernel events in, enriched events and alerts out.
 //!
 //! One task owns all state, so nothing is locked: it drains the ring buffer when it is
-//! readable, rescans model directories when `notify` says they changed, and on a timer sweeps
-//! the in-kernel byte counters of live processes (the kernel only reports on thresholds).
-use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
-use std::{net::IpAddr, path::PathBuf, sync::Arc};
+//! readable, rescans model directories when `notify` says they changed, and on a timer has the
+//! collector sweep the in-kernel counters of live processes (the kernel only reports on
+//! thresholds). Stages: collector (kernel I/O) → process and file state → enrichment → rules
+//! engine → sinks.
+use foldhash::{HashMap, HashMapExt as _};
+use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use llmwatch_common::{
-    event::FileId,
-    maps::{FdKey, SendKey, Settings},
-};
+use llmwatch_common::{event::FileId, maps::Settings};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     alerts::Alert,
     clock::Clock,
+    collector::{Collector, Record, SeedReport},
     config::Config,
     enrich::{self, Enriched},
-    events::{self, Event, EventKind, ReadReason, Task},
+    events::{Event, EventKind},
     metrics::{Health, Metrics},
-    probes::{self, HookStatus, KernelMaps, KernelStats, Probes},
+    probes::{self, DataPaths, HookStatus, KernelStats},
     rules::Engine,
     state::{
         files::{RootWatcher, ScanReport, WatchedSet},
@@ -66,6 +64,10 @@ pub enum Status<'a> {
         /// This agent's BPF programs, maps and links by id ("map WATCHED_FILES": 42): what
         /// `agent.tamper` alerts name when another process takes a handle to one.
         bpf_objects: &'a std::collections::BTreeMap<String, u32>,
+        /// Which way reads, sends, mapped pages and io_uring are seen on this kernel.
+        data_paths: &'a DataPaths,
+        /// Processes found holding or mapping watched files at start-up, now followed.
+        seeded: &'a SeedReport,
     },
     /// The watched set changed after a rescan.
     WatchUpdate {
@@ -110,22 +112,14 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     engine: Engine,
     alerts: Vec<Alert>,
-    probes: Probes,
-    maps: KernelMaps,
+    /// Kernel I/O: programs, maps, counter reconciliation and sweeps.
+    collector: Collector,
     files: WatchedSet,
     procs: ProcessTable,
     gpus: GpuDevices,
     tracefs: probes::tracefs::TracefsState,
-    in_kernel: std::collections::HashSet<FileId>,
-    names_in_kernel: std::collections::HashSet<u64>,
-    /// Last cumulative byte count passed on per descriptor / destination; deltas are derived
-    /// from the kernel's running totals so a report is never counted twice.
-    fd_totals: HashMap<(FdKey, u64), u64>,
-    /// Processes that opened or read watched files (their descriptors are swept on exit).
-    fd_pids: HashSet<u32>,
-    send_totals: HashMap<SendKey, u64>,
-    gpu_seen: HashSet<(u32, u32, u32)>,
-    drops_seen: u64,
+    /// Normalized events of the record being handled (reused).
+    pending: Vec<Event>,
     /// Kernel records decoded and handled since start.
     events_handled: u64,
     metrics: Arc<Metrics>,
@@ -178,11 +172,21 @@ impl Agent {
             read_report_bytes: cfg.read_report_bytes,
             send_report_bytes: cfg.send_report_bytes,
             agent_pid: std::process::id(),
-            _pad: 0,
+            ..Settings::default()
         };
-        let mut probes = Probes::load(settings, !cfg.force_raw_syscall_hook, &cfg.kernel_btf)
-            .context("starting kernel probes")?;
-        for h in &probes.hooks {
+        let gpus = GpuDevices::from_host(&cfg.extra_gpu_majors);
+        let collector = Collector::start(
+            settings,
+            probes::ProbeOptions {
+                prefer_tp_btf: !cfg.force_raw_syscall_hook,
+                syscall_sends: cfg.force_syscall_sends,
+                smaps_touch_only: cfg.force_smaps_touch,
+            },
+            &cfg.kernel_btf,
+            &gpus,
+            &cfg.inference_ports,
+        )?;
+        for h in &collector.probes().hooks {
             if h.attached {
                 log::info!("hook {} attached ({})", h.hook, h.purpose);
             } else {
@@ -194,22 +198,10 @@ impl Agent {
                 );
             }
         }
-        let mut maps = probes.take_maps()?;
-        let gpus = GpuDevices::from_host(&cfg.extra_gpu_majors);
-        for major in gpus.majors() {
-            maps.gpu_majors
-                .insert(major, 1, 0)
-                .context("filling GPU_MAJORS")?;
-        }
-        for port in &cfg.inference_ports {
-            maps.inference_ports
-                .insert(port, 1, 0)
-                .context("filling INFERENCE_PORTS")?;
-        }
         let mut procs = ProcessTable::new();
         procs.scan_proc();
-        // Start-up parsed the kernel's BTF (megabytes) twice; hand the freed heap back so the
-        // resident size reflects what the agent keeps.
+        // SAFETY: malloc_trim only returns free heap pages to the OS. Start-up parsed the
+        // kernel's BTF (megabytes) twice; the resident size should reflect what the agent keeps.
         unsafe { libc::malloc_trim(0) };
         let mut cfg = cfg;
         // Host names in the egress allowlist: resolved once here (blocking DNS, before the
@@ -231,18 +223,11 @@ impl Agent {
             config_path,
             clock,
             alerts: Vec::new(),
-            probes,
-            maps,
+            collector,
             procs,
             gpus,
             tracefs,
-            in_kernel: Default::default(),
-            names_in_kernel: Default::default(),
-            fd_totals: HashMap::new(),
-            fd_pids: HashSet::new(),
-            send_totals: HashMap::new(),
-            gpu_seen: HashSet::new(),
-            drops_seen: 0,
+            pending: Vec::new(),
             events_handled: 0,
             metrics,
             health,
@@ -304,7 +289,7 @@ impl Agent {
     }
 
     pub fn hooks(&self) -> &[HookStatus] {
-        &self.probes.hooks
+        &self.collector.probes().hooks
     }
 
     /// Rescans the model directories and makes the kernel's watched set match.
@@ -324,10 +309,7 @@ impl Agent {
                 }
             }
         }
-        let want: std::collections::HashSet<FileId> = self.files.iter().map(|f| f.id).collect();
-        self.maps.sync_watched(&want, &mut self.in_kernel)?;
-        let names = self.files.name_hashes();
-        self.maps.sync_names(&names, &mut self.names_in_kernel)?;
+        self.collector.sync_watched(&self.files)?;
         self.engine.set_weights_present(!self.files.is_empty());
         self.verify_manifest();
         Ok((diff, report))
@@ -336,9 +318,20 @@ impl Agent {
     /// Runs until SIGINT/SIGTERM.
     pub async fn run(mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
-        let mut ring = unsafe { AsyncFd::register(self.probes.take_events()?) }
+        let mut ring = unsafe { AsyncFd::register(self.collector.take_events()?) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
         let (_, report) = self.rescan()?;
+        // After the kernel knows the watched set: who already holds or maps one of the files.
+        let seeded = self.collector.seed_from_proc(&self.procs);
+        if seeded.processes > 0 {
+            log::info!(
+                "{} processes already hold watched files ({} descriptors, {} mappings): followed from now on",
+                seeded.processes,
+                seeded.descriptors,
+                seeded.mappings
+            );
+        }
+        self.count_sends_of_servers();
         let (rescan_tx, mut rescan_rx) = tokio::sync::mpsc::channel(4);
         // inotify can fail (watch or instance limits exhausted): then rescan on a timer.
         let (_watcher, watch_error) = match RootWatcher::start(self.files.roots(), rescan_tx) {
@@ -374,15 +367,15 @@ impl Agent {
         for d in &degraded {
             log::warn!("degraded: {d}");
         }
-        let bpf_objects: std::collections::BTreeMap<String, u32> = self
-            .probes
+        let probes = self.collector.probes();
+        let bpf_objects: std::collections::BTreeMap<String, u32> = probes
             .own_objects
             .iter()
             .map(|((kind, id), name)| (format!("{kind} {name}"), *id))
             .collect();
         sink.emit(Output::Status(Status::AgentReady {
-            hooks: &self.probes.hooks,
-            missing_offsets: &self.probes.missing_offsets,
+            hooks: &probes.hooks,
+            missing_offsets: &probes.missing_offsets,
             tracefs: &self.tracefs,
             watched_files: self.files.len(),
             watched_bytes: self.files.total_bytes(),
@@ -390,7 +383,7 @@ impl Agent {
             scan: &report,
             processes: self.procs.len(),
             metrics_addr: self.metrics_addr,
-            syscall_hook_fallback: match &self.probes.fast_path {
+            syscall_hook_fallback: match &probes.fast_path {
                 Some(Err(e)) => Some(e.as_str()),
                 _ => None,
             },
@@ -402,20 +395,25 @@ impl Agent {
             watch_error: watch_error.as_deref(),
             degraded: &degraded,
             bpf_objects: &bpf_objects,
+            data_paths: &probes.paths,
+            seeded: &seeded,
         }));
         sink.flush();
-        for h in &self.probes.hooks {
+        for h in &probes.hooks {
             self.metrics.set_hook(h.hook, h.attached);
         }
+        for (what, path) in probes.paths.pairs() {
+            self.metrics.set_data_path(what, path);
+        }
         self.metrics
-            .set_capability("kernel_btf", self.probes.btf_error.is_none());
+            .set_capability("kernel_btf", probes.btf_error.is_none());
         self.metrics.set_capability(
             "tracefs",
             !matches!(self.tracefs, probes::tracefs::TracefsState::Unavailable(_)),
         );
         self.metrics.set_capability(
             "tp_btf_syscall_hook",
-            matches!(self.probes.fast_path, Some(Ok(_))),
+            matches!(probes.fast_path, Some(Ok(_))),
         );
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
@@ -437,7 +435,7 @@ impl Agent {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut manifest_rx = self.manifest_rx.take().expect("run once");
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut batch: Vec<Result<Event, events::DecodeError>> = Vec::with_capacity(256);
+        let mut batch: Vec<Record> = Vec::with_capacity(256);
         loop {
             tokio::select! {
                 // Kernel events first: a rename's event must be matched against the watched set
@@ -445,22 +443,23 @@ impl Agent {
                 biased;
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut batch);
+                    Collector::drain(guard.get_inner_mut(), &mut batch);
                     guard.clear_ready();
                     self.handle_batch(&mut batch, sink);
                 }
                 // The kernel wakes us only when 64 KiB are waiting (batched wake-ups); a lone
                 // event is picked up here within 100 ms.
                 _ = poll.tick() => {
-                    drain(ring.get_mut(), &mut batch);
+                    Collector::drain(ring.get_mut(), &mut batch);
                     if !batch.is_empty() {
                         self.handle_batch(&mut batch, sink);
                     }
+                    self.sample_fresh_mappings(sink);
                 }
                 _ = fallback_rescan.tick(), if watch_error.is_some() => self.rescan_and_report(sink),
                 Some(()) = rescan_rx.recv() => self.rescan_and_report(sink),
                 _ = flush.tick() => {
-                    let stats = self.maps.stats();
+                    let stats = self.collector.stats();
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
                     self.report_drops(sink);
@@ -490,7 +489,7 @@ impl Agent {
         self.report_drops(sink);
         sink.emit(Output::Status(Status::AgentStopped {
             events: self.events_handled,
-            kernel_drops: self.drops_seen,
+            kernel_drops: self.collector.drops_seen(),
         }));
         sink.flush();
         if let Some(d) = self.delivery.take() {
@@ -500,11 +499,19 @@ impl Agent {
         Ok(())
     }
 
-    fn handle_batch(&mut self, batch: &mut Vec<Result<Event, events::DecodeError>>, sink: &mut dyn Sink) {
+    fn handle_batch(&mut self, batch: &mut Vec<Record>, sink: &mut dyn Sink) {
         self.anchor = crate::clock::BootAnchor::now(&*self.clock);
         for ev in batch.drain(..) {
             match ev {
-                Ok(ev) => self.handle(ev, sink),
+                Ok(ev) => {
+                    self.events_handled += 1;
+                    let mut pending = std::mem::take(&mut self.pending);
+                    self.collector.normalize(ev, &mut pending);
+                    for ev in pending.drain(..) {
+                        self.handle(ev, sink);
+                    }
+                    self.pending = pending;
+                }
                 Err(e) => {
                     self.metrics.decode_error();
                     sink.emit(Output::Status(Status::AgentDecodeError { error: e.to_string() }))
@@ -514,8 +521,8 @@ impl Agent {
         sink.flush();
     }
 
-    fn handle(&mut self, mut ev: Event, sink: &mut dyn Sink) {
-        self.events_handled += 1;
+    /// One normalized event: the process table learns from it, then it is judged.
+    fn handle(&mut self, ev: Event, sink: &mut dyn Sink) {
         match &ev.kind {
             EventKind::ProcExec { .. } | EventKind::ProcExit { .. } => {
                 self.views.remove(&ev.task.pid);
@@ -523,70 +530,44 @@ impl Agent {
             EventKind::ProcFork { child_pid } => {
                 self.views.remove(child_pid);
             }
+            EventKind::GpuOpen { .. } => self.metrics.set_gpu_processes(self.collector.gpu_processes()),
             _ => {}
         }
         self.procs.observe(&ev);
-        let pid = ev.task.pid;
-        match &mut ev.kind {
-            EventKind::FileOpen { .. } => {
-                self.fd_pids.insert(pid);
-            }
-            EventKind::FileRead {
-                fd,
-                bytes,
-                total,
-                reason,
-                instance,
-                ..
-            } if *fd >= 0 => {
-                self.fd_pids.insert(pid);
-                let key = (FdKey { pid, fd: *fd as u32 }, *instance);
-                let seen = self.fd_totals.get(&key).copied().unwrap_or(0);
-                if *reason == ReadReason::Close {
-                    self.fd_totals.remove(&key);
-                } else {
-                    self.fd_totals.insert(key, (*total).max(seen));
-                }
-                if *total <= seen && *reason != ReadReason::Close {
-                    return; // already passed on (a racing report)
-                }
-                *bytes = total.saturating_sub(seen);
-            }
-            EventKind::NetSend {
-                dest,
-                port,
-                bytes,
-                total,
-                ..
-            } => {
-                let key = send_key(pid, *dest, *port);
-                let seen = self.send_totals.get(&key).copied().unwrap_or(0);
-                self.send_totals.insert(key, (*total).max(seen));
-                if *total <= seen {
-                    return;
-                }
-                *bytes = *total - seen;
-            }
-            EventKind::GpuOpen { major, minor, .. }
-                // "process P started using GPU device D": once per process and device.
-                if !self.gpu_seen.insert((pid, *major, *minor)) => {
-                    return;
-                }
-            EventKind::GpuOpen { .. } => {
-                let pids: HashSet<u32> = self.gpu_seen.iter().map(|(p, _, _)| *p).collect();
-                self.metrics.set_gpu_processes(pids.len());
-            }
-            EventKind::BpfAccess { object, id, ours, .. } => {
-                *ours = self.probes.own_objects.get(&(object.as_ref(), *id)).cloned();
-            }
-            EventKind::ProcExit { .. } => {
-                let task = ev.task.clone();
-                self.sweep_pid(pid, &task, true, sink);
-                self.gpu_seen.retain(|(p, _, _)| *p != pid);
-            }
-            _ => {}
-        }
+        let exec = matches!(ev.kind, EventKind::ProcExec { .. }).then_some(ev.task.pid);
         self.judge(ev, sink);
+        // An inference server's sends are counted whatever it read (it holds weights in memory).
+        if let Some(pid) = exec
+            && self.engine.is_server(pid)
+        {
+            self.collector.count_sends_of(pid);
+        }
+    }
+
+    /// Servers running when the agent starts: their sends are counted from now on.
+    fn count_sends_of_servers(&mut self) {
+        let pids: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|p| p.exited_at.is_none())
+            .filter(|p| {
+                self.cfg
+                    .server_for(&crate::config::ProcessFacts {
+                        exe: p.exe.as_deref(),
+                        comm: &p.comm,
+                        argv: &p.argv,
+                        container_id: None,
+                        cgroup: None,
+                        uid: p.uid,
+                        user: None,
+                    })
+                    .is_some()
+            })
+            .map(|p| p.pid)
+            .collect();
+        for pid in pids {
+            self.collector.count_sends_of(pid);
+        }
     }
 
     /// Enriches one event (kernel record or swept counter) and passes it to the metrics, the
@@ -602,64 +583,11 @@ impl Agent {
         }
     }
 
-    /// Passes on bytes counted in the kernel but not yet reported for `pid`; on exit also
-    /// removes its entries from the kernel maps.
-    /// Passes on bytes read through watched descriptors that the kernel counted but has not
-    /// reported (it reports every `read_report_bytes` and on close). `only` limits the sweep to
-    /// one process; `exited` also removes its entries.
-    fn sweep_fds(&mut self, only: Option<(u32, &Task)>, exited: bool, sink: &mut dyn Sink) {
-        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
-        let keys: Vec<FdKey> = self
-            .maps
-            .tracked_fds
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| only.is_none_or(|(p, _)| k.pid == p))
-            .collect();
-        for key in keys {
-            let Ok(tracked) = self.maps.tracked_fds.get(&key, 0) else {
-                continue;
-            };
-            let instance = tracked.file_ptr;
-            let gone =
-                exited || (only.is_none() && !std::path::Path::new(&format!("/proc/{}", key.pid)).exists());
-            let seen = self.fd_totals.get(&(key, instance)).copied().unwrap_or(0);
-            if tracked.bytes > seen {
-                let task = match only {
-                    Some((_, t)) => t.clone(),
-                    None => self.task_of(key.pid),
-                };
-                let ev = Event {
-                    ts_ns: crate::clock::boot_ns_now(),
-                    task,
-                    kind: EventKind::FileRead {
-                        file: tracked.file.into(),
-                        fd: key.fd as i32,
-                        bytes: tracked.bytes - seen,
-                        total: tracked.bytes,
-                        reason: ReadReason::Flush,
-                        syscall: "flush".into(),
-                        instance,
-                    },
-                };
-                self.fd_totals.insert((key, instance), tracked.bytes);
-                self.judge(ev, sink);
-            }
-            if gone {
-                let _ = self.maps.tracked_fds.remove(&key);
-                self.fd_totals.remove(&(key, instance));
-            }
-        }
-        if exited && let Some((pid, _)) = only {
-            self.fd_pids.remove(&pid);
-            self.fd_totals.retain(|(k, _), _| k.pid != pid);
-        }
-    }
-
     /// One line per missing capability: what is missing, why, and what that costs.
     fn degraded(&self) -> Vec<String> {
+        let probes = self.collector.probes();
         let mut out = Vec::new();
-        if let Some(why) = &self.probes.btf_error {
+        if let Some(why) = &probes.btf_error {
             out.push(format!("kernel BTF missing ({why}): {}", probes::NO_BTF_LOSS));
         }
         if let probes::tracefs::TracefsState::Unavailable(why) = &self.tracefs {
@@ -667,13 +595,13 @@ impl Agent {
                 "tracefs unavailable ({why}): nothing lost (raw and BTF tracepoints do not need it)"
             ));
         }
-        if let Some(Err(why)) = &self.probes.fast_path {
+        if let Some(Err(why)) = &probes.fast_path {
             out.push(format!(
                 "faster tp_btf syscall hook not used ({why}): the raw tracepoint costs more per syscall"
             ));
         }
         out.extend(probes::capabilities::lost_without());
-        for h in self.probes.hooks.iter().filter(|h| !h.attached) {
+        for h in probes.hooks.iter().filter(|h| !h.attached) {
             out.push(format!(
                 "hook {} not attached ({}): {} not seen",
                 h.hook,
@@ -686,10 +614,7 @@ impl Agent {
 
     /// agent.tamper when the kernel's watched set is not what the agent wrote (then restored).
     fn verify_own_maps(&mut self, sink: &mut dyn Sink) {
-        let findings = match self
-            .maps
-            .verify_and_restore(&self.in_kernel, &self.names_in_kernel)
-        {
+        let findings = match self.collector.verify_own_maps() {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("checking the agent's own maps: {e}");
@@ -709,101 +634,50 @@ impl Agent {
         self.emit_alerts(sink);
     }
 
-    fn task_of(&self, pid: u32) -> Task {
-        match self.procs.get(pid) {
-            Some(p) => Task {
-                pid,
-                tid: pid,
-                uid: p.uid,
-                gid: 0,
-                comm: p.comm.clone(),
-                cgroup_id: p.cgroup_id,
-            },
-            None => Task {
-                pid,
-                tid: pid,
-                uid: 0,
-                gid: 0,
-                comm: String::new(),
-                cgroup_id: 0,
-            },
-        }
-    }
-
-    fn sweep_pid(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
-        if self.fd_pids.contains(&pid) {
-            self.sweep_fds(Some((pid, task)), exited, sink);
-        }
-        self.sweep_sends(pid, task, exited, sink);
-    }
-
-    /// Passes on bytes sent to each destination that the kernel counted but has not reported.
-    fn sweep_sends(&mut self, pid: u32, task: &Task, exited: bool, sink: &mut dyn Sink) {
-        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
-        let sends: Vec<SendKey> = self
-            .send_totals
-            .keys()
-            .filter(|k| k.pid == pid)
-            .copied()
-            .collect();
-        for key in sends {
-            let seen = self.send_totals[&key];
-            if let Ok(stats) = self.maps.send_stats.get(&key, 0) {
-                if stats.bytes > seen {
-                    let ev = Event {
-                        ts_ns: crate::clock::boot_ns_now(),
-                        task: task.clone(),
-                        kind: EventKind::NetSend {
-                            dest: key_ip(&key),
-                            port: key.port,
-                            proto: events::proto_name(stats.protocol).into(),
-                            bytes: stats.bytes - seen,
-                            total: stats.bytes,
-                            reason: ReadReason::Flush,
-                        },
-                    };
-                    self.send_totals.insert(key, stats.bytes);
-                    self.judge(ev, sink);
-                }
-                if exited {
-                    let _ = self.maps.send_stats.remove(&key);
-                }
-            }
-            if exited {
-                self.send_totals.remove(&key);
-            }
-        }
-    }
-
+    /// Every flush interval: what the kernel counted but did not report yet, and the pages
+    /// touched in mapped weight files.
     fn sweep_live(&mut self, sink: &mut dyn Sink) {
-        // Every watched descriptor (the map holds only those), then every destination.
-        self.sweep_fds(None, false, sink);
-        let pids: HashSet<u32> = self.send_totals.keys().map(|k| k.pid).collect();
-        for pid in pids {
-            let task = self.task_of(pid);
-            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            // Descriptors were all swept above; only the destinations remain.
-            self.sweep_sends(pid, &task, gone, sink);
+        self.anchor = crate::clock::BootAnchor::now(&*self.clock);
+        let mut pending = std::mem::take(&mut self.pending);
+        self.collector.sweep_live(&self.procs, &mut pending);
+        for ev in pending.drain(..) {
+            self.judge(ev, sink);
         }
+        self.pending = pending;
+    }
+
+    /// Pages touched by processes that just mapped a weight file (see `collector::mappings`).
+    fn sample_fresh_mappings(&mut self, sink: &mut dyn Sink) {
+        let mut pending = std::mem::take(&mut self.pending);
+        self.collector.sample_fresh_mappings(&self.procs, &mut pending);
+        if !pending.is_empty() {
+            self.anchor = crate::clock::BootAnchor::now(&*self.clock);
+            for ev in pending.drain(..) {
+                self.judge(ev, sink);
+            }
+            sink.flush();
+        }
+        self.pending = pending;
     }
 
     fn report_drops(&mut self, sink: &mut dyn Sink) {
-        let stats = self.maps.stats();
-        let total = stats.total_drops();
-        if total > self.drops_seen {
-            let dropped = total - self.drops_seen;
-            self.drops_seen = total;
-            log::warn!("kernel dropped {dropped} events (ring buffer full); {total} in all");
-            let time = self.clock.now();
-            self.engine.on_event_loss(dropped, time, &mut self.alerts);
-            sink.emit(Output::Status(Status::AgentEventLoss {
-                time,
-                dropped,
-                total_dropped: total,
-                stats: &stats,
-            }));
-            self.emit_alerts(sink);
-        }
+        let Some(loss) = self.collector.new_losses() else {
+            return;
+        };
+        log::warn!(
+            "kernel dropped {} events (ring buffer full); {} in all",
+            loss.dropped,
+            loss.total
+        );
+        let time = self.clock.now();
+        self.engine.on_event_loss(loss.dropped, time, &mut self.alerts);
+        sink.emit(Output::Status(Status::AgentEventLoss {
+            time,
+            dropped: loss.dropped,
+            total_dropped: loss.total,
+            stats: &loss.stats,
+        }));
+        self.emit_alerts(sink);
     }
 
     /// Hashes watched files listed in the manifest that are new or changed since their last
@@ -879,9 +753,10 @@ impl Agent {
                 self.metrics
                     .weight_read(class(e), e.process.container_id.as_deref(), *bytes)
             }
-            EventKind::FileMmap { len, .. } if e.weight.is_some() => {
+            // Pages touched through a mapping are what was read of it (not the mapped length).
+            EventKind::FileTouch { bytes, .. } if e.weight.is_some() => {
                 self.metrics
-                    .weight_read(class(e), e.process.container_id.as_deref(), *len)
+                    .weight_read(class(e), e.process.container_id.as_deref(), *bytes)
             }
             EventKind::NetSend { bytes, .. } => self.metrics.egress(class(e), *bytes),
             _ => {}
@@ -923,14 +798,8 @@ impl Agent {
                 if new.extra_gpu_majors != self.cfg.extra_gpu_majors {
                     restart_needed.push("gpu.extra_majors");
                 }
-                for port in &self.cfg.inference_ports {
-                    let _ = self.maps.inference_ports.remove(port);
-                }
-                for port in &new.inference_ports {
-                    if let Err(e) = self.maps.inference_ports.insert(port, 1, 0) {
-                        log::error!("inference port {port}: {e}");
-                    }
-                }
+                self.collector
+                    .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
                 let new = Arc::new(new);
                 self.cfg = new.clone();
@@ -973,38 +842,6 @@ fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     Some(h.finish())
-}
-
-/// Decodes every record waiting in the ring buffer.
-fn drain(rb: &mut RingBuf<MapData>, batch: &mut Vec<Result<Event, events::DecodeError>>) {
-    while let Some(item) = rb.next() {
-        batch.push(events::decode(&item));
-    }
-}
-
-fn send_key(pid: u32, dest: IpAddr, port: u16) -> SendKey {
-    let (family, addr) = match dest {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (libc::AF_INET as u16, b)
-        }
-        IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
-    };
-    SendKey {
-        addr,
-        pid,
-        family,
-        port,
-    }
-}
-
-fn key_ip(k: &SendKey) -> IpAddr {
-    if k.family == libc::AF_INET as u16 {
-        IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
-    } else {
-        IpAddr::from(k.addr)
-    }
 }
 
 /// Writes every output as one JSON line to stdout.

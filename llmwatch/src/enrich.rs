@@ -170,7 +170,8 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
     let file = match &ev.kind {
         EventKind::FileOpen { file, .. }
         | EventKind::FileRead { file, .. }
-        | EventKind::FileMmap { file, .. } => by_key(files, *file),
+        | EventKind::FileMmap { file, .. }
+        | EventKind::FileTouch { file, .. } => by_key(files, *file),
         EventKind::FileTamper { file: Some(file), .. } => by_key(files, *file),
         EventKind::FileTamper {
             file: None,

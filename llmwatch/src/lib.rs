@@ -1,13 +1,15 @@
 //! llmwatch: a host agent that guards AI model weights.
 //!
 //! Data flows through the modules in this order:
-//! `probes` (kernel programs, loading, attach) → `events` (decoded kernel records) →
+//! `probes` (kernel programs, loading, attach) → `collector` (kernel I/O: records decoded by
+//! `events`, counters reconciled and swept, mappings sampled) →
 //! `state` (watched files, processes, containers) → `enrich` (events with who/what) →
 //! `rules` (correlation into alerts) → `alerts` (the alert contract, dedup) → sinks.
 //! `agent` runs it live; `replay` runs the same rules over a recording.
 pub mod agent;
 pub mod alerts;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod enrich;
 pub mod events;

@@ -109,6 +109,15 @@ struct RunOpts {
     /// back to the raw tracepoint; `raw` always uses the raw tracepoint.
     #[arg(long, value_name = "auto|raw", default_value = "auto", value_parser = ["auto", "raw"])]
     syscall_hook: String,
+    /// Where bytes sent are counted: `auto` uses the `sock_send_length` tracepoint where the
+    /// kernel has it; `syscalls` counts at syscall exit and io_uring completion as on kernels
+    /// without it (6.1).
+    #[arg(long, value_name = "auto|syscalls", default_value = "auto", value_parser = ["auto", "syscalls"])]
+    send_path: String,
+    /// Pages touched through mappings: `auto` counts faults where the kernel has the filemap
+    /// tracepoints and samples /proc/PID/smaps; `smaps` samples only, as on kernels without them.
+    #[arg(long, value_name = "auto|smaps", default_value = "auto", value_parser = ["auto", "smaps"])]
+    mmap_touch: String,
     /// Serve /metrics, /healthz and /readyz here (default 127.0.0.1:9477; `off` to disable).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -166,6 +175,8 @@ impl RunOpts {
         let (read, send) = (self.read_report_bytes, self.send_report_bytes);
         let gpu_majors = self.gpu_majors.clone();
         let force_raw = self.syscall_hook == "raw";
+        let syscall_sends = self.send_path == "syscalls";
+        let smaps_touch = self.mmap_touch == "smaps";
         let host = self.host.clone();
         Ok(Arc::new(move |cfg: &mut Config| {
             cfg.kernel_btf = host.kernel_btf.clone();
@@ -184,6 +195,8 @@ impl RunOpts {
             }
             cfg.extra_gpu_majors.extend(&gpu_majors);
             cfg.force_raw_syscall_hook = force_raw;
+            cfg.force_syscall_sends = syscall_sends;
+            cfg.force_smaps_touch = smaps_touch;
             if let Some(a) = metrics_addr {
                 cfg.metrics_addr = a;
             }
@@ -261,6 +274,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
                 flags: 0,
                 size: 1 << 40,
                 syscall: "openat".into(),
+                origin: "opened".into(),
             },
             _ => EventKind::ProcExit { exit_code: 0 },
         };
@@ -540,7 +554,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         .and_then(|b| probes::btf::resolve_offsets(&b).map_err(|e| e.to_string()));
     let root = unsafe { libc::geteuid() } == 0;
     let caps = probes::probe_capabilities().context("probing program types")?;
-    let agent = probes::Probes::load(Default::default(), true, btf_path);
+    let agent = probes::Probes::load(Default::default(), Default::default(), btf_path);
     let hooks = match &agent {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),

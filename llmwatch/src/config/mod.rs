@@ -70,6 +70,12 @@ pub struct Config {
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
+    /// Count bytes sent at syscall exit even where `sock_send_length` exists (command line
+    /// `--send-path syscalls`: the 6.1 path, testable on newer kernels).
+    pub force_syscall_sends: bool,
+    /// Touched mapping pages from /proc/PID/smaps samples only (command line `--mmap-touch
+    /// smaps`: the path of kernels without the filemap fault tracepoints).
+    pub force_smaps_touch: bool,
     /// The kernel's BTF (command line `--kernel-btf`; default /sys/kernel/btf/vmlinux). Without
     /// it the agent runs degraded (see `probes::NO_BTF_LOSS`).
     pub kernel_btf: std::path::PathBuf,
@@ -135,6 +141,8 @@ impl Default for Config {
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
             force_raw_syscall_hook: false,
+            force_syscall_sends: false,
+            force_smaps_touch: false,
             kernel_btf: crate::probes::btf::KernelBtf::SYSFS_PATH.into(),
             tracefs: crate::probes::tracefs::TRACEFS.into(),
         }

@@ -126,6 +126,11 @@ pub enum EventKind {
         flags: u32,
         size: u64,
         syscall: Name,
+        /// How the process got the descriptor: "opened", or "inherited" (first use of one it
+        /// did not open: fork/exec, or opened before the agent started), "received"
+        /// (SCM_RIGHTS), "pidfd_getfd", "io_uring".
+        #[serde(default = "opened")]
+        origin: Name,
     },
     FileOpenDenied {
         path: String,
@@ -154,6 +159,20 @@ pub enum EventKind {
         prot: u32,
         flags: u32,
         file_size: u64,
+    },
+    /// Pages of a watched file this process touched through its mappings (faulted in), as
+    /// bytes: what it read of a mapping, as opposed to `file_mmap`'s `len`, what it could read.
+    FileTouch {
+        file: FileKey,
+        /// Bytes since the previous report for this process and file.
+        bytes: u64,
+        /// Bytes of the file touched by this process so far (at most the file's size).
+        total: u64,
+        /// Bytes of the file this process has mapped (the largest mapping seen).
+        mapped: u64,
+        /// "faults" (counted in the kernel) or "smaps" (resident pages sampled from
+        /// /proc/PID/smaps), whichever saw more.
+        source: Name,
     },
     FileTamper {
         file: Option<FileKey>,
@@ -240,6 +259,7 @@ impl EventKind {
             EventKind::FileOpenDenied { .. } => "file_open_denied",
             EventKind::FileRead { .. } => "file_read",
             EventKind::FileMmap { .. } => "file_mmap",
+            EventKind::FileTouch { .. } => "file_touch",
             EventKind::FileTamper { .. } => "file_tamper",
             EventKind::NetConnect { .. } => "net_connect",
             EventKind::NetSend { .. } => "net_send",
@@ -264,6 +284,22 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+fn opened() -> Name {
+    "opened".into()
+}
+
+/// Name of a [`raw::open_origin`] value.
+pub fn origin_name(origin: u32) -> &'static str {
+    match origin {
+        raw::open_origin::OPENED => "opened",
+        raw::open_origin::INHERITED => "inherited",
+        raw::open_origin::RECEIVED => "received",
+        raw::open_origin::PIDFD_GETFD => "pidfd_getfd",
+        raw::open_origin::IO_URING => "io_uring",
+        _ => "unknown",
+    }
+}
+
 fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
@@ -278,7 +314,8 @@ fn cpath(bytes: &[u8]) -> String {
         .into_owned()
 }
 
-fn ip(family: u16, addr: [u8; 16]) -> IpAddr {
+/// An address as the kernel records carry it (IPv4 in the first four bytes) as an IpAddr.
+pub fn ip(family: u16, addr: [u8; 16]) -> IpAddr {
     if family == libc::AF_INET as u16 {
         IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
     } else {
@@ -336,12 +373,29 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let kind = match hdr.kind {
         kind::FILE_OPEN => {
             let e: raw::FileOpenEvent = read_as(buf, "file_open")?;
+            let io_uring = e.origin == raw::open_origin::IO_URING;
             EventKind::FileOpen {
                 file: e.file.into(),
                 fd: e.fd,
                 flags: e.flags,
                 size: e.size,
-                syscall: syscalls::name(e.syscall as u64).into(),
+                // io_uring opens carry the opcode, not a syscall number.
+                syscall: if io_uring {
+                    "io_uring".into()
+                } else {
+                    syscalls::name(e.syscall as u64).into()
+                },
+                origin: origin_name(e.origin).into(),
+            }
+        }
+        kind::FILE_TOUCH => {
+            let e: raw::FileTouchEvent = read_as(buf, "file_touch")?;
+            EventKind::FileTouch {
+                file: e.file.into(),
+                bytes: e.bytes,
+                total: e.total,
+                mapped: 0,
+                source: "faults".into(),
             }
         }
         kind::FILE_OPEN_DENIED => {

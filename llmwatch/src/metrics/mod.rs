@@ -66,6 +66,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         k::PROC_ACCESS => "proc_access",
         k::BPF_LOAD => "bpf_load",
         k::BPF_ACCESS => "bpf_access",
+        k::FILE_TOUCH => "file_touch",
         _ => "unknown",
     }
 }
@@ -91,6 +92,9 @@ pub struct Metrics {
     /// `llmwatch_capability{capability}`: 1 when the host provides it (kernel_btf, tracefs,
     /// tp_btf_syscall_hook), 0 when the agent runs without it.
     pub capability: IntGaugeVec,
+    /// `llmwatch_data_path{what, path}`: 1 for the path chosen for reads, sends, mmap touches
+    /// and io_uring on this kernel (see `probes::DataPaths`).
+    pub data_path: IntGaugeVec,
     /// `llmwatch_watched_files`.
     pub watched_files: IntGauge,
     /// `llmwatch_watched_bytes`.
@@ -184,6 +188,15 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(capability.clone())).expect("unique metric");
+        let data_path = IntGaugeVec::new(
+            Opts::new(
+                "llmwatch_data_path",
+                "The way each kind of data reaches the agent on this kernel (1 for the path in use).",
+            ),
+            &["what", "path"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(data_path.clone())).expect("unique metric");
         let watched_files = gauge(&r, "llmwatch_watched_files", "Weight files currently watched.");
         let watched_bytes = gauge(
             &r,
@@ -311,6 +324,7 @@ impl Metrics {
             kernel_events,
             hook_attached,
             capability,
+            data_path,
             watched_files,
             watched_bytes,
             weight_read_bytes,
@@ -379,6 +393,10 @@ impl Metrics {
         self.capability
             .with_label_values(&[capability])
             .set(i64::from(present));
+    }
+
+    pub fn set_data_path(&self, what: &str, path: &str) {
+        self.data_path.with_label_values(&[what, path]).set(1);
     }
 
     pub fn set_hook(&self, hook: &str, attached: bool) {

@@ -41,12 +41,16 @@ const STRUCT: u8 = 4;
 const UNION: u8 = 5;
 const ENUM: u8 = 6;
 const TYPEDEF: u8 = 8;
+const FUNC_PROTO: u8 = 13;
 const VOLATILE: u8 = 9;
 const CONST: u8 = 10;
 const RESTRICT: u8 = 11;
 const FLOAT: u8 = 16;
 const TYPE_TAG: u8 = 18;
 const ENUM64: u8 = 19;
+
+/// Prefix of the typedef the kernel declares for each tracepoint's probe prototype.
+const TRACEPOINT_TYPEDEF: &str = "btf_trace_";
 
 /// Bound on typedef/modifier chains, array nesting and anonymous-member nesting. Real kernels
 /// need a handful; the limit only exists so a cyclic (malformed) blob errors instead of hanging
@@ -89,6 +93,9 @@ pub struct KernelBtf {
     /// Struct/union name -> first type id with that name. FWD declarations are never indexed,
     /// so a full definition always wins over a forward one.
     by_name: HashMap<String, u32>,
+    /// Typedef name -> type id, for the `btf_trace_<tracepoint>` typedefs only (what
+    /// `tracepoint_arity` looks up; the kernel has tens of thousands of other typedefs).
+    tracepoints: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for KernelBtf {
@@ -174,7 +181,7 @@ impl KernelBtf {
                 INT | 14 | 17 => 4, // INT encoding, VAR linkage, DECL_TAG component_idx
                 ARRAY => 12,
                 STRUCT | UNION | 15 | ENUM64 => vlen * 12, // members, DATASEC vars, enum64 values
-                ENUM | 13 => vlen * 8,                     // enum values, FUNC_PROTO params
+                ENUM | FUNC_PROTO => vlen * 8,             // enum values, FUNC_PROTO params
                 PTR | 7 | TYPEDEF | VOLATILE | CONST | RESTRICT | 12 | FLOAT | TYPE_TAG => 0,
                 k => return Err(malformed(format!("type {id}: unknown kind {k}"))),
             };
@@ -198,6 +205,7 @@ impl KernelBtf {
                     }
                     (first, vlen as u32)
                 }
+                FUNC_PROTO => (0, vlen as u32),
                 _ => (0, 0),
             };
             types.push(Type {
@@ -215,15 +223,23 @@ impl KernelBtf {
             members,
             strings,
             by_name: HashMap::new(),
+            tracepoints: HashMap::new(),
         };
         let mut by_name = HashMap::new();
+        let mut tracepoints = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
             let name = btf.name(t.name_off);
             if matches!(t.kind, STRUCT | UNION) && !name.is_empty() && !by_name.contains_key(name) {
                 by_name.insert(name.to_owned(), id as u32);
             }
+            if t.kind == TYPEDEF
+                && let Some(tp) = name.strip_prefix(TRACEPOINT_TYPEDEF)
+            {
+                tracepoints.insert(tp.to_owned(), id as u32);
+            }
         }
         btf.by_name = by_name;
+        btf.tracepoints = tracepoints;
         Ok(btf)
     }
 
@@ -374,6 +390,18 @@ impl KernelBtf {
         u32::try_from(bits / 8).map_err(|_| malformed(format!("offset of {strukt}.{field} overflows")))
     }
 
+    /// Number of arguments tracepoint `name` passes to a raw tracepoint program, or None when
+    /// this kernel has no such tracepoint. Read from the `btf_trace_<name>` typedef (a pointer
+    /// to the probe's prototype, whose first parameter is the probe's private data).
+    pub fn tracepoint_arity(&self, name: &str) -> Option<usize> {
+        let id = *self.tracepoints.get(name)?;
+        let ptr = self.skip_mods(id).ok()?;
+        let ptr = self.ty(ptr).ok().filter(|t| t.kind == PTR)?;
+        let proto = self.skip_mods(ptr.size_or_type).ok()?;
+        let proto = self.ty(proto).ok().filter(|t| t.kind == FUNC_PROTO)?;
+        Some((proto.b as usize).saturating_sub(1))
+    }
+
     /// Byte size of the member's type, through typedef/const/volatile/restrict/type_tag.
     pub fn member_size(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
         let (_, id) = self.walk(strukt, field)?;
@@ -381,8 +409,8 @@ impl KernelBtf {
     }
 }
 
-/// Offsets for the programs. A missing required field is an error; the optional io_uring ones
-/// become [`MISSING`] when the kernel lacks the struct or field, and their `Offsets` field names
+/// Offsets for the programs. A missing required field is an error; the optional io_uring and
+/// page-fault ones become [`MISSING`] when the kernel lacks the struct or field, and their `Offsets` field names
 /// are returned so the caller can say what is disabled. Other errors (e.g. a field turning into a
 /// bitfield) always propagate: the layout is not what the programs expect.
 pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), BtfError> {
@@ -401,6 +429,11 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), 
     o.task_files = f("task_struct", "files")?;
     o.task_mm = f("task_struct", "mm")?;
     o.task_exit_code = f("task_struct", "exit_code")?;
+    o.task_children = f("task_struct", "children")?;
+    o.task_sibling = f("task_struct", "sibling")?;
+    o.task_signal = f("task_struct", "signal")?;
+    o.signal_leader = f("signal_struct", "leader")?;
+    o.mapping_host = f("address_space", "host")?;
     o.files_fdt = f("files_struct", "fdt")?;
     o.fdt_max_fds = f("fdtable", "max_fds")?;
     o.fdt_fd = f("fdtable", "fd")?;
@@ -431,10 +464,14 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), 
     o.dentry_parent = f("dentry", "d_parent")?;
 
     let mut missing = Vec::new();
-    let optional: [(&mut u32, &str, &str, &'static str); 3] = [
+    let optional: [(&mut u32, &str, &str, &'static str); 7] = [
         (&mut o.req_file, "io_kiocb", "file", "req_file"),
         (&mut o.req_opcode, "io_kiocb", "opcode", "req_opcode"),
         (&mut o.cqe_res, "io_uring_cqe", "res", "cqe_res"),
+        (&mut o.vmf_vma, "vm_fault", "vma", "vmf_vma"),
+        (&mut o.vmf_pgoff, "vm_fault", "pgoff", "vmf_pgoff"),
+        (&mut o.vma_file, "vm_area_struct", "vm_file", "vma_file"),
+        (&mut o.file_mapping, "file", "f_mapping", "file_mapping"),
     ];
     for (slot, s, m, name) in optional {
         *slot = match f(s, m) {
@@ -567,6 +604,23 @@ mod tests {
     }
 
     #[test]
+    fn tracepoint_arity_from_the_probe_typedef() {
+        let mut b = Builder::default();
+        let int = b.add("int", k(INT), 4, &[32]);
+        let proto = b.add("", k(FUNC_PROTO) | 3, 0, &[0, int, 0, int, 0, int]);
+        let ptr = b.add("", k(PTR), proto, &[]);
+        b.add("btf_trace_three", k(TYPEDEF), ptr, &[]);
+        b.add("not_a_tracepoint", k(TYPEDEF), ptr, &[]);
+        // A typedef named like one but not a pointer to a prototype.
+        b.add("btf_trace_odd", k(TYPEDEF), int, &[]);
+        let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+        assert_eq!(btf.tracepoint_arity("three"), Some(2));
+        assert_eq!(btf.tracepoint_arity("not_a_tracepoint"), None);
+        assert_eq!(btf.tracepoint_arity("odd"), None);
+        assert_eq!(btf.tracepoint_arity("missing"), None);
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let blob = synthetic();
         for n in 0..blob.len() {
@@ -645,8 +699,14 @@ mod tests {
         assert_eq!(size("sock", "__sk_common.skc_v6_daddr"), 16);
         assert_eq!((o.sk_family, o.sk_daddr, o.sk_rcv_saddr), (16, 0, 4));
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
+        // Tracepoint prototypes (the probe's private-data argument is not counted).
+        assert_eq!(btf.tracepoint_arity("sched_process_fork"), Some(2));
+        assert_eq!(btf.tracepoint_arity("sys_exit"), Some(2));
+        assert_eq!(btf.tracepoint_arity("no_such_tracepoint"), None);
+        let uring = btf.tracepoint_arity("io_uring_complete");
+        assert!(matches!(uring, Some(3) | Some(7)), "io_uring_complete takes {uring:?} arguments");
 
-        let groups: [&[u32]; 11] = [
+        let groups: [&[u32]; 13] = [
             &[
                 o.regs_r10,
                 o.regs_r9,
@@ -663,7 +723,12 @@ mod tests {
                 o.task_files,
                 o.task_mm,
                 o.task_exit_code,
+                o.task_children,
+                o.task_sibling,
+                o.task_signal,
             ],
+            &[o.signal_leader],
+            &[o.mapping_host],
             &[o.files_fdt],
             &[o.fdt_max_fds, o.fdt_fd],
             &[o.file_inode, o.file_flags, o.file_private_data],

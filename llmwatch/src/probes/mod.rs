@@ -15,9 +15,14 @@ use aya::{
 };
 use llmwatch_common::{
     event::FileId,
-    maps::{self as m, FdKey, SendKey, SendStats, Settings, TrackedFd, WatchedFile, names},
+    maps::{
+        self as m, FdKey, ProcFileKey, SendKey, SendStats, Settings, TouchStats, TrackedFd, UringKey,
+        WatchedFile, names,
+    },
     offsets::Offsets,
 };
+
+pub mod slots;
 
 /// The kernel object built by build.rs from `llmwatch-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmwatch"));
@@ -47,6 +52,12 @@ pub enum ProbeError {
     },
     #[error("map `{name}` missing from the eBPF object")]
     MissingMap { name: &'static str },
+    #[error("map `{name}`: cannot map it into memory: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no required hook attached; the agent would see nothing: {0}")]
     NothingAttached(String),
 }
@@ -89,10 +100,110 @@ const HOOKS: &[(&str, &str, &str, bool)] = &[
     (
         "llmwatch_io_uring_complete",
         "io_uring_complete",
-        "io_uring reads of weight files",
+        "io_uring reads of weight files, opens, connects and (without sock_send_length) sends",
+        false,
+    ),
+    (
+        "llmwatch_filemap_map_pages",
+        "mm_filemap_map_pages",
+        "pages of weight files touched through mappings (fault-around)",
+        false,
+    ),
+    (
+        "llmwatch_filemap_fault",
+        "mm_filemap_fault",
+        "pages of weight files touched through mappings (single faults)",
         false,
     ),
 ];
+
+/// Kprobes standing in for the filemap fault tracepoints: program, kernel function, purpose.
+const FAULT_KPROBES: [(&str, &str, &str); 2] = [
+    (
+        "llmwatch_kprobe_filemap_map_pages",
+        "filemap_map_pages",
+        "pages of weight files touched through mappings (fault-around), where the tracepoint is missing",
+    ),
+    (
+        "llmwatch_kprobe_filemap_fault",
+        "filemap_fault",
+        "pages of weight files touched through mappings (single faults), where the tracepoint is missing",
+    ),
+];
+
+fn function_hook_name(function: &str) -> &'static str {
+    match function {
+        "filemap_map_pages" => "kprobe/filemap_map_pages",
+        _ => "kprobe/filemap_fault",
+    }
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    let prog: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    prog.load()
+        .map_err(|e| format!("load {program}: {}", describe(&e)))?;
+    prog.attach(function, 0)
+        .map_err(|e| format!("attach {program} to {function}: {}", describe(&e)))?;
+    Ok(())
+}
+
+/// Which way each kind of data reaches the agent on this kernel (chosen at start-up from what
+/// the kernel has; `agent_ready.data_paths`, `llmwatch check`, `llmwatch_data_path`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DataPaths {
+    /// Bytes read through descriptors: always the syscall exit hook (+ io_uring completions).
+    pub reads: &'static str,
+    /// Bytes sent: `sock_send_length` where the kernel has it, else the syscall exit hook.
+    pub sends: &'static str,
+    /// Bytes touched through mappings: the filemap fault tracepoints, else /proc/PID/smaps
+    /// samples only.
+    pub mmap_touch: &'static str,
+    /// io_uring: completions, with the tracepoint layout of this kernel.
+    pub io_uring: &'static str,
+}
+
+impl DataPaths {
+    pub fn pairs(&self) -> [(&'static str, &'static str); 4] {
+        [
+            ("reads", self.reads),
+            ("sends", self.sends),
+            ("mmap_touch", self.mmap_touch),
+            ("io_uring", self.io_uring),
+        ]
+    }
+}
+
+/// Tracepoints the kernel may lack: the agent asks BTF before attaching, so what is missing
+/// is said plainly instead of as an attach error.
+const SOCK_SEND_LENGTH: &str = "sock_send_length";
+const IO_URING_COMPLETE: &str = "io_uring_complete";
+const FILEMAP_TRACEPOINTS: [&str; 2] = ["mm_filemap_map_pages", "mm_filemap_fault"];
+
+/// Choices the command line can force, to compare paths and to test the fallbacks on a kernel
+/// that has the better ones.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    /// tp_btf for the syscall hook where allowed (else the raw tracepoint).
+    pub prefer_tp_btf: bool,
+    /// Count bytes sent at syscall exit even where `sock_send_length` exists.
+    pub syscall_sends: bool,
+    /// Leave the filemap fault tracepoints unused: touched pages from smaps samples only.
+    pub smaps_touch_only: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            prefer_tp_btf: true,
+            syscall_sends: false,
+            smaps_touch_only: false,
+        }
+    }
+}
 
 /// Loaded and attached kernel programs plus the maps the agent shares with them.
 pub struct Probes {
@@ -109,6 +220,11 @@ pub struct Probes {
     /// Why the kernel's BTF could not be used, when it could not: the programs then run with
     /// syscall arguments only (see `Offsets::syscall_abi_only`).
     pub btf_error: Option<String>,
+    /// The paths chosen for this kernel (filled at load).
+    pub paths: DataPaths,
+    /// Tracepoints not used, with why: this kernel does not have them (by BTF) and what the
+    /// agent does instead, or an option said not to.
+    missing_tracepoints: Vec<(&'static str, String)>,
 }
 
 /// What the agent loses without kernel BTF (every struct offset unknown).
@@ -122,15 +238,15 @@ impl Probes {
     ///
     /// Without usable BTF at `btf_path` the agent degrades instead of refusing to start: the
     /// programs get the syscall ABI offsets only and `btf_error` says why (see `NO_BTF_LOSS`).
-    pub fn load(
-        settings: Settings,
-        prefer_tp_btf: bool,
-        btf_path: &std::path::Path,
-    ) -> Result<Self, ProbeError> {
+    pub fn load(settings: Settings, opts: ProbeOptions, btf_path: &std::path::Path) -> Result<Self, ProbeError> {
+        let prefer_tp_btf = opts.prefer_tp_btf;
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let resolved = btf::KernelBtf::from_file(btf_path)
+        let kbtf = btf::KernelBtf::from_file(btf_path);
+        let mut settings = settings;
+        let (paths, missing_tracepoints) = choose_paths(kbtf.as_ref().ok(), opts, &mut settings);
+        let resolved = kbtf
             .map_err(ProbeError::from)
             .and_then(|kbtf| btf::resolve_offsets(&kbtf).map_err(ProbeError::from));
         let (offsets, missing_offsets, btf_error) = match resolved {
@@ -155,11 +271,16 @@ impl Probes {
             fast_path: None,
             own_objects: Default::default(),
             btf_error,
+            paths,
+            missing_tracepoints,
         };
         if probes.btf_error.is_some() && prefer_tp_btf {
             probes.fast_path = Some(Err("no kernel BTF (tp_btf needs it)".into()));
         }
         probes.attach_all(prefer_tp_btf && probes.btf_error.is_none(), btf_path);
+        if !opts.smaps_touch_only {
+            probes.attach_fault_kprobes();
+        }
         probes.own_objects = own_objects(&probes.ebpf);
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
             let why = probes
@@ -176,16 +297,28 @@ impl Probes {
     fn attach_all(&mut self, prefer_tp_btf: bool, btf_path: &std::path::Path) {
         for &(program, tp, purpose, required) in HOOKS {
             let hook = tp_hook_name(tp);
+            // The ≤ 6.2 layout passes `res` as an argument: only the request fields are needed.
+            let cqe_needed = self.paths.io_uring == URING_CQE;
             let skip = program == "llmwatch_io_uring_complete"
                 && (self.btf_error.is_some()
                     || self
                         .missing_offsets
                         .iter()
-                        .any(|o| o.starts_with("req_") || o.starts_with("cqe_")));
+                        .any(|o| o.starts_with("req_") || (cqe_needed && o.starts_with("cqe_"))));
             let mut hook = hook;
             let mut program = program;
-            let result = if skip {
+            let absent = self
+                .missing_tracepoints
+                .iter()
+                .find(|(name, _)| *name == tp)
+                .map(|(_, why)| why.as_str());
+            let result = if let Some(why) = absent {
+                Err(why.to_string())
+            } else if skip {
                 Err("io_uring request layout not in this kernel's BTF".to_string())
+            } else if program == "llmwatch_io_uring_complete" && self.paths.io_uring == URING_RES_ARG {
+                program = "llmwatch_io_uring_complete_res";
+                attach_raw_tracepoint(&mut self.ebpf, program, tp)
             } else if program == "llmwatch_sys_exit" && !prefer_tp_btf {
                 if self.fast_path.is_none() {
                     self.fast_path = Some(Err("not tried (--syscall-hook raw)".into()));
@@ -221,6 +354,56 @@ impl Probes {
         }
     }
 
+    /// Where the filemap fault tracepoints are missing, kprobes on the two functions that fire
+    /// them count the same faults (6.1 allows kprobes). Both or neither: half the faults would
+    /// be a count that looks complete and is not.
+    fn attach_fault_kprobes(&mut self) {
+        let traced = self
+            .hooks
+            .iter()
+            .filter(|h| h.program.starts_with("llmwatch_filemap_"))
+            .all(|h| h.attached);
+        if traced || self.btf_error.is_some() {
+            return;
+        }
+        let need = ["vmf_vma", "vmf_pgoff", "vma_file", "file_mapping"];
+        let missing_offset = self.missing_offsets.iter().find(|o| need.contains(o)).copied();
+        let mut all = true;
+        for (program, function, purpose) in FAULT_KPROBES {
+            let result = match missing_offset {
+                Some(o) => Err(format!("{o} not in this kernel's BTF")),
+                None => attach_kprobe(&mut self.ebpf, program, function),
+            };
+            all &= result.is_ok();
+            self.hooks.push(HookStatus {
+                program,
+                hook: function_hook_name(function),
+                purpose,
+                required: false,
+                attached: result.is_ok(),
+                error: result.err(),
+            });
+        }
+        if all {
+            self.paths.mmap_touch = "filemap kprobes + /proc/PID/smaps samples";
+        } else {
+            // One attached without the other: detach it (dropping the link) by unloading.
+            for (program, ..) in FAULT_KPROBES {
+                let kprobe: Option<&mut KProbe> =
+                    self.ebpf.program_mut(program).and_then(|p| p.try_into().ok());
+                if let Some(p) = kprobe {
+                    let _ = p.unload();
+                }
+            }
+            for h in self.hooks.iter_mut().filter(|h| h.program.starts_with("llmwatch_kprobe_")) {
+                if h.attached {
+                    h.attached = false;
+                    h.error = Some("unloaded: its twin did not attach".into());
+                }
+            }
+        }
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
@@ -250,8 +433,94 @@ impl Probes {
             gpu_majors: self.take(names::GPU_MAJORS)?,
             inference_ports: self.take(names::INFERENCE_PORTS)?,
             stats: self.take(names::STATS)?,
+            holders: self.take(names::HOLDERS)?,
+            send_interest: self.take(names::SEND_INTEREST)?,
+            uring_reads: self.take(names::URING_READS)?,
+            touches: self.take(names::TOUCHES)?,
+            pid_filter: self.take_slots(names::PID_FILTER)?,
+            send_filter: self.take_slots(names::SEND_FILTER)?,
         })
     }
+
+    fn take_slots(&mut self, name: &'static str) -> Result<slots::SlotCounts, ProbeError> {
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(ProbeError::MissingMap { name });
+        };
+        slots::SlotCounts::map(data, m::FILTER_SLOTS as usize).map_err(|source| ProbeError::Mmap { name, source })
+    }
+}
+
+fn not_in_kernel(tp: &str, instead: &str) -> String {
+    format!("tracepoint {tp} not in this kernel: {instead}")
+}
+
+const URING_CQE: &str = "completions (ctx, req, cqe)";
+const URING_RES_ARG: &str = "completions (ctx, req, user_data, res, ...)";
+
+/// Which path each kind of data takes on this kernel, and the settings that tell the programs;
+/// plus the tracepoints BTF says this kernel lacks, with what is done instead.
+fn choose_paths(
+    btf: Option<&btf::KernelBtf>,
+    opts: ProbeOptions,
+    settings: &mut Settings,
+) -> (DataPaths, Vec<(&'static str, String)>) {
+    let has = |tp: &str| btf.is_none_or(|b| b.tracepoint_arity(tp).is_some());
+    let mut missing = Vec::new();
+    let sends = if opts.syscall_sends {
+        settings.send_path = m::send_path::SYSCALLS;
+        missing.push((SOCK_SEND_LENGTH, "not used (--send-path syscalls)".into()));
+        "syscall exit hook + io_uring completions (forced)"
+    } else if has(SOCK_SEND_LENGTH) {
+        settings.send_path = m::send_path::SOCK_SEND_LENGTH;
+        "sock_send_length tracepoint"
+    } else {
+        settings.send_path = m::send_path::SYSCALLS;
+        missing.push((
+            SOCK_SEND_LENGTH,
+            not_in_kernel(
+                SOCK_SEND_LENGTH,
+                "bytes sent are counted at syscall exit (write/send*/sendfile/splice) and io_uring completions",
+            ),
+        ));
+        "syscall exit hook + io_uring completions"
+    };
+    let mmap_touch = if opts.smaps_touch_only {
+        for tp in FILEMAP_TRACEPOINTS {
+            missing.push((tp, "not used (--mmap-touch smaps)".into()));
+        }
+        "/proc/PID/smaps samples (forced)"
+    } else if FILEMAP_TRACEPOINTS.iter().all(|tp| has(tp)) {
+        "filemap fault tracepoints + /proc/PID/smaps samples"
+    } else {
+        for tp in FILEMAP_TRACEPOINTS {
+            if !has(tp) {
+                missing.push((
+                    tp,
+                    not_in_kernel(
+                        tp,
+                        "pages touched through mappings are counted by kprobes where allowed, else only sampled from /proc/PID/smaps (a process that maps, touches and exits between samples is then not seen touching)",
+                    ),
+                ));
+            }
+        }
+        "/proc/PID/smaps samples"
+    };
+    let io_uring = match btf.and_then(|b| b.tracepoint_arity(IO_URING_COMPLETE)) {
+        Some(7) => URING_RES_ARG,
+        None if btf.is_some() => {
+            missing.push((IO_URING_COMPLETE, not_in_kernel(IO_URING_COMPLETE, "io_uring is not seen")));
+            "none"
+        }
+        _ => URING_CQE,
+    };
+    let paths = DataPaths {
+        reads: "syscall exit hook (descriptors followed by struct file) + io_uring completions",
+        sends,
+        mmap_touch,
+        io_uring,
+    };
+    (paths, missing)
 }
 
 /// Ids of the programs and maps in `ebpf` and of the links attaching those programs.
@@ -408,6 +677,12 @@ pub struct KernelMaps {
     pub gpu_majors: HashMap<MapData, u32, u8>,
     pub inference_ports: HashMap<MapData, u16, u8>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub holders: HashMap<MapData, u32, u8>,
+    pub send_interest: HashMap<MapData, u32, u8>,
+    pub uring_reads: HashMap<MapData, UringKey, TrackedFd>,
+    pub touches: HashMap<MapData, ProcFileKey, TouchStats>,
+    pub pid_filter: slots::SlotCounts,
+    pub send_filter: slots::SlotCounts,
 }
 
 /// Counters summed over CPUs.
@@ -419,6 +694,10 @@ pub struct KernelStats {
     pub tracked_fds_full: u64,
     pub send_stats_full: u64,
     pub probe_read_errors: u64,
+    pub holders_full: u64,
+    pub interest_full: u64,
+    pub uring_reads_full: u64,
+    pub touches_full: u64,
 }
 
 impl KernelStats {
@@ -444,6 +723,10 @@ impl KernelMaps {
             tracked_fds_full: sum(m::stat::TRACKED_FDS_FULL),
             send_stats_full: sum(m::stat::SEND_STATS_FULL),
             probe_read_errors: sum(m::stat::PROBE_READ_ERRORS),
+            holders_full: sum(m::stat::HOLDERS_FULL),
+            interest_full: sum(m::stat::INTEREST_FULL),
+            uring_reads_full: sum(m::stat::URING_READS_FULL),
+            touches_full: sum(m::stat::TOUCHES_FULL),
         }
     }
 
@@ -563,6 +846,8 @@ fn tp_hook_name(tp: &str) -> &'static str {
         "sched_process_fork" => "raw_tracepoint/sched_process_fork",
         "sched_process_exit" => "raw_tracepoint/sched_process_exit",
         "sock_send_length" => "raw_tracepoint/sock_send_length",
+        "mm_filemap_map_pages" => "raw_tracepoint/mm_filemap_map_pages",
+        "mm_filemap_fault" => "raw_tracepoint/mm_filemap_fault",
         _ => "raw_tracepoint/io_uring_complete",
     }
 }

@@ -137,17 +137,17 @@ impl Activity {
                     self.read(ctx, groups, w, *bytes, sink);
                 }
             }
-            EventKind::FileMmap {
-                len,
-                offset,
-                file_size,
-                ..
-            } => {
+            // A mapping is an access, not a read: what was read of it arrives as the pages it
+            // touched (`file_touch`), so a header lookup through mmap is not a bulk read.
+            EventKind::FileMmap { .. } => {
                 if let Some(w) = &ev.weight {
-                    // A mapping exposes at most the file from its offset on.
-                    let exposed = (*len).min(file_size.saturating_sub(*offset));
-                    self.unexpected_reader(ctx, w, exposed, sink);
-                    self.read(ctx, groups, w, exposed, sink);
+                    self.unexpected_reader(ctx, w, 0, sink);
+                }
+            }
+            EventKind::FileTouch { bytes, .. } => {
+                if let Some(w) = &ev.weight {
+                    self.unexpected_reader(ctx, w, *bytes, sink);
+                    self.read(ctx, groups, w, *bytes, sink);
                 }
             }
             EventKind::FileTamper { op, .. } => {

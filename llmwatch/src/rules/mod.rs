@@ -183,6 +183,7 @@ impl Engine {
             EventKind::FileOpen { .. }
             | EventKind::FileRead { .. }
             | EventKind::FileMmap { .. }
+            | EventKind::FileTouch { .. }
             | EventKind::FileTamper { .. }
             | EventKind::FileOpenDenied { .. }
             | EventKind::NetSend { .. }

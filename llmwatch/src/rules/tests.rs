@@ -196,6 +196,7 @@ fn unexpected_reader_opens_medium_then_high() {
             flags: 0,
             size: w.size,
             syscall: "openat".into(),
+            origin: "opened".into(),
         },
         Some(&w),
     );
@@ -367,6 +368,7 @@ fn tamper_on_change_ops_and_write_opens() {
             flags: libc::O_WRONLY as u32,
             size: MIB,
             syscall: "openat".into(),
+            origin: "opened".into(),
         },
         Some(&w),
     );
@@ -384,6 +386,7 @@ fn tamper_on_change_ops_and_write_opens() {
             flags: 0,
             size: MIB,
             syscall: "openat".into(),
+            origin: "opened".into(),
         },
         Some(&w),
     );

@@ -144,6 +144,19 @@ impl ProcessTable {
         self.procs.get(&pid)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.procs.values()
+    }
+
+    /// Live processes whose parent is `pid`.
+    pub fn children(&self, pid: u32) -> Vec<u32> {
+        self.procs
+            .values()
+            .filter(|p| p.ppid == pid && p.exited_at.is_none())
+            .map(|p| p.pid)
+            .collect()
+    }
+
     /// Updates the table from a lifecycle event; other events make sure their process is known.
     pub fn observe(&mut self, ev: &Event) {
         let t = &ev.task;

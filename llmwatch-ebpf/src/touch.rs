@@ -1,0 +1,132 @@
+//! Pages of watched files that processes touch through their mappings.
+//!
+//! A mapping says how much a process *could* read; the page faults say what it did. The
+//! filemap tracepoints fire in the faulting task: `mm_filemap_map_pages` when fault-around maps
+//! a range of cached pages (start..=last, clipped to the file), `mm_filemap_fault` when one
+//! page is faulted in. They are recent (6.18 has them, 6.1 does not); where they are missing,
+//! kprobes on `filemap_map_pages` / `filemap_fault` see the same calls, and where those are
+//! refused too the agent has only its `/proc/PID/smaps` samples. A fault that maps a whole
+//! large folio or a 2 MiB PMD is counted as one page or not at all: a lower bound.
+use llmwatch_common::{
+    event::{FileId, FileTouchEvent, kind},
+    maps::{ProcFileKey, TouchStats, stat},
+};
+
+use crate::{
+    emit, holders,
+    kernel::{self, off, read},
+    maps::{TOUCHES, WATCHED_FILES, settings_read_report, stat_inc},
+};
+
+const PAGE_SHIFT: u64 = 12;
+
+/// kprobe on `filemap_map_pages(vmf, start_pgoff, end_pgoff)`: the range is not yet clipped
+/// to the file (`on_pages` does).
+#[inline(always)]
+pub fn on_map_pages_call(vmf: u64, first: u64, last: u64) {
+    if let Some(mapping) = vmf_mapping(vmf) {
+        on_pages(mapping, first, last);
+    }
+}
+
+/// kprobe on `filemap_fault(vmf)`: one page, at `vmf->pgoff`.
+#[inline(always)]
+pub fn on_fault_call(vmf: u64) {
+    let Some(mapping) = vmf_mapping(vmf) else {
+        return;
+    };
+    let Some(index) = read::<u64>(vmf, off!(vmf_pgoff)) else {
+        return;
+    };
+    on_pages(mapping, index, index);
+}
+
+/// `vmf->vma->vm_file->f_mapping`.
+#[inline(always)]
+fn vmf_mapping(vmf: u64) -> Option<u64> {
+    if !holders::current_may_hold() {
+        return None;
+    }
+    let vma: u64 = read(vmf, off!(vmf_vma))?;
+    let file: u64 = read(vma, off!(vma_file))?;
+    read(file, off!(file_mapping))
+}
+
+#[inline(always)]
+pub fn on_pages(mapping: u64, first: u64, last: u64) {
+    // Only a holder can have a mapping of a watched file (mapping needs a descriptor; a
+    // child inherits the holder mark with the mapping).
+    if !holders::current_may_hold() || last < first {
+        return;
+    }
+    let (pid, _) = kernel::current_pid_tgid();
+    if !holders::is_holder(pid) {
+        return;
+    }
+    let Some(inode) = read::<u64>(mapping, off!(mapping_host)) else {
+        return;
+    };
+    let Some(ino) = read::<u64>(inode, off!(inode_ino)) else {
+        return;
+    };
+    let Some(sb) = read::<u64>(inode, off!(inode_sb)) else {
+        return;
+    };
+    let Some(dev) = read::<u32>(sb, off!(sb_dev)) else {
+        return;
+    };
+    let file = FileId { dev, _pad: 0, ino };
+    // SAFETY: a lookup whose value is only tested for presence.
+    if unsafe { WATCHED_FILES.get(&file) }.is_none() {
+        return;
+    }
+    // Never past the end of the file (the kprobe sees the range before the kernel clips it).
+    let size: u64 = read(inode, off!(inode_size)).unwrap_or(0);
+    if size == 0 {
+        return;
+    }
+    let last = last.min((size - 1) >> PAGE_SHIFT);
+    if last < first {
+        return;
+    }
+    let pages = last - first + 1;
+    let key = ProcFileKey { file, pid, _pad: 0 };
+    let report_pages = settings_read_report() >> PAGE_SHIFT;
+    let (total, reported) = match TOUCHES.get_ptr_mut(&key) {
+        Some(t) => {
+            // SAFETY: `t` points at a live TOUCHES value.
+            kernel::atomic_add(unsafe { &raw mut (*t).pages }, pages);
+            // SAFETY: as above.
+            let (total, reported) = unsafe { ((*t).pages, (*t).reported) };
+            if total.wrapping_sub(reported) < report_pages {
+                return;
+            }
+            // SAFETY: as above.
+            unsafe { (*t).reported = total };
+            (total, reported)
+        }
+        None => {
+            let value = TouchStats {
+                file,
+                pages,
+                reported: pages,
+            };
+            if TOUCHES.insert(&key, &value, 0).is_err() {
+                stat_inc(stat::TOUCHES_FULL);
+            }
+            // The first touch is reported at once: it says which process reads the mapping.
+            (pages, 0)
+        }
+    };
+    let Some(mut rec) = emit::reserve::<FileTouchEvent>(kind::FILE_TOUCH) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a FileTouchEvent.
+    unsafe {
+        (*ev).file = file;
+        (*ev).bytes = (total - reported) << PAGE_SHIFT;
+        (*ev).total = total << PAGE_SHIFT;
+    }
+    emit::submit(rec, kind::FILE_TOUCH);
+}
