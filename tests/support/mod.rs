@@ -296,3 +296,93 @@ pub fn load_socket_filter(name: &[u8]) -> i32 {
     assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
     fd as i32
 }
+
+/// A helper process driven line by line: it prints `key value` lines and waits for a line on
+/// stdin between steps (see tests/bin/fdtool.rs).
+pub struct Tool {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Tool {
+    pub fn spawn(program: &str, args: &[&str]) -> Tool {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Tool { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of the next line starting with `key` (earlier lines are skipped).
+    pub fn expect(&mut self, key: &str) -> String {
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(' ')) {
+                return v.to_string();
+            }
+        }
+        let status = self.child.wait();
+        panic!("helper ended before printing {key:?}: {status:?}");
+    }
+
+    /// Lets the helper take its next step.
+    pub fn step(&mut self) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes its stdin and waits for it to exit successfully.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "helper failed: {status:?}");
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP listener on 127.0.0.1 that accepts one connection and counts what it receives.
+pub fn tcp_sink() -> (u16, std::thread::JoinHandle<u64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut s, _) = listener.accept().unwrap();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    (port, handle)
+}
+
+/// Sum of `bytes` of the events matching `pred` that arrive until `pid` has exited (its exit
+/// event is the marker: the kernel's unreported counters of a process are swept before it).
+pub fn bytes_until_exit(agent: &mut Agent, pid: u32, pred: impl Fn(&Value) -> bool) -> (u64, Vec<Value>) {
+    let events = agent.collect_until(secs(20), &pred, |v| is(v, "proc_exit", pid));
+    assert!(
+        events.last().is_some_and(|v| is(v, "proc_exit", pid)),
+        "no proc_exit of {pid} within the timeout: {events:#?}"
+    );
+    let hits: Vec<Value> = events.into_iter().filter(|v| pred(v) && !is(v, "proc_exit", pid)).collect();
+    let sum = hits.iter().map(|v| v["bytes"].as_u64().unwrap_or(0)).sum();
+    (sum, hits)
+}

@@ -1,0 +1,133 @@
+//! A mapping of a weight file is judged on the pages the process touched, not on the length it
+//! mapped: a header lookup through mmap (safetensors `safe_open` listing tensor names) is no
+//! bulk read; touching every page is, with the touched bytes within 5% of the file size.
+//! Real processes mapping a real file, the real agent (root).
+use std::path::PathBuf;
+
+use llmwatch_e2e::{Agent, TempDir, Tool, Value, bytes_until_exit, is, secs, write_safetensors};
+
+const FDTOOL: &str = env!("CARGO_BIN_EXE_fdtool");
+const SIZE: u64 = 64 * 1024 * 1024 + 12_345;
+
+fn model(tag: &str) -> (TempDir, PathBuf, u64) {
+    let dir = TempDir::new(tag);
+    let path = dir.path().join("model.safetensors");
+    let ino = write_safetensors(&path, SIZE as usize);
+    (dir, path, ino)
+}
+
+fn touch_of(ino: u64, pid: u32) -> impl Fn(&Value) -> bool {
+    move |v: &Value| is(v, "file_touch", pid) && v["file"]["ino"] == ino
+}
+
+fn bulk_read_of(pid: u32) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["rule"] == "weight.bulk_read" && v["process"]["pid"] == pid
+}
+
+fn within_5_percent(touched: u64) -> bool {
+    touched.abs_diff(SIZE) * 20 <= SIZE
+}
+
+#[test]
+fn a_header_lookup_through_mmap_is_not_a_bulk_read() {
+    let (dir, path, ino) = model("touch-header");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let mut tool = Tool::spawn(FDTOOL, &["mmap-header", path.to_str().unwrap()]);
+    tool.expect("header_bytes");
+    let pid = tool.pid();
+    tool.finish();
+    let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
+    // Mapped whole, touched a page or a fault-around window of it.
+    assert!(touched <= 1 << 20, "a header read touched {touched} bytes: {touches:#?}");
+    let mmap = agent
+        .collect_for(secs(0), |v| is(v, "file_mmap", pid))
+        .into_iter()
+        .next()
+        .expect("the mapping is reported");
+    assert_eq!(mmap["len"], SIZE, "the mapped length is kept: {mmap}");
+    // The process's exit was judged after everything it did: no bulk read alert before it.
+    let alerts = agent.collect_for(secs(0), bulk_read_of(pid));
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+/// The paths for a process that stays alive while mapped: this kernel's choice, and smaps
+/// samples alone (what kernels without the filemap fault tracepoints use), forced.
+const TOUCH_PATHS: [&[&str]; 2] = [&[], &["--mmap-touch", "smaps"]];
+
+#[test]
+fn touching_every_page_of_a_mapping_is_a_bulk_read() {
+    for opts in TOUCH_PATHS {
+        touch_all(opts);
+    }
+}
+
+fn touch_all(opts: &[&str]) {
+    let (dir, path, ino) = model("touch-all");
+    let mut agent = Agent::watching(&[dir.path()], opts);
+    let mut tool = Tool::spawn(FDTOOL, &["mmap-all", path.to_str().unwrap(), "wait"]);
+    tool.expect("touched");
+    let pid = tool.pid();
+    // Alive and mapped: seen touching while it runs (kernel fault counts, or smaps samples).
+    let seen = agent.wait_for(secs(30), |v| {
+        touch_of(ino, pid)(v) && v["total"].as_u64().is_some_and(within_5_percent)
+    });
+    assert!(seen.is_some(), "{opts:?}: no file_touch near the file size while mapped");
+    tool.finish();
+    let (_, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
+    let total = touches
+        .iter()
+        .chain(seen.iter())
+        .map(|v| v["total"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(within_5_percent(total), "touched {total} of {SIZE}");
+    assert!(total <= SIZE, "never more than the file: {total}");
+    let alert = agent.wait_for(secs(5), bulk_read_of(pid));
+    assert!(alert.is_some(), "touching every page is a bulk read");
+}
+
+/// A process that maps, touches every page and exits at once may be gone before a sample:
+/// what the kernel counted of its faults is all there is. That count is a lower bound (a
+/// fault that maps a whole large folio or a 2 MiB PMD counts as one page or not at all, see
+/// `collector::mappings`); here it must show the process touching, never more than the file.
+#[test]
+fn a_mapper_that_exits_at_once_is_seen_touching_by_its_faults() {
+    let (dir, path, ino) = model("touch-quick");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let mut tool = Tool::spawn(FDTOOL, &["mmap-all", path.to_str().unwrap()]);
+    tool.expect("touched");
+    let pid = tool.pid();
+    tool.finish();
+    let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
+    let paths = &agent.ready["data_paths"];
+    assert!(touched > 0, "not seen touching (paths: {paths}): {touches:#?}");
+    assert!(touched <= SIZE, "{touched}");
+    assert!(
+        touches.iter().any(|v| v["source"] == "faults"),
+        "the kernel's fault count reported it: {touches:#?}"
+    );
+}
+
+#[test]
+fn a_mapping_made_before_the_agent_started_is_followed() {
+    for opts in TOUCH_PATHS {
+        mapped_before(opts);
+    }
+}
+
+fn mapped_before(opts: &[&str]) {
+    let (dir, path, ino) = model("touch-before");
+    let mut tool = Tool::spawn(FDTOOL, &["map-hold", path.to_str().unwrap()]);
+    tool.expect("mapped");
+    let mut agent = Agent::watching(&[dir.path()], opts);
+    let seeded = &agent.ready["seeded"];
+    assert!(seeded["mappings"].as_u64().unwrap() >= 1, "{seeded}");
+    tool.step();
+    tool.expect("touched");
+    let pid = tool.pid();
+    let seen = agent.wait_for(secs(30), |v| {
+        touch_of(ino, pid)(v) && v["total"].as_u64().is_some_and(within_5_percent)
+    });
+    assert!(seen.is_some(), "{opts:?}: no file_touch near the file size");
+    tool.finish();
+}
