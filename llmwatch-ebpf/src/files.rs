@@ -13,8 +13,8 @@ use crate::{
     emit, holders,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, OPENS_SEEN, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid, settings_read_report,
-        stat_inc,
+        GPU_MAJORS, OPENS_SEEN, RIGHTS_IN_FLIGHT, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid,
+        settings_read_report, stat_inc,
     },
 };
 
@@ -444,12 +444,39 @@ pub fn on_ftruncate(fd: u64, ret: i64) {
     tamper_fd(entry, tamper_op::TRUNCATE, fd as i32, nr::FTRUNCATE, 0);
 }
 
+/// sendmsg/sendmmsg by a holder returned: if the (first) message carried control data, a
+/// descriptor of a watched file may be on its way to another process (`on_recvmsg` looks).
+#[inline(always)]
+pub fn on_holder_sendmsg(regs: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    // struct msghdr (UAPI): msg_controllen at 40; a struct mmsghdr starts with one.
+    let controllen = kernel::read_user::<u64>(kernel::regs_arg(regs, 1) + 40).unwrap_or(0);
+    if controllen == 0 {
+        return;
+    }
+    if let Some(p) = RIGHTS_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: a 4-byte store into the map's only element; racing stores all write 1.
+        unsafe { core::ptr::write_volatile(p, 1) };
+    }
+}
+
+#[inline(always)]
+fn rights_may_be_in_flight() -> bool {
+    match RIGHTS_IN_FLIGHT.get_ptr(0) {
+        // SAFETY: a 4-byte load from the map's only element.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
+    }
+}
+
 /// recvmsg/recvmmsg returned: descriptors of watched files that came in as SCM_RIGHTS are
-/// tracked in the receiver (which usually holds nothing yet, so this is not holder-gated; a
-/// message without control data costs one user read).
+/// tracked in the receiver (which usually holds nothing yet, so this is not holder-gated:
+/// once a holder has sent control data, a message costs one user read).
 #[inline(always)]
 pub fn on_recvmsg(regs: u64, sysno: u64, ret: i64) {
-    if ret < 0 {
+    if ret < 0 || !rights_may_be_in_flight() {
         return;
     }
     // struct msghdr (UAPI): msg_control at 32, msg_controllen at 40; for recvmmsg the first

@@ -2,7 +2,9 @@
 //!
 //! The offsets live in the read-only `OFFSETS` global; reading them volatile keeps the compiler
 //! from folding in the placeholder values the object is built with.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::helpers::{bpf_get_current_task, generated as helper};
 use llmwatch_common::offsets::MISSING;
 
 use crate::maps::stat_inc;
@@ -16,25 +18,50 @@ pub(crate) use off;
 
 /// Reads a `T` at `base + offset`, or `None` when the offset is missing or the read faults.
 #[inline(always)]
-pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+pub fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
     if base == 0 || offset == MISSING {
         return None;
     }
-    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            stat_inc(llmwatch_common::maps::stat::PROBE_READ_ERRORS);
-            None
-        }
+    let mut v = MaybeUninit::<T>::zeroed();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `v`, our own stack slot, and
+    // faults are caught by the helper (it zeroes the destination then).
+    let r = unsafe {
+        helper::bpf_probe_read_kernel(
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + offset as u64) as *const core::ffi::c_void,
+        )
+    };
+    if r < 0 {
+        stat_inc(llmwatch_common::maps::stat::PROBE_READ_ERRORS);
+        return None;
     }
+    // SAFETY: zero-initialised, then filled by the helper; T is plain data.
+    Some(unsafe { v.assume_init() })
 }
 
+/// Reads a `T` from user memory. The value starts zeroed (not uninitialised, as aya's helper
+/// leaves it on failure): LLVM may otherwise turn `read_user(..).unwrap_or(0)` into a select
+/// on an undefined register, which the verifier rejects.
 #[inline(always)]
-pub fn read_user<T>(addr: u64) -> Option<T> {
+pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+    let mut v = MaybeUninit::<T>::zeroed();
+    // SAFETY: as in `read`, from user memory.
+    let r = unsafe {
+        helper::bpf_probe_read_user(
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const core::ffi::c_void,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: as in `read`.
+    Some(unsafe { v.assume_init() })
 }
 
 /// Syscall number of a `sys_exit` (`regs->orig_ax`).
@@ -60,6 +87,7 @@ pub fn regs_arg(regs: u64, n: u32) -> u64 {
 
 #[inline(always)]
 pub fn current_task() -> u64 {
+    // SAFETY: a helper without arguments; the pointer is only ever read through helpers.
     unsafe { bpf_get_current_task() }
 }
 
@@ -132,6 +160,7 @@ pub fn current_pid_tgid() -> (u32, u32) {
 /// (the BPF target has no `AtomicU64::fetch_add` in core).
 #[inline(always)]
 pub fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: callers pass a pointer to a live map value (a u64 field of it).
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
     }
@@ -140,6 +169,7 @@ pub fn atomic_add(dst: *mut u64, v: u64) {
 /// 32-bit variant of `atomic_add` (wrapping: pass `-1i32 as u32` to subtract).
 #[inline(always)]
 pub fn atomic_add32(dst: *mut u32, v: u32) {
+    // SAFETY: callers pass a pointer to a live map value (a u32 element).
     unsafe {
         core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
     }

@@ -120,6 +120,9 @@ mod programs {
                 if holders::current_sends_counted() {
                     net::on_send_syscall(regs, sysno, ret);
                 }
+                if sysno != nr::SENDTO && holders::current_may_hold() {
+                    files::on_holder_sendmsg(regs, ret);
+                }
             }
             nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT | nr::OPEN_BY_HANDLE_AT => {
                 files::on_open(regs, sysno, ret)

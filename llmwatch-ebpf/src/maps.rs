@@ -66,6 +66,12 @@ pub static SEND_INTEREST: HashMap<u32, u8> = HashMap::with_max_entries(m::SEND_I
 #[map(name = "SEND_FILTER")]
 pub static SEND_FILTER: Array<u32> = Array::with_max_entries(m::FILTER_SLOTS, BPF_F_MMAPABLE);
 
+/// Index 0: a holder has sent a message with control data (possibly SCM_RIGHTS). Until one
+/// has, no descriptor of a watched file can be in flight between processes, and recvmsg stops
+/// at this one array load instead of reading the caller's message header.
+#[map(name = "RIGHTS_IN_FLIGHT")]
+pub static RIGHTS_IN_FLIGHT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Bytes read from watched files through io_uring, per process and open file (no descriptor
 /// number is involved there), reported like descriptor reads.
 #[map(name = "URING_READS")]

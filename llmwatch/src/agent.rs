@@ -96,6 +96,12 @@ pub enum Status<'a> {
     },
     /// The agent is stopping: what it handled and what the kernel lost.
     AgentStopped { events: u64, kernel_drops: u64 },
+    /// At start: how long nothing watched since the previous run's last heartbeat, and
+    /// whether that run stopped in order (`agent.gap` is raised when it did not).
+    AgentGap {
+        #[serde(flatten)]
+        gap: &'a crate::state::heartbeat::Gap,
+    },
     /// A record the agent could not decode.
     AgentDecodeError { error: String },
 }
@@ -120,6 +126,9 @@ pub struct Agent {
     tracefs: probes::tracefs::TracefsState,
     /// Normalized events of the record being handled (reused).
     pending: Vec<Event>,
+    heartbeat: crate::state::heartbeat::Heartbeat,
+    /// Why the heartbeat cannot be written, once it failed (said once, in `degraded`).
+    heartbeat_error: Option<String>,
     /// Kernel records decoded and handled since start.
     events_handled: u64,
     metrics: Arc<Metrics>,
@@ -213,6 +222,7 @@ impl Agent {
             cfg.host = host;
         }
         let cfg = Arc::new(cfg);
+        let heartbeat = crate::state::heartbeat::Heartbeat::new(&cfg.state_dir);
         let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
@@ -228,6 +238,8 @@ impl Agent {
             gpus,
             tracefs,
             pending: Vec::new(),
+            heartbeat,
+            heartbeat_error: None,
             events_handled: 0,
             metrics,
             health,
@@ -346,8 +358,11 @@ impl Agent {
         };
         let mut fallback_rescan = tokio::time::interval(RESCAN_FALLBACK);
         fallback_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Before `agent_ready`: a change made right after it must not be missed.
+        // Before `agent_ready`: a change made right after it must not be missed, and a stop
+        // asked for right after it must be an orderly one (its heartbeat says so).
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let (config_tx, mut config_rx) = tokio::sync::mpsc::channel(4);
         // The directory, not the file: Kubernetes updates a mounted ConfigMap by swapping a
         // `..data` symlink, which a watch on the file itself stops seeing after the first time.
@@ -363,6 +378,7 @@ impl Agent {
                 })
                 .ok()
         });
+        self.report_gap(sink);
         let degraded = self.degraded();
         for d in &degraded {
             log::warn!("degraded: {d}");
@@ -434,7 +450,6 @@ impl Agent {
         let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut manifest_rx = self.manifest_rx.take().expect("run once");
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut batch: Vec<Record> = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -459,6 +474,7 @@ impl Agent {
                 _ = fallback_rescan.tick(), if watch_error.is_some() => self.rescan_and_report(sink),
                 Some(()) = rescan_rx.recv() => self.rescan_and_report(sink),
                 _ = flush.tick() => {
+                    self.beat(false);
                     let stats = self.collector.stats();
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
@@ -481,12 +497,13 @@ impl Agent {
                 }
                 _ = sighup.recv() => self.reload(sink, true),
                 Some(()) = config_rx.recv() => self.reload(sink, false),
-                _ = tokio::signal::ctrl_c() => break,
+                _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
         }
         self.health.set_ready(false);
         self.report_drops(sink);
+        self.beat(true);
         sink.emit(Output::Status(Status::AgentStopped {
             events: self.events_handled,
             kernel_drops: self.collector.drops_seen(),
@@ -595,6 +612,11 @@ impl Agent {
                 "tracefs unavailable ({why}): nothing lost (raw and BTF tracepoints do not need it)"
             ));
         }
+        if let Some(why) = &self.heartbeat_error {
+            out.push(format!(
+                "{why}: after a crash or kill, the next start cannot say how long nothing was watched (agent.gap)"
+            ));
+        }
         if let Some(Err(why)) = &probes.fast_path {
             out.push(format!(
                 "faster tp_btf syscall hook not used ({why}): the raw tracepoint costs more per syscall"
@@ -632,6 +654,52 @@ impl Agent {
                 .on_agent_tamper(summary, format!("map:{map}"), now, &mut self.alerts);
         }
         self.emit_alerts(sink);
+    }
+
+    /// At start: the time nothing watched since the previous run, from its last heartbeat. An
+    /// orderly stop before it is only said; anything else (killed, crashed, host down) is
+    /// `agent.gap`. Then the first beat of this run.
+    fn report_gap(&mut self, sink: &mut dyn Sink) {
+        use crate::state::heartbeat::human_seconds;
+        let now = chrono::Utc::now();
+        if let Some(gap) = self.heartbeat.gap(now) {
+            sink.emit(Output::Status(Status::AgentGap { gap: &gap }));
+            let span = format!(
+                "{} (from {} to {})",
+                human_seconds(gap.seconds),
+                gap.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                gap.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            if gap.clean {
+                log::info!("not watching for {span}: the previous run stopped in order");
+            } else {
+                let summary = format!(
+                    "llmwatch did not watch this host for {span}: the previous run (pid {}) did not \
+                     stop in order (killed, crashed, or the host went down); nothing in that window was seen",
+                    gap.previous_pid
+                );
+                log::warn!("{summary}");
+                let window = crate::alerts::Window {
+                    start: gap.from,
+                    end: gap.to,
+                };
+                self.engine.on_agent_gap(summary, window, &mut self.alerts);
+                self.emit_alerts(sink);
+            }
+        }
+        self.beat(false);
+    }
+
+    fn beat(&mut self, clean: bool) {
+        match self.heartbeat.beat(chrono::Utc::now(), clean) {
+            Ok(()) => self.heartbeat_error = None,
+            Err(e) => {
+                if self.heartbeat_error.is_none() {
+                    log::warn!("{e}");
+                }
+                self.heartbeat_error = Some(e.to_string());
+            }
+        }
     }
 
     /// Every flush interval: what the kernel counted but did not report yet, and the pages
@@ -797,6 +865,9 @@ impl Agent {
                 }
                 if new.extra_gpu_majors != self.cfg.extra_gpu_majors {
                     restart_needed.push("gpu.extra_majors");
+                }
+                if new.state_dir != self.cfg.state_dir {
+                    restart_needed.push("state_dir");
                 }
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);

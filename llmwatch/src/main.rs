@@ -121,6 +121,9 @@ struct RunOpts {
     /// Serve /metrics, /healthz and /readyz here (default 127.0.0.1:9477; `off` to disable).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// The agent's own state (heartbeat): default /var/lib/llmwatch, or `state_dir` in the file.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     #[command(flatten)]
     host: HostPaths,
 }
@@ -178,7 +181,11 @@ impl RunOpts {
         let syscall_sends = self.send_path == "syscalls";
         let smaps_touch = self.mmap_touch == "smaps";
         let host = self.host.clone();
+        let state_dir = self.state_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone()));
         Ok(Arc::new(move |cfg: &mut Config| {
+            if let Some(d) = &state_dir {
+                cfg.state_dir = d.clone();
+            }
             cfg.kernel_btf = host.kernel_btf.clone();
             cfg.tracefs = host.tracefs.clone();
             if !model_dirs.is_empty() {

@@ -36,6 +36,8 @@ pub fn require_root() {
 
 pub struct Agent {
     child: Child,
+    /// The agent's own state directory (heartbeat) when the test did not choose one.
+    _state: Option<TempDir>,
     rx: Receiver<Value>,
     /// Lines read but not yet consumed by a `wait_for`.
     pub seen: Vec<Value>,
@@ -57,6 +59,18 @@ impl Agent {
         } else {
             &["--metrics-addr", "127.0.0.1:0"]
         };
+        // Each agent its own heartbeat, so scenarios running side by side never read each
+        // other's (a test of the heartbeat passes --state-dir itself).
+        let state = (!args.contains(&"--state-dir")).then(|| {
+            let d = TempDir::new("state");
+            // Writable by an agent that runs as another user (tests/privilege.rs).
+            std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+            d
+        });
+        let state_args: Vec<&str> = match &state {
+            Some(d) => vec!["--state-dir", d.path().to_str().unwrap()],
+            None => vec![],
+        };
         let mut cmd = match wrapper.split_first() {
             Some((prog, rest)) => {
                 let mut c = Command::new(prog);
@@ -68,6 +82,7 @@ impl Agent {
         let mut child = cmd
             .arg("events")
             .args(metrics)
+            .args(&state_args)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -91,6 +106,7 @@ impl Agent {
         });
         let mut agent = Agent {
             child,
+            _state: state,
             rx,
             seen: Vec::new(),
             ready: Value::Null,

@@ -321,8 +321,8 @@ fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
     check(status, "llmwatch")
 }
 
-/// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server) and PyPI's
-/// kubernetes-validate. Installed when missing, then required, so a test never skips silently.
+/// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server), netcat
+/// and fio, and PyPI's kubernetes-validate. Installed when missing, then required, so a test never skips silently.
 fn ensure_test_tools() -> anyhow::Result<()> {
     let have = |cmd: &str, arg: &str| {
         Command::new(cmd)
@@ -342,6 +342,26 @@ fn ensure_test_tools() -> anyhow::Result<()> {
                 .status()
                 .context("running apt-get (as root)")?,
             "apt-get install prometheus",
+        )?;
+    }
+    // The end-to-end tests drive real tools: OpenBSD netcat (`nc -N`, the sender in the
+    // exfiltration scenarios) and fio (its io_uring engine reads a model).
+    let missing: Vec<&str> = [("nc", "netcat-openbsd"), ("fio", "fio")]
+        .into_iter()
+        .filter(|(bin, _)| !have(bin, "-h"))
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("test: installing Debian's {} (used by the end-to-end tests)", missing.join(", "));
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        check(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("running apt-get (as root)")?,
+            "apt-get install netcat-openbsd fio",
         )?;
     }
     if !have("kubernetes-validate", "--version") {

@@ -35,6 +35,9 @@ use crate::state::files::default_roots;
 /// Triton gRPC/metrics (8001, 8002), Ollama (11434), llama.cpp server (8080), SGLang (30000).
 pub const DEFAULT_INFERENCE_PORTS: &[u16] = &[8000, 8001, 8002, 8080, 11434, 30000];
 
+/// The agent's own files on the host (heartbeat; the spool below it by default).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/llmwatch";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Directories searched for weight files.
@@ -67,6 +70,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Durable queue of alerts not yet delivered to every webhook.
     pub spool: SpoolConfig,
+    /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
+    pub state_dir: PathBuf,
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
@@ -110,7 +115,7 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
-            dir: PathBuf::from("/var/lib/llmwatch/spool"),
+            dir: PathBuf::from(DEFAULT_STATE_DIR).join("spool"),
             max_bytes: 64 << 20,
             memory_max_bytes: 8 << 20,
         }
@@ -140,6 +145,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().ok(),
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,
             force_smaps_touch: false,

@@ -18,6 +18,7 @@ pub const MEMORY_SCRAPE: &str = "host.memory_scrape";
 pub const EVENT_LOSS: &str = "agent.event_loss";
 pub const BPF_LOAD: &str = "host.bpf_load";
 pub const AGENT_TAMPER: &str = "agent.tamper";
+pub const AGENT_GAP: &str = "agent.gap";
 
 pub const RULE_IDS: &[&str] = &[
     UNEXPECTED_READER,
@@ -35,6 +36,7 @@ pub const RULE_IDS: &[&str] = &[
     EVENT_LOSS,
     BPF_LOAD,
     AGENT_TAMPER,
+    AGENT_GAP,
 ];
 
 /// Keys every rule has.
@@ -164,6 +166,7 @@ pub struct Rules {
     pub event_loss: BasicRule,
     pub bpf_load: BasicRule,
     pub agent_tamper: BasicRule,
+    pub agent_gap: BasicRule,
 }
 
 impl Default for Rules {
@@ -219,6 +222,7 @@ impl Default for Rules {
             event_loss: basic(High),
             bpf_load: basic(Info),
             agent_tamper: basic(Critical),
+            agent_gap: basic(High),
         }
     }
 }
@@ -241,6 +245,7 @@ impl Rules {
             EVENT_LOSS => &self.event_loss.common,
             BPF_LOAD => &self.bpf_load.common,
             AGENT_TAMPER => &self.agent_tamper.common,
+            AGENT_GAP => &self.agent_gap.common,
             _ => return None,
         })
     }
@@ -262,6 +267,7 @@ impl Rules {
             EVENT_LOSS => &mut self.event_loss.common,
             BPF_LOAD => &mut self.bpf_load.common,
             AGENT_TAMPER => &mut self.agent_tamper.common,
+            AGENT_GAP => &mut self.agent_gap.common,
             _ => return None,
         })
     }

@@ -101,7 +101,7 @@ fn empty_file_gives_defaults() {
         assert!(c.enabled, "{id}");
         assert_eq!(c.suppress, Duration::from_secs(600), "{id}");
     }
-    assert_eq!(RULE_IDS.len(), 15);
+    assert_eq!(RULE_IDS.len(), 16);
     assert!(d.rules.common("weight.nope").is_none());
 }
 

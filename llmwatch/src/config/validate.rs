@@ -27,6 +27,7 @@ const TOP: &[&str] = &[
     "metrics",
     "webhooks",
     "spool",
+    "state_dir",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -257,6 +258,7 @@ impl Checker {
         }
         let f = self.fields("", root, TOP, "");
         self.set(&f, "", "host", "a host name", non_empty, &mut cfg.host);
+        self.set(&f, "", "state_dir", "a directory", absolute_path, &mut cfg.state_dir);
         if let Some(n) = f.get("models") {
             self.models(n, cfg);
         }

@@ -23,7 +23,7 @@ pub const USED: &[(u32, &str, &str)] = &[
     (
         19,
         "CAP_SYS_PTRACE",
-        "read /proc/<pid>/exe, cwd and fd of other users' processes",
+        "read /proc/<pid>/exe, cwd, fd and smaps of other users' processes (so those that held or mapped weights before the agent started are not followed, and their mappings' touched pages are not sampled)",
     ),
     (21, "CAP_SYS_ADMIN", "mount tracefs when it is not mounted"),
 ];

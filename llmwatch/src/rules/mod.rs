@@ -286,6 +286,13 @@ impl Engine {
         );
     }
 
+    /// agent.gap: nothing watched this host between the previous run's last heartbeat and
+    /// this start, and the previous run did not stop in order.
+    pub fn on_agent_gap(&mut self, summary: String, window: Window, out: &mut Alerts) {
+        let key = format!("gap:{}", window.start.timestamp());
+        self.about_the_agent(crate::config::rules::AGENT_GAP, summary, key, window, out);
+    }
+
     /// agent.tamper found by the agent's own checks (its maps changed underneath it).
     pub fn on_agent_tamper(&mut self, summary: String, key: String, t: DateTime<Utc>, out: &mut Alerts) {
         self.about_the_agent("agent.tamper", summary, key, Window::at(t), out);
