@@ -126,7 +126,9 @@ fn a_redirect_or_an_inherited_descriptor_into_nc_is_exfiltration() {
         assert!(status.success(), "{script}");
         assert_eq!(sink.join().unwrap(), size as u64);
         let a = agent
-            .wait_for(secs(10), |v| alert("weight.exfiltration")(v) && v["network"][0]["port"] == port)
+            .wait_for(secs(10), |v| {
+                alert("weight.exfiltration")(v) && v["network"][0]["port"] == port
+            })
             .unwrap_or_else(|| panic!("no weight.exfiltration for {script}"));
         assert_eq!(a["severity"], "critical");
         assert_eq!(a["files"][0]["path"], model.to_str().unwrap());

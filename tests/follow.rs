@@ -67,7 +67,9 @@ fn a_shell_redirect_into_nc_is_read_and_sent_by_nc() {
     assert_ne!(nc, u64::from(sh));
     // And what it sent, attributed to nc too.
     let sent: u64 = agent
-        .collect_for(secs(0), |v| v["kind"] == "net_send" && v["task"]["pid"] == nc && v["port"] == port)
+        .collect_for(secs(0), |v| {
+            v["kind"] == "net_send" && v["task"]["pid"] == nc && v["port"] == port
+        })
         .iter()
         .map(|v| v["bytes"].as_u64().unwrap())
         .sum();
@@ -231,6 +233,9 @@ fn a_descriptor_number_reused_by_dup2_stops_counting_for_the_old_file() {
     let (bytes, reads) = bytes_until_exit(&mut agent, pid, |v| read_of(ino)(v) && v["task"]["pid"] == pid);
     assert_eq!(bytes, n, "{reads:#?}");
     let last = reads.last().unwrap();
-    assert_eq!(last["reason"], "close", "dup2 over it ended the old file's count: {reads:#?}");
+    assert_eq!(
+        last["reason"], "close",
+        "dup2 over it ended the old file's count: {reads:#?}"
+    );
     assert_eq!(last["syscall"], "dup2");
 }

@@ -29,7 +29,10 @@ fn a_killed_agent_reports_the_gap_at_its_next_start() {
     let models = TempDir::new("gap-kill-models");
     let mut first = start(&state, &models);
     let first_pid = first.pid();
-    assert!(before_ready(&first, |v| v["kind"] == "agent_gap").is_empty(), "first start: no gap");
+    assert!(
+        before_ready(&first, |v| v["kind"] == "agent_gap").is_empty(),
+        "first start: no gap"
+    );
     first.kill();
     let killed_at = chrono_like::Time::now();
     std::thread::sleep(secs(3));
@@ -43,7 +46,10 @@ fn a_killed_agent_reports_the_gap_at_its_next_start() {
     assert!(summary.contains(&format!("pid {first_pid}")), "{summary}");
     // The window runs from the last heartbeat (at most one flush interval before the kill) to
     // this start, which came at least 3 s after the kill.
-    let (from, to) = (parse_time(&alert["window"]["start"]), parse_time(&alert["window"]["end"]));
+    let (from, to) = (
+        parse_time(&alert["window"]["start"]),
+        parse_time(&alert["window"]["end"]),
+    );
     assert!(from.0 <= killed_at.0 && killed_at.0 - from.0 <= 6.0, "{alert}");
     assert!(to.0 - killed_at.0 >= 3.0, "{alert}");
     let status = before_ready(&second, |v| v["kind"] == "agent_gap");

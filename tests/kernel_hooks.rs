@@ -808,7 +808,10 @@ fn io_uring_reads_of_watched_files_are_reported() {
             .all(|v| v["reason"] == "io_uring" || v["reason"] == "flush"),
         "{events:#?}"
     );
-    assert_eq!(events[0]["reason"], "io_uring", "the first completion is reported at once");
+    assert_eq!(
+        events[0]["reason"], "io_uring",
+        "the first completion is reported at once"
+    );
 }
 
 /// fio's io_uring engine reading a whole model: every byte counted, attributed to fio.
@@ -821,7 +824,13 @@ fn fio_io_uring_whole_file_read_is_counted() {
     let ino = write_safetensors(&path, size);
     let mut agent = Agent::watching(&[dir.path()], &[]);
     let child = Command::new("fio")
-        .args(["--name=llmwatch", "--rw=read", "--bs=128k", "--ioengine=io_uring", "--iodepth=4"])
+        .args([
+            "--name=llmwatch",
+            "--rw=read",
+            "--bs=128k",
+            "--ioengine=io_uring",
+            "--iodepth=4",
+        ])
         .arg(format!("--filename={}", path.display()))
         .arg(format!("--size={size}"))
         .arg("--output=/dev/null")

@@ -103,13 +103,21 @@ fn sendfile_and_uring(opts: &[&str]) {
     let mut agent = Agent::watching(&[dir.path()], opts);
     for how in ["sendfile", "uring-send"] {
         let (port, sink) = tcp_sink();
-        let mut tool = Tool::spawn(FDTOOL, &[how, path.to_str().unwrap(), "127.0.0.1", &port.to_string()]);
+        let mut tool = Tool::spawn(
+            FDTOOL,
+            &[how, path.to_str().unwrap(), "127.0.0.1", &port.to_string()],
+        );
         assert_eq!(tool.expect("sent"), size.to_string());
         let pid = tool.pid();
         tool.finish();
         assert_eq!(sink.join().unwrap(), size);
-        let (sent, sends) = bytes_until_exit(&mut agent, pid, |v| sent_to(port)(v) && v["task"]["pid"] == pid);
+        let (sent, sends) =
+            bytes_until_exit(&mut agent, pid, |v| sent_to(port)(v) && v["task"]["pid"] == pid);
         assert_eq!(sent, size, "{how} {opts:?}: {sends:#?}");
-        assert!(sends.iter().all(|v| v["dest"] == "127.0.0.1" && v["proto"] == "tcp"));
+        assert!(
+            sends
+                .iter()
+                .all(|v| v["dest"] == "127.0.0.1" && v["proto"] == "tcp")
+        );
     }
 }

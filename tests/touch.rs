@@ -38,7 +38,10 @@ fn a_header_lookup_through_mmap_is_not_a_bulk_read() {
     tool.finish();
     let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
     // Mapped whole, touched a page or a fault-around window of it.
-    assert!(touched <= 1 << 20, "a header read touched {touched} bytes: {touches:#?}");
+    assert!(
+        touched <= 1 << 20,
+        "a header read touched {touched} bytes: {touches:#?}"
+    );
     let mmap = agent
         .collect_for(secs(0), |v| is(v, "file_mmap", pid))
         .into_iter()
@@ -71,7 +74,10 @@ fn touch_all(opts: &[&str]) {
     let seen = agent.wait_for(secs(30), |v| {
         touch_of(ino, pid)(v) && v["total"].as_u64().is_some_and(within_5_percent)
     });
-    assert!(seen.is_some(), "{opts:?}: no file_touch near the file size while mapped");
+    assert!(
+        seen.is_some(),
+        "{opts:?}: no file_touch near the file size while mapped"
+    );
     tool.finish();
     let (_, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
     let total = touches

@@ -98,7 +98,6 @@ pub mod send_path {
     pub const SYSCALLS: u32 = 1;
 }
 
-
 /// Key of `SEND_STATS`: one (process, destination) pair.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -285,7 +285,14 @@ pub fn on_read(sysno: u64, fd: u64, ret: i64) {
     }
     // SAFETY: as above.
     unsafe { (*entry).reported = total };
-    report_read(entry, fd as i32, sysno as u32, total - reported, total, read_reason::PROGRESS);
+    report_read(
+        entry,
+        fd as i32,
+        sysno as u32,
+        total - reported,
+        total,
+        read_reason::PROGRESS,
+    );
 }
 
 #[inline(always)]

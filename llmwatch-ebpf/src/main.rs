@@ -130,7 +130,11 @@ mod programs {
             nr::RECVMSG | nr::RECVMMSG => files::on_recvmsg(regs, sysno, ret),
             nr::PIDFD_GETFD => {
                 if ret >= 0 {
-                    files::adopt(ret as u64, sysno, llmwatch_common::event::open_origin::PIDFD_GETFD);
+                    files::adopt(
+                        ret as u64,
+                        sysno,
+                        llmwatch_common::event::open_origin::PIDFD_GETFD,
+                    );
                 }
             }
             nr::TRUNCATE | nr::UNLINK | nr::UNLINKAT | nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => {
@@ -238,7 +242,9 @@ mod programs {
     /// The same as `llmwatch_filemap_map_pages`, where the kernel lacks the tracepoint.
     #[kprobe]
     pub fn llmwatch_kprobe_filemap_map_pages(ctx: ProbeContext) -> u32 {
-        if let (Some(vmf), Some(first), Some(last)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
+        if let (Some(vmf), Some(first), Some(last)) =
+            (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+        {
             crate::touch::on_map_pages_call(vmf, first, last);
         }
         0

@@ -1,9 +1,9 @@
 //! Map definitions and the read-only globals the agent fills before load.
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use llmwatch_common::{
     event::FileId,
     maps::{

@@ -427,10 +427,8 @@ impl Agent {
             "tracefs",
             !matches!(self.tracefs, probes::tracefs::TracefsState::Unavailable(_)),
         );
-        self.metrics.set_capability(
-            "tp_btf_syscall_hook",
-            matches!(probes.fast_path, Some(Ok(_))),
-        );
+        self.metrics
+            .set_capability("tp_btf_syscall_hook", matches!(probes.fast_path, Some(Ok(_))));
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
         for id in crate::config::RULE_IDS {

@@ -181,7 +181,10 @@ impl RunOpts {
         let syscall_sends = self.send_path == "syscalls";
         let smaps_touch = self.mmap_touch == "smaps";
         let host = self.host.clone();
-        let state_dir = self.state_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone()));
+        let state_dir = self
+            .state_dir
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or(d.clone()));
         Ok(Arc::new(move |cfg: &mut Config| {
             if let Some(d) = &state_dir {
                 cfg.state_dir = d.clone();

@@ -63,7 +63,16 @@ fn say(key: &str, value: impl std::fmt::Display) {
 fn mapping(fd: RawFd, len: usize) -> &'static [u8] {
     // SAFETY: a fresh shared read-only mapping of `len` bytes of `fd`, never unmapped (the
     // process exits soon after).
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
     if p == libc::MAP_FAILED {
         fail("mmap");
     }
@@ -97,7 +106,11 @@ fn tcp(host: &str, port: &str) -> std::net::TcpStream {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| fail("missing argument"));
+    let a = |i: usize| {
+        args.get(i)
+            .map(String::as_str)
+            .unwrap_or_else(|| fail("missing argument"))
+    };
     match a(0) {
         // Open and read the whole file.
         "read" => say("read", read_all(open_ro(a(1)))),
@@ -143,7 +156,12 @@ fn main() {
             let mount_fd = open_ro(dir.as_deref().unwrap_or("/"));
             // SAFETY: the handle filled in above; the fd returned is ours.
             let fd = unsafe {
-                libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), libc::O_RDONLY)
+                libc::syscall(
+                    libc::SYS_open_by_handle_at,
+                    mount_fd,
+                    buf.as_mut_ptr(),
+                    libc::O_RDONLY,
+                )
             };
             if fd < 0 {
                 fail("open_by_handle_at");

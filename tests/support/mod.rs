@@ -398,7 +398,10 @@ pub fn bytes_until_exit(agent: &mut Agent, pid: u32, pred: impl Fn(&Value) -> bo
         events.last().is_some_and(|v| is(v, "proc_exit", pid)),
         "no proc_exit of {pid} within the timeout: {events:#?}"
     );
-    let hits: Vec<Value> = events.into_iter().filter(|v| pred(v) && !is(v, "proc_exit", pid)).collect();
+    let hits: Vec<Value> = events
+        .into_iter()
+        .filter(|v| pred(v) && !is(v, "proc_exit", pid))
+        .collect();
     let sum = hits.iter().map(|v| v["bytes"].as_u64().unwrap_or(0)).sum();
     (sum, hits)
 }

@@ -352,7 +352,10 @@ fn ensure_test_tools() -> anyhow::Result<()> {
         .map(|(_, pkg)| pkg)
         .collect();
     if !missing.is_empty() {
-        eprintln!("test: installing Debian's {} (used by the end-to-end tests)", missing.join(", "));
+        eprintln!(
+            "test: installing Debian's {} (used by the end-to-end tests)",
+            missing.join(", ")
+        );
         let _ = Command::new("apt-get").args(["update", "-qq"]).status();
         check(
             Command::new("apt-get")

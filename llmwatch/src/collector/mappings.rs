@@ -85,10 +85,6 @@ impl Mappings {
     pub fn files_of(&mut self, pid: u32) -> Option<&mut HashMap<FileKey, Touch>> {
         self.by_pid.get_mut(&pid)
     }
-
-    pub fn len(&self) -> usize {
-        self.by_pid.values().map(HashMap::len).sum()
-    }
 }
 
 /// What one process maps of each file: (mapped bytes, resident bytes), from smaps text.
@@ -105,12 +101,7 @@ pub fn parse_smaps(text: &str) -> HashMap<FileKey, (u64, u64)> {
             continue;
         }
         if let (Some(f), Some(rest)) = (current, line.strip_prefix("Rss:")) {
-            let kb: u64 = rest
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(0);
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
             out.entry(f).or_default().1 += kb * 1024;
         }
     }
@@ -164,10 +155,7 @@ VmFlags: rd sh mr mw me ms sd
     #[test]
     fn smaps_sums_mapped_and_resident_per_file() {
         let m = parse_smaps(SMAPS);
-        let model = FileKey {
-            dev: 0x2a,
-            ino: 777,
-        };
+        let model = FileKey { dev: 0x2a, ino: 777 };
         assert_eq!(m[&model], (4 * 1024 * 1024 + 1024 * 1024, 96 * 1024));
         let python = FileKey {
             dev: (0xfd << 20) | 1,

@@ -182,11 +182,9 @@ impl Collector {
                 }
                 *bytes = *total - seen;
             }
-            EventKind::GpuOpen { major, minor, .. } => {
-                // "process P started using GPU device D": once per process and device.
-                if !self.gpu_seen.insert((pid, *major, *minor)) {
-                    return;
-                }
+            // "process P started using GPU device D": once per process and device.
+            EventKind::GpuOpen { major, minor, .. } if !self.gpu_seen.insert((pid, *major, *minor)) => {
+                return;
             }
             EventKind::BpfAccess { object, id, ours, .. } => {
                 *ours = self.probes.own_objects.get(&(object.as_ref(), *id)).cloned();
@@ -203,7 +201,11 @@ impl Collector {
 
     /// Processes currently using a GPU (once per process, as `gpu_open` events are).
     pub fn gpu_processes(&self) -> usize {
-        self.gpu_seen.iter().map(|(p, _, _)| *p).collect::<HashSet<u32>>().len()
+        self.gpu_seen
+            .iter()
+            .map(|(p, _, _)| *p)
+            .collect::<HashSet<u32>>()
+            .len()
     }
 
     /// A `file_touch` event for what `pid` touched of `file` beyond what was passed on.
@@ -284,7 +286,8 @@ impl Collector {
             self.swept_read(key.pid, key.fd as i32, &tracked, task_of, out);
             if exited.is_some() {
                 let _ = self.maps.tracked_fds.remove(&key);
-                self.read_totals.remove(&(key.pid, key.fd as i32, tracked.file_ptr));
+                self.read_totals
+                    .remove(&(key.pid, key.fd as i32, tracked.file_ptr));
             }
         }
         let urings: Vec<UringKey> = self
@@ -533,12 +536,7 @@ impl Collector {
         if pid <= 1 || pid == std::process::id() {
             return false;
         }
-        if self
-            .maps
-            .send_interest
-            .insert(pid, 1, BPF_NOEXIST)
-            .is_ok()
-        {
+        if self.maps.send_interest.insert(pid, 1, BPF_NOEXIST).is_ok() {
             self.maps.send_filter.add(pid);
             return true;
         }
@@ -569,11 +567,6 @@ impl Collector {
             }
         }
         marked
-    }
-
-    /// Mapped weight files being sampled (agent_ready, tests).
-    pub fn mapped_files(&self) -> usize {
-        self.mappings.len()
     }
 }
 

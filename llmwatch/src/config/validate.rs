@@ -258,7 +258,14 @@ impl Checker {
         }
         let f = self.fields("", root, TOP, "");
         self.set(&f, "", "host", "a host name", non_empty, &mut cfg.host);
-        self.set(&f, "", "state_dir", "a directory", absolute_path, &mut cfg.state_dir);
+        self.set(
+            &f,
+            "",
+            "state_dir",
+            "a directory",
+            absolute_path,
+            &mut cfg.state_dir,
+        );
         if let Some(n) = f.get("models") {
             self.models(n, cfg);
         }

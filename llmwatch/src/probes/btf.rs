@@ -704,7 +704,10 @@ mod tests {
         assert_eq!(btf.tracepoint_arity("sys_exit"), Some(2));
         assert_eq!(btf.tracepoint_arity("no_such_tracepoint"), None);
         let uring = btf.tracepoint_arity("io_uring_complete");
-        assert!(matches!(uring, Some(3) | Some(7)), "io_uring_complete takes {uring:?} arguments");
+        assert!(
+            matches!(uring, Some(3) | Some(7)),
+            "io_uring_complete takes {uring:?} arguments"
+        );
 
         let groups: [&[u32]; 13] = [
             &[

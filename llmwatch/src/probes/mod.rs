@@ -238,7 +238,11 @@ impl Probes {
     ///
     /// Without usable BTF at `btf_path` the agent degrades instead of refusing to start: the
     /// programs get the syscall ABI offsets only and `btf_error` says why (see `NO_BTF_LOSS`).
-    pub fn load(settings: Settings, opts: ProbeOptions, btf_path: &std::path::Path) -> Result<Self, ProbeError> {
+    pub fn load(
+        settings: Settings,
+        opts: ProbeOptions,
+        btf_path: &std::path::Path,
+    ) -> Result<Self, ProbeError> {
         let prefer_tp_btf = opts.prefer_tp_btf;
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
@@ -395,7 +399,11 @@ impl Probes {
                     let _ = p.unload();
                 }
             }
-            for h in self.hooks.iter_mut().filter(|h| h.program.starts_with("llmwatch_kprobe_")) {
+            for h in self
+                .hooks
+                .iter_mut()
+                .filter(|h| h.program.starts_with("llmwatch_kprobe_"))
+            {
                 if h.attached {
                     h.attached = false;
                     h.error = Some("unloaded: its twin did not attach".into());
@@ -447,7 +455,8 @@ impl Probes {
         let aya::maps::Map::Array(data) = map else {
             return Err(ProbeError::MissingMap { name });
         };
-        slots::SlotCounts::map(data, m::FILTER_SLOTS as usize).map_err(|source| ProbeError::Mmap { name, source })
+        slots::SlotCounts::map(data, m::FILTER_SLOTS as usize)
+            .map_err(|source| ProbeError::Mmap { name, source })
     }
 }
 
@@ -509,7 +518,10 @@ fn choose_paths(
     let io_uring = match btf.and_then(|b| b.tracepoint_arity(IO_URING_COMPLETE)) {
         Some(7) => URING_RES_ARG,
         None if btf.is_some() => {
-            missing.push((IO_URING_COMPLETE, not_in_kernel(IO_URING_COMPLETE, "io_uring is not seen")));
+            missing.push((
+                IO_URING_COMPLETE,
+                not_in_kernel(IO_URING_COMPLETE, "io_uring is not seen"),
+            ));
             "none"
         }
         _ => URING_CQE,
