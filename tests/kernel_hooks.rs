@@ -907,4 +907,16 @@ fn check_reports_each_program_type() {
             .filter(|h| h["required"] == true)
             .all(|h| h["attached"] == true)
     );
+    // Which path each kind of data takes here, and the same choice as the agent makes.
+    let paths = &report["data_paths"];
+    for what in ["reads", "sends", "mmap_touch", "io_uring"] {
+        assert!(paths[what].as_str().is_some_and(|p| !p.is_empty()), "{paths}");
+    }
+    let hooks = report["hooks"].as_array().unwrap();
+    let attached = |hook: &str| hooks.iter().any(|h| h["hook"] == hook && h["attached"] == true);
+    assert_eq!(
+        paths["sends"].as_str().unwrap().starts_with("sock_send_length"),
+        attached("raw_tracepoint/sock_send_length"),
+        "{paths} {hooks:#?}"
+    );
 }

@@ -569,6 +569,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         Ok(p) => p.hooks.clone(),
         Err(_) => Vec::new(),
     };
+    let paths = agent.as_ref().ok().map(|p| p.paths.clone());
     let minimum_ok = btf.is_ok() && agent.is_ok() && hooks.iter().filter(|h| h.required).all(|h| h.attached);
     if json {
         let report = serde_json::json!({
@@ -577,6 +578,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             "btf": match &btf { Ok((_, missing)) => serde_json::json!({"ok": true, "missing_optional": missing}), Err(e) => serde_json::json!({"ok": false, "error": e, "loses": probes::NO_BTF_LOSS}) },
             "program_types": caps,
             "hooks": hooks,
+            "data_paths": paths,
             "agent_error": agent.as_ref().err().map(|e| format!("{e:#}")),
             "minimum_ok": minimum_ok,
         });
@@ -633,6 +635,12 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         }
         if let Err(e) = &agent {
             println!("  agent probes failed to load: {e:#}");
+        }
+        if let Some(paths) = &paths {
+            println!("data paths on this kernel:");
+            for (what, path) in paths.pairs() {
+                println!("  {what:<11} {path}");
+            }
         }
         println!(
             "minimum (BTF + syscall exit + process hooks): {}",
