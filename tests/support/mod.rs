@@ -4,7 +4,10 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    sync::{
+        OnceLock,
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
     time::{Duration, Instant},
 };
 
@@ -111,9 +114,10 @@ impl Agent {
             seen: Vec::new(),
             ready: Value::Null,
         };
+        let ready_timeout = secs(60);
         let ready = agent
-            .wait_for(Duration::from_secs(60), |v| v["kind"] == "agent_ready")
-            .expect("agent did not report ready within 60 s");
+            .wait_for(ready_timeout, |v| v["kind"] == "agent_ready")
+            .unwrap_or_else(|| panic!("agent did not report ready within {ready_timeout:?}"));
         agent.ready = ready;
         agent
     }
@@ -205,7 +209,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -268,14 +272,37 @@ pub fn is(v: &Value, kind: &str, pid: u32) -> bool {
     v["kind"] == kind && v["task"]["pid"] == pid
 }
 
+/// How many times slower than real time this machine runs the scenarios, from
+/// `LLMWATCH_TEST_TIME_SCALE` (a positive float, default 1). `cargo xtask vm-test` sets it for
+/// a guest kernel under emulation (TCG), where everything runs about ten times slower; every
+/// time window the harness builds goes through it, so a slow machine waits longer instead of
+/// failing, and a fast one is not slowed down.
+pub fn time_scale() -> f64 {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var("LLMWATCH_TEST_TIME_SCALE") {
+        Err(_) => 1.0,
+        Ok(raw) => match raw.trim().parse::<f64>() {
+            Ok(scale) if scale.is_finite() && scale > 0.0 => scale,
+            // A typo must not quietly run the scenarios with the wrong windows.
+            _ => panic!("LLMWATCH_TEST_TIME_SCALE={raw:?} is not a positive number"),
+        },
+    })
+}
+
+/// `d` stretched by `time_scale()`.
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// A time window of `n` seconds on this machine (`n` × `time_scale()`).
 pub fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
+    scaled(Duration::from_secs(n))
 }
 
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(secs(5))).unwrap();
     use std::io::{Read as _, Write as _};
     write!(
         s,

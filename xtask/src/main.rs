@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | lint`.
+//! Project tasks: `cargo xtask setup | build | run | test | vm-test | lint | bench | soak | fuzz`.
 //!
 //! Every task that builds first runs `setup`, so a fresh clone needs nothing installed by hand
 //! beyond rustup and a C toolchain.
@@ -9,6 +9,7 @@ use std::{
 
 mod bench;
 mod fuzz;
+mod vm;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -43,6 +44,30 @@ enum Task {
     /// Run every test: unit tests, then the end-to-end scenarios against the real agent (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The kernel-hook and alert scenarios inside Debian 12's 6.1 kernel (qemu, emulated), against
+    /// the binaries built here; installs qemu, virtme-ng and the kernel package (cached) (root).
+    VmTest {
+        /// A test target of tests/ to run (repeatable; default: kernel_hooks and alerts).
+        #[arg(long = "suite", value_name = "NAME")]
+        suites: Vec<String>,
+        /// Guest kernel release, e.g. 6.1.0-57-amd64 (default: the pinned one, or the newest
+        /// 6.1 package when Debian no longer has it).
+        #[arg(long, value_name = "RELEASE")]
+        kernel: Option<String>,
+        /// LLMWATCH_TEST_TIME_SCALE in the guest: emulation runs about ten times slower.
+        #[arg(long, default_value_t = 10.0)]
+        time_scale: f64,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        #[arg(long, default_value = "4G")]
+        memory: String,
+        /// Limit for each suite inside the guest, in minutes.
+        #[arg(long, default_value_t = 30)]
+        suite_timeout_min: u64,
+        /// Arguments for each test executable (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -105,6 +130,34 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&root, &args)
+        }
+        Task::VmTest {
+            suites,
+            kernel,
+            time_scale,
+            cpus,
+            memory,
+            suite_timeout_min,
+            args,
+        } => {
+            setup()?;
+            let suites = if suites.is_empty() {
+                vm::DEFAULT_SUITES.iter().map(|s| s.to_string()).collect()
+            } else {
+                suites
+            };
+            vm::run(
+                &root,
+                vm::Opts {
+                    suites,
+                    kernel,
+                    time_scale,
+                    cpus,
+                    memory,
+                    suite_timeout_min,
+                    test_args: args,
+                },
+            )
         }
         Task::Bench {
             rounds,
