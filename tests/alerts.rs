@@ -283,11 +283,16 @@ fn memory_scrape_of_a_server_by_proc_mem() {
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
     let mut server = Command::new("bash")
         .arg("-c")
-        .arg("exec -a fake-model-server sleep 30")
+        .arg("exec -a fake-model-server sleep 3600")
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = server.id();
+    // The agent has seen it become the server (its exec) before anyone scrapes it.
+    agent
+        .wait_for(secs(10), |v| {
+            llmwatch_e2e::is(v, "proc_exec", pid) && v["argv"][0] == "fake-model-server"
+        })
+        .expect("the server's exec is reported");
     // Reading its memory through procfs (root may).
     let _f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let a = agent.wait_for(secs(10), alert("host.memory_scrape"));
