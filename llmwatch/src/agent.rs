@@ -198,13 +198,10 @@ impl Agent {
         for h in &collector.probes().hooks {
             if h.attached {
                 log::info!("hook {} attached ({})", h.hook, h.purpose);
+            } else if h.instead.is_some() {
+                log::info!("{}", h.not_attached_line());
             } else {
-                log::warn!(
-                    "hook {} NOT attached, losing {}: {}",
-                    h.hook,
-                    h.purpose,
-                    h.error.as_deref().unwrap_or("?")
-                );
+                log::warn!("{}", h.not_attached_line());
             }
         }
         let mut procs = ProcessTable::new();
@@ -622,12 +619,7 @@ impl Agent {
         }
         out.extend(probes::capabilities::lost_without());
         for h in probes.hooks.iter().filter(|h| !h.attached) {
-            out.push(format!(
-                "hook {} not attached ({}): {} not seen",
-                h.hook,
-                h.error.as_deref().unwrap_or("?"),
-                h.purpose
-            ));
+            out.push(h.not_attached_line());
         }
         out
     }

@@ -626,11 +626,15 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         println!("agent hooks:");
         for h in &hooks {
             println!(
-                "  {} {:<36} {}{}",
+                "  {} {:<36} {}{}{}",
                 mark(h.attached),
                 h.hook,
                 h.purpose,
-                h.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default()
+                h.error.as_ref().map(|e| format!(" -- {e}")).unwrap_or_default(),
+                h.instead
+                    .as_ref()
+                    .map(|i| format!("; instead: {i}"))
+                    .unwrap_or_default()
             );
         }
         if let Err(e) = &agent {

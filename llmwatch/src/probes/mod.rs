@@ -73,6 +73,24 @@ pub struct HookStatus {
     pub required: bool,
     pub attached: bool,
     pub error: Option<String>,
+    /// When not attached but another path covers what it is for: that path (so nothing is
+    /// lost and nobody is told otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instead: Option<String>,
+}
+
+impl HookStatus {
+    /// One line for logs and `agent_ready.degraded` about a hook that is not attached.
+    pub fn not_attached_line(&self) -> String {
+        let why = self.error.as_deref().unwrap_or("?");
+        match &self.instead {
+            Some(instead) => format!("hook {} not attached ({why}); instead: {instead}", self.hook),
+            None => format!(
+                "hook {} not attached ({why}): {} not seen",
+                self.hook, self.purpose
+            ),
+        }
+    }
 }
 
 /// The hooks `run` attaches: program name, raw tracepoint, purpose, required.
@@ -354,7 +372,22 @@ impl Probes {
                 required,
                 attached: result.is_ok(),
                 error: result.err(),
+                instead: None,
             });
+        }
+        self.note_fallbacks();
+    }
+
+    /// Hooks that are missing but whose data another path brings: say which.
+    fn note_fallbacks(&mut self) {
+        let sends = self.paths.sends;
+        let touch = self.paths.mmap_touch;
+        for h in self.hooks.iter_mut().filter(|h| !h.attached) {
+            h.instead = match h.program {
+                "llmwatch_sock_send" if !sends.starts_with("sock_send_length") => Some(sends.to_string()),
+                "llmwatch_filemap_map_pages" | "llmwatch_filemap_fault" => Some(touch.to_string()),
+                _ => None,
+            };
         }
     }
 
@@ -386,10 +419,12 @@ impl Probes {
                 required: false,
                 attached: result.is_ok(),
                 error: result.err(),
+                instead: None,
             });
         }
         if all {
             self.paths.mmap_touch = "filemap kprobes + /proc/PID/smaps samples";
+            self.note_fallbacks();
         } else {
             // One attached without the other: detach it (dropping the link) by unloading.
             for (program, ..) in FAULT_KPROBES {
@@ -846,6 +881,7 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
             required,
             attached: r.is_ok(),
             error: r.err(),
+            instead: None,
         });
     }
     Ok((ebpf, hooks))
