@@ -42,7 +42,43 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,
-    )
+    )?;
+    strip_dwarf(&object)
+}
+
+/// Removes the DWARF sections from the kernel object. bpf-linker needs the debug info to emit
+/// BTF (the kernel crate is built with `debug = 2`), and BTF stays: the verifier's line info
+/// and every map's and program's types are in `.BTF`/`.BTF.ext`. The DWARF itself is never
+/// loaded, and it was three quarters of the object, embedded in the agent binary and resident
+/// once the loader had touched it.
+fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut elf =
+        object::build::elf::Builder::read(&*data).map_err(|e| anyhow!("parsing {}: {e}", path.display()))?;
+    for section in elf.sections.iter_mut() {
+        let name = section.name.as_slice();
+        if name.starts_with(b".debug_") || name.starts_with(b".rel.debug_") {
+            section.delete = true;
+        }
+    }
+    elf.delete_orphans();
+    // LLVM names the sections from the symbol string table (.strtab); the writer wants a
+    // section header string table of its own.
+    if !elf
+        .sections
+        .iter()
+        .any(|s| matches!(s.data, object::build::elf::SectionData::SectionString))
+    {
+        let shstrtab = elf.sections.add();
+        shstrtab.name = b".shstrtab"[..].into();
+        shstrtab.sh_type = object::elf::SHT_STRTAB;
+        shstrtab.sh_addralign = 1;
+        shstrtab.data = object::build::elf::SectionData::SectionString;
+    }
+    let mut out = Vec::new();
+    elf.write(&mut out)
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 fn which_in_path(bin: &str) -> Option<std::path::PathBuf> {

@@ -525,8 +525,12 @@ impl Collector {
 
     /// `pid` may hold watched files: the kernel looks at its descriptors.
     fn add_holder(&mut self, pid: u32) {
-        if self.maps.holders.insert(pid, 1, BPF_NOEXIST).is_ok() {
-            self.maps.pid_filter.add(pid);
+        if self.maps.holders.insert(pid, 1, BPF_NOEXIST).is_ok()
+            && let Err(e) = self.maps.pid_filter.add(pid)
+        {
+            // The kernel would not look at its descriptors: undo, so the sets stay exact.
+            log::error!("PID_FILTER: {e}; pid {pid} is not followed");
+            let _ = self.maps.holders.remove(&pid);
         }
     }
 
@@ -536,11 +540,16 @@ impl Collector {
         if pid <= 1 || pid == std::process::id() {
             return false;
         }
-        if self.maps.send_interest.insert(pid, 1, BPF_NOEXIST).is_ok() {
-            self.maps.send_filter.add(pid);
-            return true;
+        if self.maps.send_interest.insert(pid, 1, BPF_NOEXIST).is_err() {
+            return false;
         }
-        false
+        if let Err(e) = self.maps.send_filter.add(pid) {
+            // The kernel would not look at its sends: undo, so the sets stay exact.
+            log::error!("SEND_FILTER: {e}; the sends of pid {pid} are not counted");
+            let _ = self.maps.send_interest.remove(&pid);
+            return false;
+        }
+        true
     }
 
     /// What the kernel does when a process becomes a holder, for one found in /proc: the

@@ -52,12 +52,6 @@ pub enum ProbeError {
     },
     #[error("map `{name}` missing from the eBPF object")]
     MissingMap { name: &'static str },
-    #[error("map `{name}`: cannot map it into memory: {source}")]
-    Mmap {
-        name: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("no required hook attached; the agent would see nothing: {0}")]
     NothingAttached(String),
 }
@@ -490,8 +484,7 @@ impl Probes {
         let aya::maps::Map::Array(data) = map else {
             return Err(ProbeError::MissingMap { name });
         };
-        slots::SlotCounts::map(data, m::FILTER_SLOTS as usize)
-            .map_err(|source| ProbeError::Mmap { name, source })
+        Ok(slots::SlotCounts::new(data, m::FILTER_SLOTS as usize))
     }
 }
 
