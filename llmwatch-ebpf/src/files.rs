@@ -13,8 +13,8 @@ use crate::{
     emit, holders,
     kernel::{self, S_IFCHR, S_IFMT, S_IFREG, off, read},
     maps::{
-        GPU_MAJORS, OPENS_SEEN, RIGHTS_IN_FLIGHT, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES, agent_pid,
-        settings_read_report, stat_inc,
+        GPU_MAJORS, NOT_WATCHED, OPENS_SEEN, RIGHTS_IN_FLIGHT, TRACKED_FDS, WATCHED_FILES, WATCHED_NAMES,
+        agent_pid, settings_read_report, stat_inc,
     },
 };
 
@@ -51,10 +51,15 @@ fn tracked_or_adopt(fd: u64, sysno: u64) -> Option<(FdKey, *mut TrackedFd)> {
     if let Some(hit) = tracked(fd) {
         return Some(hit);
     }
-    if !holders::is_holder(kernel::current_pid_tgid().0) {
+    let (pid, _) = kernel::current_pid_tgid();
+    let generation = holders::generation(pid)?;
+    let key = FdKey { pid, fd: fd as u32 };
+    // SAFETY: a 4-byte copy out of a live map value.
+    if unsafe { NOT_WATCHED.get(&key) }.copied() == Some(generation) {
         return None;
     }
     if !adopt(fd, sysno, open_origin::INHERITED) {
+        let _ = NOT_WATCHED.insert(&key, &generation, 0);
         return None;
     }
     tracked(fd)
@@ -103,6 +108,7 @@ fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, 
         written: 0,
     };
     let tracked = tracked_insert(&key, &value);
+    let _ = NOT_WATCHED.remove(&key);
     holders::become_holder();
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
     // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
@@ -320,6 +326,11 @@ fn report_read(entry: *const TrackedFd, fd: i32, syscall: u32, bytes: u64, total
 #[inline(always)]
 fn closed(fd: u64, sysno: u64) {
     let Some((key, entry)) = tracked(fd) else {
+        let key = FdKey {
+            pid: kernel::current_pid_tgid().0,
+            fd: fd as u32,
+        };
+        let _ = NOT_WATCHED.remove(&key);
         return;
     };
     // Always reported, even with nothing new: "this descriptor is done, total N" is what

@@ -46,10 +46,15 @@ fn slot_add(filter: &aya_ebpf::maps::Array<u32>, tgid: u32, delta: i32) {
     }
 }
 
-/// Adds `tgid` to `set`; true when it was not in it before.
+/// Adds `tgid` to `set` (with value 1); true when it was not in it before.
 #[inline(always)]
-fn set_add(set: &HashMap<u32, u8>, filter: &aya_ebpf::maps::Array<u32>, tgid: u32, full: u32) -> bool {
-    match set.insert(&tgid, &1, BPF_NOEXIST as u64) {
+fn set_add<V: From<u8>>(
+    set: &HashMap<u32, V>,
+    filter: &aya_ebpf::maps::Array<u32>,
+    tgid: u32,
+    full: u32,
+) -> bool {
+    match set.insert(&tgid, &V::from(1), BPF_NOEXIST as u64) {
         Ok(()) => {
             slot_add(filter, tgid, 1);
             true
@@ -64,14 +69,14 @@ fn set_add(set: &HashMap<u32, u8>, filter: &aya_ebpf::maps::Array<u32>, tgid: u3
 }
 
 #[inline(always)]
-fn set_remove(set: &HashMap<u32, u8>, filter: &aya_ebpf::maps::Array<u32>, tgid: u32) {
+fn set_remove<V>(set: &HashMap<u32, V>, filter: &aya_ebpf::maps::Array<u32>, tgid: u32) {
     if set.remove(&tgid).is_ok() {
         slot_add(filter, tgid, -1);
     }
 }
 
 #[inline(always)]
-fn set_has(set: &HashMap<u32, u8>, filter: &aya_ebpf::maps::Array<u32>, tgid: u32) -> bool {
+fn set_has<V>(set: &HashMap<u32, V>, filter: &aya_ebpf::maps::Array<u32>, tgid: u32) -> bool {
     // SAFETY: a lookup whose value is only tested for presence.
     slot_nonzero(filter, tgid) && unsafe { set.get(&tgid) }.is_some()
 }
@@ -86,6 +91,28 @@ pub fn current_may_hold() -> bool {
 #[inline(always)]
 pub fn is_holder(tgid: u32) -> bool {
     set_has(&HOLDERS, &PID_FILTER, tgid)
+}
+
+/// A holder's generation: it changes at each exec (which closes close-on-exec descriptors
+/// without a close we see), so what was learnt about its descriptor numbers before is void.
+#[inline(always)]
+pub fn generation(tgid: u32) -> Option<u32> {
+    if !slot_nonzero(&PID_FILTER, tgid) {
+        return None;
+    }
+    // SAFETY: a 4-byte copy out of a live map value.
+    unsafe { HOLDERS.get(&tgid) }.copied()
+}
+
+/// The current process exec'd: a new generation if it is a holder.
+#[inline(always)]
+pub fn on_exec(tgid: u32) {
+    if !slot_nonzero(&PID_FILTER, tgid) {
+        return;
+    }
+    if let Some(g) = HOLDERS.get_ptr_mut(&tgid) {
+        kernel::atomic_add32(g, 1);
+    }
 }
 
 /// Makes the current process a holder; the first time, its process tree becomes of interest.

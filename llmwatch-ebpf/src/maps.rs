@@ -44,8 +44,18 @@ pub static TRACKED_FDS: HashMap<FdKey, TrackedFd> = HashMap::with_max_entries(m:
 /// Processes that hold, or may hold, a descriptor or mapping of a watched file: they opened
 /// one, were forked by a holder, received one (SCM_RIGHTS, pidfd_getfd, io_uring), or held
 /// one when the agent started (seeded from /proc). Removed when the process exits.
+///
+/// The value is the holder's generation (see `holders::generation`).
 #[map(name = "HOLDERS")]
-pub static HOLDERS: HashMap<u32, u8> = HashMap::with_max_entries(m::HOLDERS_MAX, 0);
+pub static HOLDERS: HashMap<u32, u32> = HashMap::with_max_entries(m::HOLDERS_MAX, 0);
+
+/// Descriptors of holders found not to refer to a watched file (a socket, a pipe, another
+/// file), with the holder's generation then: their next use costs one lookup instead of
+/// reading the descriptor table and the inode again. Removed on close and replaced on open;
+/// void after an exec (new generation). LRU, apart from TRACKED_FDS, so it can never crowd
+/// out a descriptor that is tracked.
+#[map(name = "NOT_WATCHED")]
+pub static NOT_WATCHED: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(m::TRACKED_FDS_MAX, 0);
 
 /// Number of `HOLDERS` per (tgid mod FILTER_SLOTS): the fd-based syscalls of a process that
 /// is no holder (nearly every syscall on the host) stop after this inlined array load, before

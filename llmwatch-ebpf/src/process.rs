@@ -16,6 +16,7 @@ use crate::{
 
 #[inline(always)]
 pub fn on_exec(task: u64, bprm: u64) {
+    crate::holders::on_exec(kernel::current_pid_tgid().0);
     let Some(mut rec) = emit::reserve::<ProcExecEvent>(kind::PROC_EXEC) else {
         return;
     };

@@ -717,7 +717,7 @@ pub struct KernelMaps {
     pub gpu_majors: HashMap<MapData, u32, u8>,
     pub inference_ports: HashMap<MapData, u16, u8>,
     pub stats: PerCpuArray<MapData, u64>,
-    pub holders: HashMap<MapData, u32, u8>,
+    pub holders: HashMap<MapData, u32, u32>,
     pub send_interest: HashMap<MapData, u32, u8>,
     pub uring_reads: HashMap<MapData, UringKey, TrackedFd>,
     pub touches: HashMap<MapData, ProcFileKey, TouchStats>,
