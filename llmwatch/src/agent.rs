@@ -470,6 +470,12 @@ impl Agent {
                 Some(()) = rescan_rx.recv() => self.rescan_and_report(sink),
                 _ = flush.tick() => {
                     self.beat(false);
+                    // What is waiting first: a sweep names processes as the table knows them,
+                    // and an exec still in the ring would leave it the old name.
+                    Collector::drain(ring.get_mut(), &mut batch);
+                    if !batch.is_empty() {
+                        self.handle_batch(&mut batch, sink);
+                    }
                     let stats = self.collector.stats();
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
