@@ -106,6 +106,12 @@ pub struct Alert {
     /// Repeats of this rule and key suppressed since the previous alert for it.
     #[serde(default)]
     pub suppressed: u64,
+    /// What the alert is about, for folding rule hits into incidents: `tree:<pid>` (the root
+    /// of the process tree the rule judged: hits about the same tree are one incident),
+    /// `agent:<rule>:<key>` (the agent about itself), or `<rule>:<key>` (rates per user,
+    /// container or client). Not part of the JSON contract.
+    #[serde(skip)]
+    pub scope: String,
 }
 
 /// A random 128-bit id (hex), unique per alert.

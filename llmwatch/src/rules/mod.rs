@@ -432,14 +432,34 @@ pub(crate) fn delta(d: std::time::Duration) -> TimeDelta {
 /// The process itself and up to `GROUP_DEPTH` ancestors below a session/service boundary: a
 /// reader and a sender that share one of these are one "process tree" (e.g. `cat m | nc`).
 fn correlation_groups(p: &ProcessView) -> Vec<u32> {
-    let mut out = vec![p.pid];
-    for a in p.ancestry.iter().take(GROUP_DEPTH) {
+    groups_of(p.pid, &p.ancestry)
+}
+
+fn groups_of(pid: u32, ancestry: &[crate::state::process::Ancestor]) -> Vec<u32> {
+    let mut out = vec![pid];
+    for a in ancestry.iter().take(GROUP_DEPTH) {
         if a.pid <= 1 || BOUNDARY_COMMS.contains(&a.comm.as_str()) || a.comm.starts_with("containerd-shim") {
             break;
         }
         out.push(a.pid);
     }
     out
+}
+
+/// See `Alert::scope`.
+fn incident_scope(spec: &AlertSpec) -> String {
+    use crate::config::rules::{API_CLIENT_FLOOD, GPU_SPAWN_STORM};
+    if spec.process.pid == std::process::id() {
+        return format!("agent:{}:{}", spec.rule, spec.key);
+    }
+    if spec.rule == GPU_SPAWN_STORM || spec.rule == API_CLIENT_FLOOD {
+        return format!("{}:{}", spec.rule, spec.key);
+    }
+    let root = groups_of(spec.process.pid, &spec.process.ancestry)
+        .last()
+        .copied()
+        .unwrap_or(spec.process.pid);
+    format!("tree:{root}")
 }
 
 fn agent_process() -> AlertProcess {
@@ -518,6 +538,7 @@ impl AlertSink<'_> {
             .losses
             .iter()
             .any(|l| l.start <= spec.window.end && spec.window.start <= l.end);
+        let scope = incident_scope(&spec);
         self.out.push(Alert {
             id: new_id(),
             time: spec.time,
@@ -532,6 +553,7 @@ impl AlertSink<'_> {
             incomplete,
             dedup_key: format!("{}:{}", spec.rule, spec.key),
             suppressed,
+            scope,
         });
     }
 }
