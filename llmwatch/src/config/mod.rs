@@ -5,6 +5,7 @@
 //! dotted key path and line) and any problem rejects the file, so a typo can never leave the
 //! agent running on a half-applied configuration.
 pub mod defaults;
+pub mod incidents;
 pub mod rules;
 mod types;
 mod validate;
@@ -70,6 +71,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Durable queue of alerts not yet delivered to every webhook.
     pub spool: SpoolConfig,
+    /// When rule hits folded into one incident are over.
+    pub incidents: incidents::IncidentsConfig,
     /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
     pub state_dir: PathBuf,
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
@@ -145,6 +148,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().ok(),
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
+            incidents: Default::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,

@@ -27,6 +27,7 @@ const TOP: &[&str] = &[
     "metrics",
     "webhooks",
     "spool",
+    "incidents",
     "state_dir",
 ];
 const METRICS: &[&str] = &["addr"];
@@ -62,6 +63,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("metrics", METRICS),
     ("webhooks[]", WEBHOOK),
     ("spool", SPOOL),
+    ("incidents", super::incidents::KEYS),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -392,6 +394,18 @@ impl Checker {
         }
         if let Some(n) = f.get("webhooks") {
             self.webhooks(n, cfg);
+        }
+        if let Some(n) = f.get("incidents") {
+            let i = self.fields("incidents", n, super::incidents::KEYS, "incidents");
+            let idle = &mut cfg.incidents.idle;
+            self.set(
+                &i,
+                "incidents",
+                "idle",
+                "a duration",
+                super::incidents::idle,
+                idle,
+            );
         }
     }
 
