@@ -12,6 +12,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{DeliveryError, Preset, Secret, WebhookTarget};
+use crate::alerts::human_bytes;
 
 pub(crate) const USER_AGENT: &str = concat!("llmwatch/", env!("CARGO_PKG_VERSION"));
 pub const SIGNATURE_HEADER: &str = "X-Llmwatch-Signature";
@@ -330,21 +331,6 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 
 fn num(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut f = n as f64;
-    let mut u = 0;
-    while f >= 1024.0 && u + 1 < UNITS.len() {
-        f /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{f:.1} {}", UNITS[u])
-    }
 }
 
 /// `python3 (pid 42, user alice, /usr/bin/python3)`.
