@@ -369,7 +369,7 @@ enum Mode {
     Record(PathBuf),
 }
 
-/// Events and status lines to the recording, alerts to stdout.
+/// Events and status lines to the recording (what replay reads), incidents to stdout.
 struct Recorder<F: std::io::Write, O: std::io::Write> {
     file: JsonLines<F>,
     alerts: AlertsOnly<O>,
@@ -378,7 +378,7 @@ struct Recorder<F: std::io::Write, O: std::io::Write> {
 impl<F: std::io::Write, O: std::io::Write> Sink for Recorder<F, O> {
     fn emit(&mut self, out: Output<'_>) {
         match out {
-            Output::Alert(_) => self.alerts.emit(out),
+            Output::RuleHit(_) | Output::Incident(_) => self.alerts.emit(out),
             other => self.file.emit(other),
         }
     }
@@ -410,7 +410,7 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
             log::info!("metrics on http://{b}/metrics");
             bound = Some(b);
         }
-        let delivery = start_delivery(&cfg, metrics.clone()).await?;
+        let delivery = start_delivery(&cfg, bound, metrics.clone()).await?;
         let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
         agent.set_overrides(overrides);
         if let Some(d) = delivery {
@@ -467,9 +467,10 @@ impl llmwatch::sinks::DeliveryObserver for DeliveryMetrics {
 /// naming it (an agent that silently cannot deliver is worse than one that does not start).
 async fn start_delivery(
     cfg: &Config,
+    metrics_addr: Option<std::net::SocketAddr>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Option<llmwatch::sinks::Delivery>> {
-    use llmwatch::sinks::{Delivery, DeliveryConfig, Secret, WebhookTarget};
+    use llmwatch::sinks::{AlertmanagerOptions, Delivery, DeliveryConfig, Secret, WebhookTarget};
     if cfg.webhooks.is_empty() {
         return Ok(None);
     }
@@ -503,6 +504,10 @@ async fn start_delivery(
             spool_dir: cfg.spool.dir.clone(),
             spool_max_bytes: cfg.spool.max_bytes,
             memory_max_bytes: cfg.spool.memory_max_bytes,
+            alertmanager: AlertmanagerOptions {
+                generator_url: generator_url(&cfg.host, metrics_addr),
+                ..Default::default()
+            },
             ..Default::default()
         },
         Arc::new(DeliveryMetrics(metrics)),
@@ -517,6 +522,16 @@ async fn start_delivery(
     Ok(Some(delivery))
 }
 
+/// Alertmanager's `generatorURL`: this agent's metrics endpoint (named by the host when it
+/// listens on every address), or `llmwatch://<host>/` when it serves none.
+fn generator_url(host: &str, metrics_addr: Option<std::net::SocketAddr>) -> String {
+    match metrics_addr {
+        Some(a) if a.ip().is_unspecified() => format!("http://{host}:{}/metrics", a.port()),
+        Some(a) => format!("http://{a}/metrics"),
+        None => format!("llmwatch://{host}/"),
+    }
+}
+
 fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut cfg = match config {
         Some(p) => config::load(p)?,
@@ -526,15 +541,21 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::R
     let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |a| {
-        if serde_json::to_writer(&mut out, a).is_ok() {
+    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |m| {
+        if serde_json::to_writer(&mut out, m).is_ok() {
             let _ = std::io::Write::write_all(&mut out, b"\n");
         }
     })?;
     std::io::Write::flush(&mut out)?;
     eprintln!(
-        "replayed {} lines: {} events, {} event-loss reports, {} alerts, {} lines skipped",
-        stats.lines, stats.events, stats.losses, stats.alerts, stats.bad_lines
+        "replayed {} lines: {} events, {} event-loss reports, {} rule hits in {} incidents ({} messages), {} lines skipped",
+        stats.lines,
+        stats.events,
+        stats.losses,
+        stats.alerts,
+        stats.incidents,
+        stats.messages,
+        stats.bad_lines
     );
     for e in &stats.errors {
         eprintln!("  {e}");
