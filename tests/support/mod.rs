@@ -299,6 +299,26 @@ pub fn secs(n: u64) -> Duration {
     scaled(Duration::from_secs(n))
 }
 
+/// A program from a Debian package the tests use for real (promtool, prometheus,
+/// prometheus-alertmanager): required in CI (`cargo xtask test` installs them and sets
+/// LLMWATCH_REQUIRE_PROMTOOL=1), skipped with a line otherwise.
+pub fn debian_tool(name: &str, package: &str) -> Option<&'static str> {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some(Box::leak(name.to_string().into_boxed_str()));
+    }
+    if std::env::var("LLMWATCH_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
+        panic!("{name} not installed: apt-get install {package} (cargo xtask test installs it)");
+    }
+    eprintln!("skipped: {name} not installed (apt-get install {package})");
+    None
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
