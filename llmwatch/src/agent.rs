@@ -428,9 +428,10 @@ impl Agent {
             .set_capability("tp_btf_syscall_hook", matches!(probes.fast_path, Some(Ok(_))));
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
-        for id in crate::config::RULE_IDS {
-            if let Some(c) = self.cfg.rules.common(id).filter(|c| c.enabled) {
-                self.metrics.init_alert(id, c.severity.as_str());
+        for &id in crate::rules::ALL {
+            let c = self.cfg.rules.common(id);
+            if c.enabled {
+                self.metrics.init_alert(id.as_str(), c.severity.as_str());
             }
         }
         self.health.set_ready(true);
@@ -843,6 +844,9 @@ impl Agent {
         self.config_fingerprint = fingerprint;
         match crate::config::load(&path) {
             Ok(mut new) => {
+                for w in &new.warnings {
+                    log::warn!("configuration: {w}");
+                }
                 if let Some(o) = &self.overrides {
                     o(&mut new);
                 }

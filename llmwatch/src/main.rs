@@ -155,6 +155,9 @@ impl RunOpts {
             Some(path) => config::load(path)?,
             None => Config::default(),
         };
+        for w in &cfg.warnings {
+            log::warn!("configuration: {w}");
+        }
         (self.overrides()?)(&mut cfg);
         Ok(cfg)
     }
@@ -544,8 +547,19 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::R
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {
     match config::load(file) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
+        Ok(cfg) => {
+            // Warnings describe what the file accepts but probably does not mean; it is valid.
+            match cfg.warnings.len() {
+                0 => println!("{}: ok", file.display()),
+                n => println!(
+                    "{}: ok, {n} warning{}:",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                ),
+            }
+            for w in &cfg.warnings {
+                println!("  warning: {w}");
+            }
             Ok(())
         }
         Err(e) => {

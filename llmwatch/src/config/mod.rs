@@ -20,14 +20,14 @@ use std::{
     time::Duration,
 };
 
-pub use rules::{
-    BasicRule, BulkRead, ClientFlood, Exfiltration, InferenceExec, OffHours, RULE_IDS, RuleCommon, Rules,
-    SpawnStorm, UnexpectedReader,
-};
+pub use rules::{RuleCommon, RuleSettings};
 pub use types::{
     BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, Maintenance, Pattern,
-    ProcessFacts, ServerIdentity, Severity, UserRef,
+    ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
 };
+
+/// Every rule's settings (`rules:`), gathered by the rule registry.
+pub type Rules = crate::rules::Settings;
 
 use crate::state::files::default_roots;
 
@@ -57,6 +57,8 @@ pub struct Config {
     pub manifest: Option<PathBuf>,
     /// Inference servers, first match wins.
     pub servers: Vec<ServerIdentity>,
+    /// Programs trusted to read protected files (integrity checks, backups, model sync).
+    pub readers: Vec<ReaderIdentity>,
     /// Where inference servers may connect.
     pub egress: EgressAllow,
     pub business_hours: BusinessHours,
@@ -86,6 +88,9 @@ pub struct Config {
     pub kernel_btf: std::path::PathBuf,
     /// Where tracefs is, or is mounted when missing (command line `--tracefs`).
     pub tracefs: std::path::PathBuf,
+    /// What the file asks for that is accepted but probably not meant (weak identities,
+    /// port-only egress entries): printed by `config validate`, logged at load.
+    pub warnings: Vec<Problem>,
 }
 
 /// One webhook receiver as configured (the sink turns it into a delivery target).
@@ -137,6 +142,7 @@ impl Default for Config {
             host: defaults::hostname(),
             manifest: None,
             servers: defaults::servers(),
+            readers: Vec::new(),
             egress: EgressAllow::default_allow(),
             business_hours: BusinessHours::default(),
             gpu_allow: defaults::gpu_allow(),
@@ -146,6 +152,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            warnings: Vec::new(),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,
             force_smaps_touch: false,
