@@ -56,6 +56,7 @@ fn weight(ino: u64, size: u64) -> FileView {
         ino,
         size,
         format: WeightFormat::Safetensors,
+        class: crate::state::files::AssetClass::Weights,
     }
 }
 
