@@ -13,6 +13,8 @@ use super::{
     yaml::{Node, Value},
 };
 
+mod assets;
+
 const TOP: &[&str] = &[
     "host",
     "models",
@@ -28,6 +30,7 @@ const TOP: &[&str] = &[
     "webhooks",
     "spool",
     "state_dir",
+    "assets",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -62,6 +65,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("metrics", METRICS),
     ("webhooks[]", WEBHOOK),
     ("spool", SPOOL),
+    ("assets[]", assets::ASSET),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -392,6 +396,9 @@ impl Checker {
         }
         if let Some(n) = f.get("webhooks") {
             self.webhooks(n, cfg);
+        }
+        if let Some(n) = f.get("assets") {
+            self.assets(n, cfg);
         }
     }
 
