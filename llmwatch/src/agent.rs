@@ -224,7 +224,7 @@ impl Agent {
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
         Ok(Agent {
-            files: WatchedSet::new(cfg.model_dirs.clone()),
+            files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
             cfg,
             config_path,
@@ -436,7 +436,7 @@ impl Agent {
         }
         self.health.set_ready(true);
         log::info!(
-            "ready: {} weight files ({} bytes) watched under {} roots",
+            "ready: {} files ({} bytes) watched under {} roots",
             self.files.len(),
             self.files.total_bytes(),
             self.files.roots().len()
@@ -872,12 +872,18 @@ impl Agent {
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
+                let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);
                 self.cfg = new.clone();
                 self.engine.set_config(new);
                 if roots_changed {
-                    self.files = WatchedSet::new(self.cfg.model_dirs.clone());
                     restart_needed.push("models.dirs (watched now, but new directories are only noticed on change after a restart)");
+                }
+                if assets_changed {
+                    restart_needed.push("assets (watched now, but new directories are only noticed on change after a restart)");
+                }
+                if roots_changed || assets_changed {
+                    self.files = watched_set(&self.cfg);
                     if let Err(e) = self.rescan() {
                         log::error!("rescan after reload: {e:#}");
                     }
@@ -904,6 +910,11 @@ impl Agent {
         }
         sink.flush();
     }
+}
+
+/// The files `cfg` protects: weights under the model directories, and the assets its globs name.
+fn watched_set(cfg: &Config) -> WatchedSet {
+    WatchedSet::new(cfg.model_dirs.clone()).with_assets(cfg.assets.clone())
 }
 
 /// A hash of a file's bytes (None when it cannot be read).

@@ -251,7 +251,10 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
         enrich::{Enriched, FileView, ProcessView},
         events::{Event, EventKind, FileKey, ReadReason, Task},
         rules::Engine,
-        state::{files::WeightFormat, process::Ancestor},
+        state::{
+            files::{AssetClass, WeightFormat},
+            process::Ancestor,
+        },
     };
     let t0: chrono::DateTime<chrono::Utc> = "2026-11-23T10:00:00Z".parse()?;
     let weight = FileView {
@@ -260,6 +263,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
         ino: 1,
         size: 1 << 40,
         format: WeightFormat::Safetensors,
+        class: AssetClass::Weights,
     };
     let make = |i: u64| -> Enriched {
         let pid = 10_000 + (i % 1000) as u32;

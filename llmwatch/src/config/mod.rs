@@ -29,7 +29,7 @@ pub use types::{
 /// Every rule's settings (`rules:`), gathered by the rule registry.
 pub type Rules = crate::rules::Settings;
 
-use crate::state::files::default_roots;
+use crate::state::files::{AssetPattern, default_roots};
 
 /// Local ports whose accepted connections are reported: vLLM/TGI/Triton HTTP (8000, 8080),
 /// Triton gRPC/metrics (8001, 8002), Ollama (11434), llama.cpp server (8080), SGLang (30000).
@@ -42,6 +42,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/llmwatch";
 pub struct Config {
     /// Directories searched for weight files.
     pub model_dirs: Vec<PathBuf>,
+    /// Other files to protect (datasets, adapters, tokenizers...), by glob, with their class.
+    pub assets: Vec<AssetPattern>,
     pub inference_ports: Vec<u16>,
     /// Kernel reports bytes read per descriptor every this many bytes (and on first read/close).
     pub read_report_bytes: u64,
@@ -134,6 +136,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             model_dirs: default_roots(),
+            assets: Vec::new(),
             inference_ports: DEFAULT_INFERENCE_PORTS.to_vec(),
             read_report_bytes: 1 << 20,
             send_report_bytes: 1 << 20,

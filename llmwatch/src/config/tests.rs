@@ -6,7 +6,7 @@ use super::*;
 
 const EXAMPLE: &str = include_str!("../../../deploy/llmwatch.example.yaml");
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parse(text) {
         Ok(_) => panic!("expected problems in:\n{text}"),
         Err(e) => e.problems().to_vec(),
@@ -14,7 +14,7 @@ fn problems(text: &str) -> Vec<Problem> {
 }
 
 /// The problem at `path`, which must be the only one there.
-fn at<'a>(ps: &'a [Problem], path: &str) -> &'a Problem {
+pub(super) fn at<'a>(ps: &'a [Problem], path: &str) -> &'a Problem {
     let found: Vec<&Problem> = ps.iter().filter(|p| p.path == path).collect();
     assert_eq!(found.len(), 1, "one problem at {path} in {ps:#?}");
     found[0]

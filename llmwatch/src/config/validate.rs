@@ -15,6 +15,8 @@ use super::{
 };
 use crate::rules::RuleId;
 
+mod assets;
+
 const TOP: &[&str] = &[
     "host",
     "models",
@@ -31,6 +33,7 @@ const TOP: &[&str] = &[
     "webhooks",
     "spool",
     "state_dir",
+    "assets",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -79,6 +82,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("metrics", METRICS),
     ("webhooks[]", WEBHOOK),
     ("spool", SPOOL),
+    ("assets[]", assets::ASSET),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -453,6 +457,9 @@ impl Checker {
         }
         if let Some(n) = f.get("webhooks") {
             self.webhooks(n, cfg);
+        }
+        if let Some(n) = f.get("assets") {
+            self.assets(n, cfg);
         }
     }
 

@@ -72,6 +72,7 @@ pub fn weight(ino: u64, size: u64) -> FileView {
         ino,
         size,
         format: WeightFormat::Safetensors,
+        class: crate::state::files::AssetClass::Weights,
     }
 }
 
