@@ -67,12 +67,29 @@ impl Checker {
                 None
             }
         };
-        Some(AssetPattern {
-            glob: glob?,
-            class: class?,
-        })
+        let glob = glob?;
+        if let Some(n) = f.get("glob")
+            && let Some(broad) = BROAD_DIRS.iter().find(|d| glob.base() == std::path::Path::new(d))
+        {
+            self.warn(
+                &join(path, "glob"),
+                n,
+                format!(
+                    "{:?} makes the agent scan all of {broad} at start and watch every directory under it; \
+                     name the directory that holds the files",
+                    glob.as_str()
+                ),
+            );
+        }
+        Some(AssetPattern { glob, class: class? })
     }
 }
+
+/// System-wide directories: a glob based there scans (and inotify-watches) far more than the
+/// files it means.
+const BROAD_DIRS: &[&str] = &[
+    "/home", "/root", "/usr", "/var", "/etc", "/tmp", "/opt", "/srv", "/mnt",
+];
 
 fn class_names() -> String {
     let names: Vec<&str> = AssetClass::ALL.iter().map(|c| c.as_str()).collect();
@@ -127,6 +144,18 @@ mod tests {
         // None by default, and `assets:` alone keeps the default.
         assert!(parse("").unwrap().assets.is_empty());
         assert!(parse("assets:\n").unwrap().assets.is_empty());
+    }
+
+    #[test]
+    fn a_glob_over_a_system_wide_directory_is_a_warning() {
+        let c = parse("assets: [{glob: \"/home/**/*.jsonl\", class: dataset}, {glob: \"/home/ml/data/*.jsonl\", class: dataset}]\n").unwrap();
+        let at: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(at, ["assets[0].glob"], "{:#?}", c.warnings);
+        assert!(
+            c.warnings[0].message.contains("all of /home"),
+            "{}",
+            c.warnings[0]
+        );
     }
 
     #[test]
