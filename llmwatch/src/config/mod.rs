@@ -26,6 +26,8 @@ pub use types::{
     ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
 };
 
+pub(crate) use types::basename;
+
 /// Every rule's settings (`rules:`), gathered by the rule registry.
 pub type Rules = crate::rules::Settings;
 

@@ -27,7 +27,7 @@ impl Rule for State {
             return;
         }
         let exe = ctx.ev.process.exe.as_deref().unwrap_or(filename);
-        let name = exe.rsplit('/').next().unwrap_or(exe);
+        let name = crate::config::basename(exe);
         let Some(tool) = sink.cfg().exfil_tool_for(name, argv) else {
             return;
         };

@@ -6,7 +6,7 @@ use super::{
     sink::{AlertSink, AlertSpec},
 };
 use crate::{
-    config::{Pattern, RuleCommon, RuleSettings, Severity, rules::RuleKeys},
+    config::{Pattern, basename, RuleCommon, RuleSettings, Severity, rules::RuleKeys},
     events::EventKind,
 };
 
@@ -48,10 +48,6 @@ impl RuleSettings for Settings {
 
 #[derive(Default)]
 pub(crate) struct State;
-
-fn basename(p: &str) -> &str {
-    p.rsplit('/').next().unwrap_or(p)
-}
 
 impl Rule for State {
     fn on_event(&mut self, ctx: &Ctx<'_>, _flows: &Flows, sink: &mut AlertSink<'_>) {
