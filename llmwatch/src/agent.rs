@@ -253,7 +253,7 @@ impl Agent {
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
         Ok(Agent {
-            files: WatchedSet::new(cfg.model_dirs.clone()),
+            files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
             incidents: Incidents::new(cfg.incidents.idle),
             messages: Vec::new(),
@@ -459,15 +459,16 @@ impl Agent {
             .set_capability("tp_btf_syscall_hook", matches!(probes.fast_path, Some(Ok(_))));
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
-        for id in crate::config::RULE_IDS {
-            if let Some(c) = self.cfg.rules.common(id).filter(|c| c.enabled) {
-                self.metrics.init_alert(id, c.severity.as_str());
+        for &id in crate::rules::ALL {
+            let c = self.cfg.rules.common(id);
+            if c.enabled {
+                self.metrics.init_alert(id.as_str(), c.severity.as_str());
             }
         }
         self.metrics.set_incidents_open(0);
         self.health.set_ready(true);
         log::info!(
-            "ready: {} weight files ({} bytes) watched under {} roots",
+            "ready: {} files ({} bytes) watched under {} roots",
             self.files.len(),
             self.files.total_bytes(),
             self.files.roots().len()
@@ -916,6 +917,9 @@ impl Agent {
         self.config_fingerprint = fingerprint;
         match crate::config::load(&path) {
             Ok(mut new) => {
+                for w in &new.warnings {
+                    log::warn!("configuration: {w}");
+                }
                 if let Some(o) = &self.overrides {
                     o(&mut new);
                 }
@@ -941,13 +945,19 @@ impl Agent {
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
+                let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);
                 self.cfg = new.clone();
                 self.incidents.set_idle(new.incidents.idle);
                 self.engine.set_config(new);
                 if roots_changed {
-                    self.files = WatchedSet::new(self.cfg.model_dirs.clone());
                     restart_needed.push("models.dirs (watched now, but new directories are only noticed on change after a restart)");
+                }
+                if assets_changed {
+                    restart_needed.push("assets (watched now, but new directories are only noticed on change after a restart)");
+                }
+                if roots_changed || assets_changed {
+                    self.files = watched_set(&self.cfg);
                     if let Err(e) = self.rescan() {
                         log::error!("rescan after reload: {e:#}");
                     }
@@ -974,6 +984,11 @@ impl Agent {
         }
         sink.flush();
     }
+}
+
+/// The files `cfg` protects: weights under the model directories, and the assets its globs name.
+fn watched_set(cfg: &Config) -> WatchedSet {
+    WatchedSet::new(cfg.model_dirs.clone()).with_assets(cfg.assets.clone())
 }
 
 /// A hash of a file's bytes (None when it cannot be read).

@@ -1,5 +1,5 @@
 //! Events joined with what the agent knows: the process (exe, user, parent chain, container)
-//! and the watched file (path, size, format). Path-based kernel reports (refused opens,
+//! and the watched file (path, size, format, class). Path-based kernel reports (refused opens,
 //! renames, unlinks) are kept only when the path names a watched file.
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::{Event, EventKind, FileKey},
     state::{
-        files::{WatchedFile, WatchedSet, WeightFormat},
+        files::{AssetClass, WatchedFile, WatchedSet, WeightFormat},
         gpu::GpuDevices,
         process::{Ancestor, ProcessTable},
     },
@@ -43,6 +43,10 @@ pub struct FileView {
     pub ino: u64,
     pub size: u64,
     pub format: WeightFormat,
+    /// What the file is: weights, adapter, dataset... Recordings made before classes existed
+    /// hold only weights.
+    #[serde(default)]
+    pub class: AssetClass,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,7 +57,8 @@ pub struct Enriched {
     pub event: Event,
     /// Shared between the events of one process (see `Context::views`).
     pub process: std::sync::Arc<ProcessView>,
-    /// The watched weight file the event is about (the event's own `file` is its kernel identity).
+    /// The watched file the event is about, weights or another asset (the event's own `file` is
+    /// its kernel identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<FileView>,
 }
@@ -65,6 +70,7 @@ pub fn file_view(f: &WatchedFile) -> FileView {
         ino: f.id.ino,
         size: f.size,
         format: f.format,
+        class: f.class,
     }
 }
 
@@ -288,7 +294,11 @@ mod tests {
         });
         let e = enrich(ev, &mut cx).unwrap();
         assert_eq!(*e.weight.as_ref().unwrap().path, *path);
-        assert_eq!(e.weight.unwrap().format, WeightFormat::Safetensors);
+        let weight = e.weight.unwrap();
+        assert_eq!(
+            (weight.format, weight.class),
+            (WeightFormat::Safetensors, AssetClass::Weights)
+        );
         assert_eq!(e.process.comm, "cp");
         let json = serde_json::to_value(
             enrich(
@@ -309,7 +319,13 @@ mod tests {
         .unwrap();
         assert_eq!(json["kind"], "file_mmap");
         assert_eq!(json["weight"]["path"], path.to_str().unwrap());
+        assert_eq!(json["weight"]["class"], "weights");
         assert_eq!(json["file"]["ino"], key.ino);
+        // A recording from before classes existed reads back as weights.
+        let mut old = json["weight"].clone();
+        old.as_object_mut().unwrap().remove("class");
+        let view: FileView = serde_json::from_value(old).unwrap();
+        assert_eq!(view.class, AssetClass::Weights);
     }
 
     #[test]

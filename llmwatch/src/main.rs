@@ -155,6 +155,9 @@ impl RunOpts {
             Some(path) => config::load(path)?,
             None => Config::default(),
         };
+        for w in &cfg.warnings {
+            log::warn!("configuration: {w}");
+        }
         (self.overrides()?)(&mut cfg);
         Ok(cfg)
     }
@@ -248,7 +251,10 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
         enrich::{Enriched, FileView, ProcessView},
         events::{Event, EventKind, FileKey, ReadReason, Task},
         rules::Engine,
-        state::{files::WeightFormat, process::Ancestor},
+        state::{
+            files::{AssetClass, WeightFormat},
+            process::Ancestor,
+        },
     };
     let t0: chrono::DateTime<chrono::Utc> = "2026-11-23T10:00:00Z".parse()?;
     let weight = FileView {
@@ -257,6 +263,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
         ino: 1,
         size: 1 << 40,
         format: WeightFormat::Safetensors,
+        class: AssetClass::Weights,
     };
     let make = |i: u64| -> Enriched {
         let pid = 10_000 + (i % 1000) as u32;
@@ -565,8 +572,19 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::R
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {
     match config::load(file) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
+        Ok(cfg) => {
+            // Warnings describe what the file accepts but probably does not mean; it is valid.
+            match cfg.warnings.len() {
+                0 => println!("{}: ok", file.display()),
+                n => println!(
+                    "{}: ok, {n} warning{}:",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                ),
+            }
+            for w in &cfg.warnings {
+                println!("  warning: {w}");
+            }
             Ok(())
         }
         Err(e) => {

@@ -10,8 +10,11 @@ use std::{
 
 use llmwatch::{
     alerts::incidents::{Change, IncidentMessage, IncidentStatus},
-    config::rules::{BULK_READ, EXFILTRATION, UNEXPECTED_READER},
 };
+
+const UNEXPECTED_READER: &str = llmwatch::rules::unexpected_reader::ID.as_str();
+const EXFILTRATION: &str = llmwatch::rules::exfiltration::ID.as_str();
+const BULK_READ: &str = llmwatch::rules::bulk_read::ID.as_str();
 
 fn scenarios_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios")
@@ -104,19 +107,18 @@ fn the_exfiltration_recording_is_one_incident_that_grows() {
         .iter()
         .map(|m| (m.status, m.alert.rule.as_str()))
         .collect();
-    // The reader opens it, its reading half the file raises the severity, the upload makes it
-    // critical; the bulk read (high, like the reader's second hit) says nothing of its own.
+    // The reader opens it (high: it read more than half the file), the upload makes it
+    // critical; the bulk read (high, like the reader's hit) says nothing of its own.
     assert_eq!(
         statuses,
         [
             (IncidentStatus::Opened, UNEXPECTED_READER),
-            (IncidentStatus::Escalated, UNEXPECTED_READER),
             (IncidentStatus::Escalated, EXFILTRATION),
             (IncidentStatus::Resolved, EXFILTRATION),
         ],
         "{messages:#?}"
     );
-    let exfil = &messages[2];
+    let exfil = &messages[1];
     assert_eq!(exfil.changes, [Change::Severity, Change::Destination]);
     assert!(exfil.alert.files[0].path.ends_with("model.safetensors"));
     assert_eq!(exfil.alert.files[0].bytes_read, exfil.alert.files[0].size);
@@ -126,7 +128,7 @@ fn the_exfiltration_recording_is_one_incident_that_grows() {
     assert!(exfil.alert.process.ancestry.iter().any(|p| p.comm == "bash"));
     // The summary has the end of the upload: the whole file read and sent (curl adds its
     // request head), every rule hit in order.
-    let done = &messages[3];
+    let done = &messages[2];
     let size = done.alert.files[0].size;
     assert_eq!(done.bytes_read, size);
     assert!(

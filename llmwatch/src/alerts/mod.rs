@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Severity,
     enrich::{Enriched, FileView, ProcessView},
-    state::process::Ancestor,
+    state::{files::AssetClass, process::Ancestor},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +55,9 @@ pub struct AlertFile {
     pub ino: u64,
     pub size: u64,
     pub bytes_read: u64,
+    /// What the file is: weights, adapter, dataset, tokenizer, config, encrypted_weights.
+    #[serde(default)]
+    pub class: AssetClass,
 }
 
 impl AlertFile {
@@ -65,6 +68,7 @@ impl AlertFile {
             ino: f.ino,
             size: f.size,
             bytes_read,
+            class: f.class,
         }
     }
 }

@@ -21,16 +21,18 @@ use std::{
     time::Duration,
 };
 
-pub use rules::{
-    BasicRule, BulkRead, ClientFlood, Exfiltration, InferenceExec, OffHours, RULE_IDS, RuleCommon, Rules,
-    SpawnStorm, UnexpectedReader,
-};
+pub use rules::{RuleCommon, RuleSettings};
 pub use types::{
     BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, Maintenance, Pattern,
-    ProcessFacts, ServerIdentity, Severity, UserRef,
+    ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
 };
 
-use crate::state::files::default_roots;
+pub(crate) use types::basename;
+
+/// Every rule's settings (`rules:`), gathered by the rule registry.
+pub type Rules = crate::rules::Settings;
+
+use crate::state::files::{AssetPattern, default_roots};
 
 /// Local ports whose accepted connections are reported: vLLM/TGI/Triton HTTP (8000, 8080),
 /// Triton gRPC/metrics (8001, 8002), Ollama (11434), llama.cpp server (8080), SGLang (30000).
@@ -43,6 +45,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/llmwatch";
 pub struct Config {
     /// Directories searched for weight files.
     pub model_dirs: Vec<PathBuf>,
+    /// Other files to protect (datasets, adapters, tokenizers...), by glob, with their class.
+    pub assets: Vec<AssetPattern>,
     pub inference_ports: Vec<u16>,
     /// Kernel reports bytes read per descriptor every this many bytes (and on first read/close).
     pub read_report_bytes: u64,
@@ -58,6 +62,8 @@ pub struct Config {
     pub manifest: Option<PathBuf>,
     /// Inference servers, first match wins.
     pub servers: Vec<ServerIdentity>,
+    /// Programs trusted to read protected files (integrity checks, backups, model sync).
+    pub readers: Vec<ReaderIdentity>,
     /// Where inference servers may connect.
     pub egress: EgressAllow,
     pub business_hours: BusinessHours,
@@ -89,6 +95,9 @@ pub struct Config {
     pub kernel_btf: std::path::PathBuf,
     /// Where tracefs is, or is mounted when missing (command line `--tracefs`).
     pub tracefs: std::path::PathBuf,
+    /// What the file asks for that is accepted but probably not meant (weak identities,
+    /// port-only egress entries): printed by `config validate`, logged at load.
+    pub warnings: Vec<Problem>,
 }
 
 /// One webhook receiver as configured (the sink turns it into a delivery target).
@@ -132,6 +141,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             model_dirs: default_roots(),
+            assets: Vec::new(),
             inference_ports: DEFAULT_INFERENCE_PORTS.to_vec(),
             read_report_bytes: 1 << 20,
             send_report_bytes: 1 << 20,
@@ -140,6 +150,7 @@ impl Default for Config {
             host: defaults::hostname(),
             manifest: None,
             servers: defaults::servers(),
+            readers: Vec::new(),
             egress: EgressAllow::default_allow(),
             business_hours: BusinessHours::default(),
             gpu_allow: defaults::gpu_allow(),
@@ -150,6 +161,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             incidents: Default::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            warnings: Vec::new(),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,
             force_smaps_touch: false,

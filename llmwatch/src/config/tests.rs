@@ -6,7 +6,7 @@ use super::*;
 
 const EXAMPLE: &str = include_str!("../../../deploy/llmwatch.example.yaml");
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parse(text) {
         Ok(_) => panic!("expected problems in:\n{text}"),
         Err(e) => e.problems().to_vec(),
@@ -14,7 +14,7 @@ fn problems(text: &str) -> Vec<Problem> {
 }
 
 /// The problem at `path`, which must be the only one there.
-fn at<'a>(ps: &'a [Problem], path: &str) -> &'a Problem {
+pub(super) fn at<'a>(ps: &'a [Problem], path: &str) -> &'a Problem {
     let found: Vec<&Problem> = ps.iter().filter(|p| p.path == path).collect();
     assert_eq!(found.len(), 1, "one problem at {path} in {ps:#?}");
     found[0]
@@ -96,13 +96,14 @@ fn empty_file_gives_defaults() {
     assert_eq!(d.rules.bulk_read.common.severity, Severity::High);
     assert_eq!(d.rules.unexpected_reader.common.severity, Severity::Medium);
     assert_eq!(d.rules.exfiltration.common.severity, Severity::Critical);
-    for id in RULE_IDS {
-        let c = d.rules.common(id).unwrap();
+    for &id in crate::rules::ALL {
+        let c = d.rules.common(id);
         assert!(c.enabled, "{id}");
         assert_eq!(c.suppress, Duration::from_secs(600), "{id}");
+        assert_eq!(crate::rules::RuleId::parse(id.as_str()), Some(id));
     }
-    assert_eq!(RULE_IDS.len(), 16);
-    assert!(d.rules.common("weight.nope").is_none());
+    assert_eq!(crate::rules::ALL.len(), 16);
+    assert_eq!(crate::rules::RuleId::parse("weight.nope"), None);
 }
 
 #[test]
@@ -552,7 +553,7 @@ fn exfil_tools_match_program_and_subcommand() {
 fn rule_shorthand_and_overrides() {
     let c = parse("rules:\n  exfil.tool: false\n  weight.bulk_read: {severity: Critical, suppress: 0, min_bytes: 512MiB}\n")
         .unwrap();
-    assert!(!c.rules.common("exfil.tool").unwrap().enabled);
+    assert!(!c.rules.exfil_tool.common.enabled);
     assert_eq!(c.rules.bulk_read.common.severity, Severity::Critical);
     assert_eq!(c.rules.bulk_read.common.suppress, Duration::ZERO);
     assert_eq!(c.rules.bulk_read.min_bytes, 512 << 20);
@@ -620,4 +621,112 @@ fn spool_keys_parse_and_bad_sizes_name_the_key() {
     let ps = problems("spool:\n  memory_max_bytes: 0\n");
     let p = at(&ps, "spool.memory_max_bytes");
     assert_eq!(p.line, Some(2), "{p:?}");
+}
+
+#[test]
+fn weak_identities_and_port_only_egress_are_warned_about_not_refused() {
+    let c = parse(
+        "servers:\n\
+         \x20 - {name: by-name, argv: ['*vllm serve*']}\n\
+         \x20 - {name: interpreter, exe: ['/usr/bin/python3*'], argv: ['*sglang*']}\n\
+         \x20 - {name: pinned, argv: ['*lmdeploy*'], users: [vllm]}\n\
+         \x20 - {name: binary, exe: [/opt/triton/bin/tritonserver]}\n\
+         readers:\n\
+         \x20 - {name: sum, comm: [sha256sum]}\n\
+         egress:\n\
+         \x20 allow: [':53', '*', '10.0.0.0/8', 'huggingface.co:443']\n",
+    )
+    .unwrap();
+    let at: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        at,
+        [
+            "servers[0]",
+            "servers[1]",
+            "readers[0]",
+            "egress.allow[0]",
+            "egress.allow[1]"
+        ],
+        "{:#?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[0].message.contains("name or command line only"),
+        "{}",
+        c.warnings[0]
+    );
+    assert!(
+        c.warnings[1].message.contains("\"/usr/bin/python3*\""),
+        "{}",
+        c.warnings[1]
+    );
+    assert!(
+        c.warnings[3].message.contains("not transfers"),
+        "{}",
+        c.warnings[3]
+    );
+    assert_eq!(c.warnings[3].line, Some(9));
+    let strong: Vec<bool> = c.servers.iter().map(|s| s.strong()).collect();
+    assert_eq!(strong, [false, false, true, true]);
+    // Transfers are exempt only where an entry names the destination.
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(c.egress.allows(ip("203.0.113.9"), 53));
+    assert!(!c.egress.exempts_transfer(ip("203.0.113.9"), 53));
+    assert!(!c.egress.exempts_transfer(ip("203.0.113.9"), 4444));
+    assert!(c.egress.exempts_transfer(ip("10.1.2.3"), 4444));
+    // The defaults warn about nothing: they are not in a file.
+    assert!(Config::default().warnings.is_empty());
+}
+
+#[test]
+fn trusted_readers_with_files_and_a_schedule() {
+    let c = parse(
+        "readers:\n\
+         \x20 - name: nightly\n\
+         \x20   exe: [/usr/bin/sha256sum]\n\
+         \x20   users: [0]\n\
+         \x20   files: ['/models/**']\n\
+         \x20   schedule: {timezone: UTC, days: [sun], start: '02:00', end: '04:00'}\n",
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let r = &c.readers[0];
+    let root = ProcessFacts {
+        uid: 0,
+        user: Some("root"),
+        ..facts("sha256sum", Some("/usr/bin/sha256sum"), &[])
+    };
+    let sunday_3 = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+    let sunday_5 = Utc.with_ymd_and_hms(2026, 11, 22, 5, 0, 0).unwrap();
+    assert!(r.trusts(&root, "/models/a/b.safetensors", sunday_3));
+    assert!(
+        !r.trusts(&root, "/models/a/b.safetensors", sunday_5),
+        "outside its schedule"
+    );
+    assert!(!r.trusts(&root, "/srv/other.gguf", sunday_3), "not its files");
+    let user = facts("sha256sum", Some("/usr/bin/sha256sum"), &[]);
+    assert!(
+        !r.trusts(&user, "/models/a/b.safetensors", sunday_3),
+        "another user"
+    );
+
+    let ps = problems(
+        "readers:\n\
+         \x20 - {name: a, users: [0]}\n\
+         \x20 - {name: b, exe: [/x], schedule: {start: '02:00', end: '02:00', maintenance: []}}\n\
+         \x20 - {name: c, exe: [/x]}\n\
+         \x20 - {name: c, exe: [/y]}\n",
+    );
+    assert!(
+        at(&ps, "readers[0]")
+            .message
+            .contains("needs at least one of exe, comm or argv")
+    );
+    assert!(at(&ps, "readers[1].schedule.end").message.contains("same time"));
+    assert!(
+        at(&ps, "readers[1].schedule.maintenance")
+            .message
+            .contains("unknown key")
+    );
+    assert!(at(&ps, "readers[3].name").message.contains("already named"));
 }

@@ -110,6 +110,12 @@ impl fmt::Debug for Pattern {
     }
 }
 
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
 impl PartialEq for Pattern {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text
@@ -182,17 +188,131 @@ impl ServerIdentity {
     /// list ORed). An identity with none of exe/comm/argv matches nothing: containers, cgroups or
     /// users alone would make every process there a server (the parser rejects such entries).
     pub fn matches(&self, p: &ProcessFacts) -> bool {
+        self.selectors().matches(p)
+    }
+
+    pub fn selectors(&self) -> Selectors<'_> {
+        Selectors {
+            exe: &self.exe,
+            comm: &self.comm,
+            argv: &self.argv,
+            containers: &self.containers,
+            cgroups: &self.cgroups,
+            users: &self.users,
+        }
+    }
+
+    /// See [`Selectors::strong`].
+    pub fn strong(&self) -> bool {
+        self.selectors().strong()
+    }
+}
+
+/// The process selectors a server or trusted-reader entry has.
+#[derive(Debug, Clone, Copy)]
+pub struct Selectors<'a> {
+    pub exe: &'a [Pattern],
+    pub comm: &'a [Pattern],
+    pub argv: &'a [Pattern],
+    pub containers: &'a [Pattern],
+    pub cgroups: &'a [Pattern],
+    pub users: &'a [UserRef],
+}
+
+impl Selectors<'_> {
+    /// Every non-empty list has a match (lists ANDed, entries of one list ORed); none of
+    /// exe/comm/argv matches nothing.
+    pub fn matches(&self, p: &ProcessFacts) -> bool {
         if self.exe.is_empty() && self.comm.is_empty() && self.argv.is_empty() {
             return false;
         }
         let opt =
             |pats: &[Pattern], v: Option<&str>| pats.is_empty() || v.is_some_and(|v| any_match(pats, v));
-        opt(&self.exe, p.exe)
+        opt(self.exe, p.exe)
             && (self.comm.is_empty() || self.comm.iter().any(|c| c.matches_comm(p.comm)))
-            && (self.argv.is_empty() || any_match(&self.argv, &p.argv.join(" ")))
-            && opt(&self.containers, p.container_id)
-            && opt(&self.cgroups, p.cgroup)
+            && (self.argv.is_empty() || any_match(self.argv, &p.argv.join(" ")))
+            && opt(self.containers, p.container_id)
+            && opt(self.cgroups, p.cgroup)
             && (self.users.is_empty() || self.users.iter().any(|u| u.matches(p.uid, p.user)))
+    }
+
+    /// Pinned to something a process cannot choose for itself: its executable (the kernel's
+    /// resolved path), its user, container or cgroup. A name and a command line are whatever
+    /// the process says they are, so an entry matching by comm/argv alone is weak: it may
+    /// exempt a server's start-up load but never egress or exfiltration. An `exe` that matches
+    /// an interpreter (`/usr/bin/python3*`) pins nothing either: anyone can run
+    /// `python3 steal.py vllm serve`, and a virtualenv's python resolves to the system one.
+    pub fn strong(&self) -> bool {
+        !self.users.is_empty()
+            || !self.containers.is_empty()
+            || !self.cgroups.is_empty()
+            || (!self.exe.is_empty() && self.interpreter_exe().is_none())
+    }
+
+    /// The first `exe` glob that matches a common interpreter, which makes it no pin.
+    pub fn interpreter_exe(&self) -> Option<&Pattern> {
+        self.exe
+            .iter()
+            .find(|p| INTERPRETERS.iter().any(|i| p.matches(i)))
+    }
+}
+
+/// Where interpreters and shells live on common distributions and images: an `exe` glob
+/// matching one of these lets any script through.
+const INTERPRETERS: &[&str] = &[
+    "/usr/bin/python3",
+    "/usr/bin/python3.11",
+    "/usr/bin/python3.12",
+    "/usr/local/bin/python3",
+    "/usr/local/bin/python3.11",
+    "/opt/conda/bin/python3.11",
+    "/usr/bin/perl",
+    "/usr/bin/ruby",
+    "/usr/bin/node",
+    "/usr/local/bin/node",
+    "/usr/bin/java",
+    "/usr/lib/jvm/java-17-openjdk-amd64/bin/java",
+    "/usr/bin/bash",
+    "/usr/bin/dash",
+    "/bin/sh",
+    "/usr/bin/busybox",
+];
+
+/// A program trusted to read protected files (integrity checks, backups, model sync): its
+/// reads of the files its globs match raise no unexpected-reader, bulk-read or off-hours
+/// alert while its schedule is open; what it sends outside the allowlist is still judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReaderIdentity {
+    pub name: String,
+    pub exe: Vec<Pattern>,
+    pub comm: Vec<Pattern>,
+    pub argv: Vec<Pattern>,
+    pub containers: Vec<Pattern>,
+    pub cgroups: Vec<Pattern>,
+    pub users: Vec<UserRef>,
+    /// Globs on the file's path (any of its names); empty: every protected file.
+    pub files: Vec<Pattern>,
+    /// When its reads are trusted; None: always.
+    pub schedule: Option<BusinessHours>,
+}
+
+impl ReaderIdentity {
+    pub fn selectors(&self) -> Selectors<'_> {
+        Selectors {
+            exe: &self.exe,
+            comm: &self.comm,
+            argv: &self.argv,
+            containers: &self.containers,
+            cgroups: &self.cgroups,
+            users: &self.users,
+        }
+    }
+
+    /// Whether process `p` reading the file at `path` at `t` is this trusted reader at work.
+    pub fn trusts(&self, p: &ProcessFacts, path: &str, t: DateTime<Utc>) -> bool {
+        self.selectors().matches(p)
+            && (self.files.is_empty() || any_match(&self.files, path))
+            && self.schedule.as_ref().is_none_or(|s| s.in_hours(t))
     }
 }
 
@@ -280,8 +400,24 @@ impl EgressAllow {
         }
     }
 
+    /// The connection may be made (any entry allows it, `:53` and `*` included).
     pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
         self.allowed_by(ip, port).is_some()
+    }
+
+    /// Weights may go there: an entry names the destination by address, network or host name.
+    /// An entry naming only a port (`:53`) or everything (`*`) allows connections, not bulk
+    /// transfer: anyone can run a listener on port 53.
+    pub fn exempts_transfer(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = canonical_ip(ip);
+        self.entries.iter().any(|e| {
+            e.port.is_none_or(|p| p == port)
+                && match &e.target {
+                    EgressTarget::Any => false,
+                    EgressTarget::Net(n) => n.contains(&ip),
+                    EgressTarget::Host(h) => self.resolved.get(h).is_some_and(|v| v.contains(&ip)),
+                }
+        })
     }
 
     /// The first entry that allows the destination.

@@ -6,18 +6,23 @@ use std::{path::PathBuf, time::Duration};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
 use super::{
-    Config, ExfilTool, Maintenance, Pattern, Problem, RULE_IDS, RuleCommon, ServerIdentity, UserRef,
+    BusinessHours, Config, EgressTarget, ExfilTool, Maintenance, Pattern, Problem, ReaderIdentity,
+    RuleCommon, ServerIdentity, UserRef,
     defaults::DEFAULT_STARTUP_WINDOW,
-    rules::{self, COMMON_KEYS, rule_keys},
+    rules::COMMON_KEYS,
     values,
     yaml::{Node, Value},
 };
+use crate::rules::RuleId;
+
+mod assets;
 
 const TOP: &[&str] = &[
     "host",
     "models",
     "inference_ports",
     "servers",
+    "readers",
     "egress",
     "business_hours",
     "gpu",
@@ -29,6 +34,7 @@ const TOP: &[&str] = &[
     "spool",
     "incidents",
     "state_dir",
+    "assets",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -44,8 +50,20 @@ const SERVER: &[&str] = &[
     "users",
     "startup_window",
 ];
+const READER: &[&str] = &[
+    "name",
+    "exe",
+    "comm",
+    "argv",
+    "containers",
+    "cgroups",
+    "users",
+    "files",
+    "schedule",
+];
 const EGRESS: &[&str] = &["allow"];
 const HOURS: &[&str] = &["timezone", "days", "start", "end", "maintenance"];
+const SCHEDULE: &[&str] = &["timezone", "days", "start", "end"];
 const MAINTENANCE: &[&str] = &["start", "end", "reason"];
 const GPU: &[&str] = &["allow", "extra_majors"];
 const KERNEL: &[&str] = &["read_report_bytes", "send_report_bytes", "flush_interval"];
@@ -55,6 +73,8 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("", TOP),
     ("models", MODELS),
     ("servers[]", SERVER),
+    ("readers[]", READER),
+    ("readers[].schedule", SCHEDULE),
     ("egress", EGRESS),
     ("business_hours", HOURS),
     ("business_hours.maintenance[]", MAINTENANCE),
@@ -64,11 +84,13 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("webhooks[]", WEBHOOK),
     ("spool", SPOOL),
     ("incidents", super::incidents::KEYS),
+    ("assets[]", assets::ASSET),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
     let mut c = Checker::default();
     c.root(root, cfg);
+    cfg.warnings = c.warnings;
     c.problems
 }
 
@@ -78,6 +100,16 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// The selectors of one server or reader entry, as parsed.
+struct OwnedSelectors {
+    exe: Vec<Pattern>,
+    comm: Vec<Pattern>,
+    argv: Vec<Pattern>,
+    containers: Vec<Pattern>,
+    cgroups: Vec<Pattern>,
+    users: Vec<UserRef>,
 }
 
 /// The set keys of one mapping (null values, meaning "not set", left out).
@@ -98,11 +130,23 @@ impl<'n> Fields<'n> {
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
+    /// Accepted, but probably not what was meant (weak identities, port-only egress entries):
+    /// `config validate` prints them, the agent logs them.
+    warnings: Vec<Problem>,
 }
 
 impl Checker {
     fn bad(&mut self, path: &str, node: &Node, message: impl Into<String>) {
         self.problems.push(Problem {
+            path: path.to_string(),
+            line: Some(node.line),
+            message: message.into(),
+        });
+    }
+
+    /// Accepted, but probably not what was meant.
+    fn warn(&mut self, path: &str, node: &Node, message: impl Into<String>) {
+        self.warnings.push(Problem {
             path: path.to_string(),
             line: Some(node.line),
             message: message.into(),
@@ -289,6 +333,9 @@ impl Checker {
         if let Some(n) = f.get("servers") {
             self.servers(n, cfg);
         }
+        if let Some(n) = f.get("readers") {
+            self.readers(n, cfg);
+        }
         if let Some(n) = f.get("egress") {
             let e = self.fields("egress", n, EGRESS, "egress");
             self.set_list(
@@ -299,6 +346,24 @@ impl Checker {
                 values::egress_entry,
                 &mut cfg.egress.entries,
             );
+            if let Some(list) = e.get("allow")
+                && let Value::Seq(items) = &list.value
+            {
+                for (i, (entry, n)) in cfg.egress.entries.iter().zip(items).enumerate() {
+                    if entry.target == EgressTarget::Any {
+                        self.warn(
+                            &format!("egress.allow[{i}]"),
+                            n,
+                            format!(
+                                "{entry} allows connections to any host{}, not transfers of weights: \
+                                 weight.exfiltration still judges what is sent there. Name the \
+                                 destination by address, network or host name to exempt it",
+                                entry.port.map(|p| format!(" on port {p}")).unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+            }
         }
         if let Some(n) = f.get("business_hours") {
             self.business_hours(n, cfg);
@@ -406,6 +471,9 @@ impl Checker {
                 super::incidents::idle,
                 idle,
             );
+        }
+        if let Some(n) = f.get("assets") {
+            self.assets(n, cfg);
         }
     }
 
@@ -592,13 +660,55 @@ impl Checker {
             return None;
         }
         let f = self.fields(path, node, SERVER, "servers[]");
-        let name = match f.get("name") {
+        let name = self.entry_name(&f, path, node);
+        let sel = self.selectors(&f, path, node, "an inference server");
+        let mut startup_window = DEFAULT_STARTUP_WINDOW;
+        self.set(
+            &f,
+            path,
+            "startup_window",
+            "a duration",
+            values::duration,
+            &mut startup_window,
+        );
+        let server = ServerIdentity {
+            name: name?,
+            exe: sel.exe,
+            comm: sel.comm,
+            argv: sel.argv,
+            containers: sel.containers,
+            cgroups: sel.cgroups,
+            users: sel.users,
+            startup_window,
+        };
+        if !server.strong() {
+            let why = weakness(&server.selectors());
+            self.warn(
+                path,
+                node,
+                format!(
+                    "server {:?} is {why}: it exempts the start-up load only, never egress or \
+                     exfiltration. Pin it with users, containers, cgroups or the exe of a dedicated binary",
+                    server.name
+                ),
+            );
+        }
+        Some(server)
+    }
+
+    fn entry_name(&mut self, f: &Fields, path: &str, node: &Node) -> Option<String> {
+        match f.get("name") {
             Some(n) => self.value(&join(path, "name"), n, "a name", non_empty),
             None => {
                 self.bad(path, node, "missing name");
                 None
             }
-        };
+        }
+    }
+
+    /// The process selectors of a server or reader entry; `what` says what a match makes a
+    /// process, for the error about an entry that would match whole containers or users.
+    fn selectors(&mut self, f: &Fields, path: &str, node: &Node, what: &str) -> OwnedSelectors {
         let mut globs = |key: &str| {
             f.get(key)
                 .and_then(|n| self.list(&join(path, key), n, "a glob", glob))
@@ -610,47 +720,128 @@ impl Checker {
             .get("users")
             .and_then(|n| self.list(&join(path, "users"), n, "a user name or uid", user_ref))
             .unwrap_or_default();
-        let mut startup_window = DEFAULT_STARTUP_WINDOW;
-        self.set(
-            &f,
-            path,
-            "startup_window",
-            "a duration",
-            values::duration,
-            &mut startup_window,
-        );
-        let selectors = ["exe", "comm", "argv"];
         let unset = |k: &&str| {
             f.get(k)
                 .is_none_or(|n| matches!(&n.value, Value::Seq(v) if v.is_empty()))
         };
-        if selectors.iter().all(unset) {
+        if ["exe", "comm", "argv"].iter().all(unset) {
             self.bad(
                 path,
                 node,
-                "needs at least one of exe, comm or argv: containers, cgroups and users alone would make \
-                 every process there an inference server",
+                format!(
+                    "needs at least one of exe, comm or argv: containers, cgroups and users alone would \
+                     make every process there {what}"
+                ),
             );
         }
-        Some(ServerIdentity {
-            name: name?,
+        OwnedSelectors {
             exe,
             comm,
             argv,
             containers,
             cgroups,
             users,
-            startup_window,
-        })
+        }
+    }
+
+    fn readers(&mut self, node: &Node, cfg: &mut Config) {
+        let Some(items) = self.items("readers", node) else {
+            return;
+        };
+        let parsed = self.clean(|c| {
+            let mut out: Vec<ReaderIdentity> = Vec::new();
+            for (p, n) in &items {
+                let Some(r) = c.clean(|c| c.reader(p, n, cfg.business_hours.tz)).flatten() else {
+                    continue;
+                };
+                if out.iter().any(|o| o.name == r.name) {
+                    c.bad(
+                        &join(p, "name"),
+                        n,
+                        format!("another reader is already named {:?}", r.name),
+                    );
+                }
+                out.push(r);
+            }
+            out
+        });
+        if let Some(readers) = parsed {
+            cfg.readers = readers;
+        }
+    }
+
+    fn reader(&mut self, path: &str, node: &Node, tz: chrono_tz::Tz) -> Option<ReaderIdentity> {
+        if !matches!(node.value, Value::Map(_)) {
+            self.bad(
+                path,
+                node,
+                format!(
+                    "expected a trusted reader (name:, exe:, users:, files:, schedule:, ...), got {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        let f = self.fields(path, node, READER, "readers[]");
+        let name = self.entry_name(&f, path, node);
+        let sel = self.selectors(&f, path, node, "a trusted reader");
+        let files = f
+            .get("files")
+            .and_then(|n| self.list(&join(path, "files"), n, "a glob", glob))
+            .unwrap_or_default();
+        let schedule = f.get("schedule").map(|n| {
+            let mut hours = BusinessHours {
+                tz,
+                ..Config::default().business_hours
+            };
+            self.hours(&join(path, "schedule"), n, &mut hours, false);
+            hours
+        });
+        let reader = ReaderIdentity {
+            name: name?,
+            exe: sel.exe,
+            comm: sel.comm,
+            argv: sel.argv,
+            containers: sel.containers,
+            cgroups: sel.cgroups,
+            users: sel.users,
+            files,
+            schedule,
+        };
+        if !reader.selectors().strong() {
+            let why = weakness(&reader.selectors());
+            self.warn(
+                path,
+                node,
+                format!(
+                    "reader {:?} is {why}: any program so named would read those files unseen by \
+                     unexpected_reader and bulk_read. Pin it with users, containers, cgroups or the exe \
+                     of a dedicated binary",
+                    reader.name
+                ),
+            );
+        }
+        Some(reader)
     }
 
     fn business_hours(&mut self, node: &Node, cfg: &mut Config) {
-        let p = "business_hours";
-        let f = self.fields(p, node, HOURS, p);
-        let bh = &mut cfg.business_hours;
+        let mut bh = cfg.business_hours.clone();
+        self.hours("business_hours", node, &mut bh, true);
+        cfg.business_hours = bh;
+    }
+
+    /// Weekly hours: `business_hours`, or a trusted reader's `schedule` (no maintenance
+    /// windows there).
+    fn hours(&mut self, p: &str, node: &Node, bh: &mut BusinessHours, maintenance: bool) {
+        let (known, section) = if maintenance {
+            (HOURS, "business_hours")
+        } else {
+            (SCHEDULE, "readers[].schedule")
+        };
+        let f = self.fields(p, node, known, section);
         self.set(&f, p, "timezone", "a time zone", time_zone, &mut bh.tz);
         if let Some(n) = f.get("days")
-            && let Some(mut days) = self.list("business_hours.days", n, "a day", values::weekday)
+            && let Some(mut days) = self.list(&join(p, "days"), n, "a day", values::weekday)
         {
             let mut seen = Vec::new();
             days.retain(|d| {
@@ -662,12 +853,12 @@ impl Checker {
             bh.days = days;
         }
         let start = f.get("start").and_then(|n| {
-            self.value("business_hours.start", n, "a time (HH:MM)", |s| {
+            self.value(&join(p, "start"), n, "a time (HH:MM)", |s| {
                 values::time_of_day(s, false)
             })
         });
         let end = f.get("end").and_then(|n| {
-            self.value("business_hours.end", n, "a time (HH:MM)", |s| {
+            self.value(&join(p, "end"), n, "a time (HH:MM)", |s| {
                 values::time_of_day(s, true)
             })
         });
@@ -680,19 +871,19 @@ impl Checker {
         if (start.is_some() || end.is_some()) && bh.end == Some(bh.start) {
             let n = f.get("end").or(f.get("start")).unwrap_or(node);
             let at = if f.get("end").is_some() {
-                "business_hours.end"
+                join(p, "end")
             } else {
-                "business_hours.start"
+                join(p, "start")
             };
             self.bad(
-                at,
+                &at,
                 n,
                 "start and end are the same time; for all day write start: \"00:00\", end: \"24:00\"",
             );
         }
         if let Some(n) = f.get("maintenance") {
             let tz = bh.tz;
-            let Some(items) = self.items("business_hours.maintenance", n) else {
+            let Some(items) = self.items(&join(p, "maintenance"), n) else {
                 return;
             };
             let parsed: Vec<Option<Maintenance>> = items
@@ -700,7 +891,7 @@ impl Checker {
                 .map(|(p, n)| self.clean(|c| c.maintenance(p, n, tz)).flatten())
                 .collect();
             if let Some(m) = parsed.into_iter().collect::<Option<Vec<_>>>() {
-                cfg.business_hours.maintenance = m;
+                bh.maintenance = m;
             }
         }
     }
@@ -771,30 +962,27 @@ impl Checker {
                 continue;
             }
             seen.push(id);
-            if !RULE_IDS.contains(&id) {
-                let hint = match values::closest(id, RULE_IDS.iter().copied()) {
+            let Some(rule) = RuleId::parse(id) else {
+                let names = crate::rules::ALL.iter().map(|r| r.as_str());
+                let hint = match values::closest(id, names.clone()) {
                     Some(c) => format!("; did you mean {c:?}?"),
-                    None => format!("; rules are: {}", RULE_IDS.join(", ")),
+                    None => format!("; rules are: {}", names.collect::<Vec<_>>().join(", ")),
                 };
                 self.bad(&path, k, format!("unknown rule {id:?}{hint}"));
                 continue;
-            }
+            };
             if v.is_null() {
                 continue;
             }
-            self.rule(id, &path, v, cfg);
+            self.rule(rule, &path, v, cfg);
         }
     }
 
-    fn rule(&mut self, id: &str, path: &str, node: &Node, cfg: &mut Config) {
+    fn rule(&mut self, id: RuleId, path: &str, node: &Node, cfg: &mut Config) {
         // `exfil.tool: false` is short for `exfil.tool: {enabled: false}`.
         if let Value::Scalar { text, .. } = &node.value {
             match values::boolean(text) {
-                Ok(b) => {
-                    if let Some(c) = cfg.rules.common_mut(id) {
-                        c.enabled = b;
-                    }
-                }
+                Ok(b) => cfg.rules.common_mut(id).enabled = b,
                 Err(_) => self.bad(
                     path,
                     node,
@@ -806,108 +994,15 @@ impl Checker {
             return;
         }
         let mut known: Vec<&str> = COMMON_KEYS.to_vec();
-        known.extend_from_slice(rule_keys(id));
+        known.extend_from_slice(crate::rules::Settings::keys(id));
         let f = self.fields(path, node, &known, path);
-        let Some(common) = cfg.rules.common_mut(id) else {
-            return;
+        self.common(&f, path, cfg.rules.common_mut(id));
+        let mut keys = RuleKeys {
+            checker: self,
+            fields: &f,
+            path,
         };
-        self.common(&f, path, common);
-        let r = &mut cfg.rules;
-        match id {
-            rules::UNEXPECTED_READER => {
-                self.set(
-                    &f,
-                    path,
-                    "high_fraction",
-                    "a fraction",
-                    values::fraction,
-                    &mut r.unexpected_reader.high_fraction,
-                );
-            }
-            rules::BULK_READ => {
-                let b = &mut r.bulk_read;
-                self.set(
-                    &f,
-                    path,
-                    "min_fraction",
-                    "a fraction",
-                    values::fraction,
-                    &mut b.min_fraction,
-                );
-                self.set(&f, path, "min_bytes", "a size", values::size, &mut b.min_bytes);
-                self.set(&f, path, "window", "a duration", positive_duration, &mut b.window);
-            }
-            rules::EXFILTRATION => {
-                let e = &mut r.exfiltration;
-                self.set(
-                    &f,
-                    path,
-                    "min_read_bytes",
-                    "a size",
-                    values::size,
-                    &mut e.min_read_bytes,
-                );
-                self.set(
-                    &f,
-                    path,
-                    "min_read_fraction",
-                    "a fraction",
-                    values::fraction,
-                    &mut e.min_read_fraction,
-                );
-                self.set(
-                    &f,
-                    path,
-                    "send_fraction",
-                    "a fraction",
-                    values::fraction,
-                    &mut e.send_fraction,
-                );
-                self.set(&f, path, "window", "a duration", positive_duration, &mut e.window);
-            }
-            rules::OFF_HOURS_ACCESS => {
-                let o = &mut r.off_hours;
-                self.set(&f, path, "min_bytes", "a size", values::size, &mut o.min_bytes);
-                self.set(
-                    &f,
-                    path,
-                    "min_fraction",
-                    "a fraction",
-                    values::fraction,
-                    &mut o.min_fraction,
-                );
-            }
-            rules::INFERENCE_EXEC => {
-                self.set_list(&f, path, "allow", "a glob", glob, &mut r.inference_exec.allow);
-            }
-            rules::GPU_SPAWN_STORM => {
-                let s = &mut r.gpu_spawn_storm;
-                self.set(&f, path, "max_spawns", "a count", count, &mut s.max_spawns);
-                self.set(&f, path, "per", "a duration", positive_duration, &mut s.per);
-                self.set(
-                    &f,
-                    path,
-                    "max_concurrent",
-                    "a count",
-                    count,
-                    &mut s.max_concurrent,
-                );
-            }
-            rules::API_CLIENT_FLOOD => {
-                let a = &mut r.api_client_flood;
-                self.set(
-                    &f,
-                    path,
-                    "max_connections",
-                    "a count",
-                    count,
-                    &mut a.max_connections,
-                );
-                self.set(&f, path, "max_bytes", "a size", positive_size, &mut a.max_bytes);
-                self.set(&f, path, "per", "a duration", positive_duration, &mut a.per);
-            }
-            _ => {}
-        }
+        cfg.rules.apply(id, &mut keys);
     }
 
     fn common(&mut self, f: &Fields, path: &str, common: &mut RuleCommon) {
@@ -935,6 +1030,63 @@ impl Checker {
             values::duration,
             &mut common.suppress,
         );
+    }
+}
+
+/// How a rule reads its thresholds from its section of `rules:` (each rule's `apply`): the
+/// value types of the file, with the problems collected like every other key's.
+pub struct RuleKeys<'c, 'n> {
+    checker: &'c mut Checker,
+    fields: &'c Fields<'n>,
+    path: &'c str,
+}
+
+impl RuleKeys<'_, '_> {
+    /// A fraction (0..=1, or a percentage).
+    pub fn fraction(&mut self, key: &str, slot: &mut f64) {
+        self.checker
+            .set(self.fields, self.path, key, "a fraction", values::fraction, slot);
+    }
+
+    /// A size (bytes, or with a unit: 64MiB).
+    pub fn size(&mut self, key: &str, slot: &mut u64) {
+        self.checker
+            .set(self.fields, self.path, key, "a size", values::size, slot);
+    }
+
+    /// A size larger than zero.
+    pub fn positive_size(&mut self, key: &str, slot: &mut u64) {
+        self.checker
+            .set(self.fields, self.path, key, "a size", positive_size, slot);
+    }
+
+    /// A duration longer than zero.
+    pub fn duration(&mut self, key: &str, slot: &mut Duration) {
+        self.checker
+            .set(self.fields, self.path, key, "a duration", positive_duration, slot);
+    }
+
+    /// A count of at least 1.
+    pub fn count(&mut self, key: &str, slot: &mut u32) {
+        self.checker
+            .set(self.fields, self.path, key, "a count", count, slot);
+    }
+
+    /// A list of globs.
+    pub fn globs(&mut self, key: &str, slot: &mut Vec<Pattern>) {
+        self.checker
+            .set_list(self.fields, self.path, key, "a glob", glob, slot);
+    }
+}
+
+/// Why an entry that is not `strong` pins nothing.
+fn weakness(sel: &super::Selectors<'_>) -> String {
+    match sel.interpreter_exe() {
+        Some(p) => format!(
+            "recognised by an exe glob ({p}) that matches an interpreter or shell anyone can run, \
+             and otherwise by name or command line, which any process can take"
+        ),
+        None => "recognised by its name or command line only, which any process can take".into(),
     }
 }
 

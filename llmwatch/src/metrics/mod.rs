@@ -201,11 +201,15 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(data_path.clone())).expect("unique metric");
-        let watched_files = gauge(&r, "llmwatch_watched_files", "Weight files currently watched.");
+        let watched_files = gauge(
+            &r,
+            "llmwatch_watched_files",
+            "Files currently watched: weights and the other assets configured globs name.",
+        );
         let watched_bytes = gauge(
             &r,
             "llmwatch_watched_bytes",
-            "Total size of the weight files currently watched.",
+            "Total size of the files currently watched (weights and other assets).",
         );
         let weight_read_bytes = counter_vec(
             &r,

@@ -957,12 +957,12 @@ async fn slack_and_alertmanager_payloads() {
 /// One incident's three messages, as the tracker makes them from two hits about one process
 /// tree: opened (medium), escalated to critical, resolved.
 fn incident_messages() -> Vec<crate::alerts::incidents::IncidentMessage> {
-    use crate::config::rules::{EXFILTRATION, UNEXPECTED_READER};
+    use crate::rules::{exfiltration::ID as EXFILTRATION, unexpected_reader::ID as UNEXPECTED_READER};
     let mut tracker = crate::alerts::incidents::Incidents::new(Duration::from_secs(600));
     let mut out = Vec::new();
     for (i, severity, rule) in [(1, "medium", UNEXPECTED_READER), (2, "critical", EXFILTRATION)] {
         let mut hit = alert(i, severity);
-        hit.rule = rule.into();
+        hit.rule = rule.to_string();
         hit.scope = "tree:4242".into();
         hit.process.pod = Some("6f1c0e1e-pod".into());
         tracker.on_hit(hit, &|_| true, &mut out);
@@ -980,7 +980,7 @@ fn labels_but_severity(alert: &Value) -> serde_json::Map<String, Value> {
 
 #[test]
 fn alertmanager_keeps_an_incidents_labels_and_resolves_it() {
-    use crate::config::rules::UNEXPECTED_READER;
+    use crate::rules::unexpected_reader::ID as UNEXPECTED_READER;
     let msgs = incident_messages();
     let am = AlertmanagerOptions {
         generator_url: "http://gpu-node-1:9477/metrics".into(),
@@ -993,7 +993,7 @@ fn alertmanager_keeps_an_incidents_labels_and_resolves_it() {
     let opened = opened.as_array().unwrap();
     assert_eq!(opened.len(), 1);
     let labels = &opened[0]["labels"];
-    assert_eq!(labels["alertname"], UNEXPECTED_READER);
+    assert_eq!(labels["alertname"], UNEXPECTED_READER.as_str());
     assert_eq!(labels["severity"], "medium");
     assert_eq!(labels["host"], "gpu-node-1");
     assert_eq!(labels["incident_id"], msgs[0].incident_id.as_str());

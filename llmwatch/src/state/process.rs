@@ -174,7 +174,7 @@ impl ProcessTable {
                 });
                 info.ppid = *ppid;
                 info.comm = t.comm.clone();
-                info.exe = Some(filename.clone());
+                info.exe = Some(resolved_exe(t.pid, filename));
                 info.argv = argv.clone();
                 info.uid = t.uid;
                 info.cgroup_id = t.cgroup_id;
@@ -289,6 +289,22 @@ impl ProcessTable {
     }
 }
 
+/// The executable a process runs, as the kernel resolved it: `/proc/<pid>/exe` (symlinks
+/// followed, a script's interpreter), else the exec'd path with its symlinks resolved, else the
+/// path as given. Server and reader identities match this, not the path the caller passed: a
+/// link named `/opt/vllm/bin/python` to `/tmp/x` is `/tmp/x`.
+fn resolved_exe(pid: u32, filename: &str) -> String {
+    if let Ok(p) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        return p.to_string_lossy().into_owned();
+    }
+    if filename.starts_with('/')
+        && let Ok(p) = std::fs::canonicalize(filename)
+    {
+        return p.to_string_lossy().into_owned();
+    }
+    filename.to_string()
+}
+
 fn from_proc(pid: u32) -> Option<ProcessInfo> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
@@ -396,14 +412,18 @@ mod tests {
             },
         ));
         let child = t.get(90_000_002).unwrap();
-        assert_eq!(child.exe.as_deref(), Some("/bin/cat"));
+        // The process is gone (never was): the path with its links resolved (/bin -> usr/bin).
+        let cat = std::fs::canonicalize("/bin/cat").unwrap();
+        assert_eq!(child.exe.as_deref(), cat.to_str());
         assert_eq!(child.argv, vec!["cat", "m"]);
         assert_eq!(
             t.ancestry(90_000_002),
             vec![Ancestor {
                 pid: 90_000_001,
                 comm: "bash".into(),
-                exe: Some("/bin/bash".into())
+                exe: std::fs::canonicalize("/bin/bash")
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
             }]
         );
         t.observe(&ev(90_000_002, "cat", EventKind::ProcExit { exit_code: 0 }));
@@ -430,6 +450,34 @@ mod tests {
             );
         }
         assert!(t.ancestry(1).len() <= 2);
+    }
+
+    #[test]
+    fn an_exec_is_judged_by_the_executable_the_kernel_runs_not_the_path_passed() {
+        let mut t = ProcessTable::default();
+        let me = std::process::id();
+        t.observe(&ev(
+            me,
+            "vllm",
+            EventKind::ProcExec {
+                ppid: 1,
+                filename: "/opt/vllm/bin/python".into(),
+                argv: vec!["vllm".into(), "serve".into()],
+            },
+        ));
+        let own = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(t.get(me).unwrap().exe.as_deref(), own.to_str());
+        // Gone, relative: kept as given (matches no absolute exe glob).
+        t.observe(&ev(
+            90_000_003,
+            "x",
+            EventKind::ProcExec {
+                ppid: 1,
+                filename: "./x".into(),
+                argv: vec![],
+            },
+        ));
+        assert_eq!(t.get(90_000_003).unwrap().exe.as_deref(), Some("./x"));
     }
 
     #[test]

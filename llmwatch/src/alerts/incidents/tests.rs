@@ -3,11 +3,16 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use super::*;
 use crate::{
     alerts::AlertProcess,
-    config::rules::{BULK_READ, EXFILTRATION, GPU_SPAWN_STORM, UNEXPECTED_READER},
+    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
     enrich::{FileView, ProcessView},
     events::{Event, FileKey, ReadReason, Task},
-    state::{files::WeightFormat, process::Ancestor},
+    state::{files::{AssetClass, WeightFormat}, process::Ancestor},
 };
+
+const UNEXPECTED_READER: &str = unexpected_reader::ID.as_str();
+const EXFILTRATION: &str = exfiltration::ID.as_str();
+const BULK_READ: &str = bulk_read::ID.as_str();
+const GPU_SPAWN_STORM: &str = gpu_spawn_storm::ID.as_str();
 
 const SIZE: u64 = 3 << 20;
 /// The shell that joined `cat model | nc`: the tree's root.
@@ -40,6 +45,7 @@ fn file(ino: u64, bytes_read: u64) -> AlertFile {
         ino,
         size: SIZE,
         bytes_read,
+        class: AssetClass::Weights,
     }
 }
 
@@ -129,6 +135,7 @@ fn event(pid: u32, at: i64, kind: EventKind, weight: bool) -> Enriched {
             ino: 1,
             size: SIZE,
             format: WeightFormat::Safetensors,
+            class: AssetClass::Weights,
         }),
     }
 }

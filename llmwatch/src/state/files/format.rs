@@ -28,6 +28,9 @@ pub enum WeightFormat {
     Msgpack,
     Npz,
     OllamaBlob,
+    /// No weight format recognised: a file watched because a configured asset glob names it
+    /// (a dataset, an encrypted weight file). Detection never gives this.
+    Unknown,
 }
 
 /// Classify by extension and magic bytes; `Some` only for weight files. Reads at most
@@ -63,6 +66,7 @@ impl WeightFormat {
             Msgpack => "msgpack",
             Npz => "npz",
             OllamaBlob => "ollama_blob",
+            Unknown => "unknown",
         }
     }
 }

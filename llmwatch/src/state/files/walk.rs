@@ -13,9 +13,8 @@ use std::rc::Rc;
 
 use llmwatch_common::event::FileId;
 
-use super::format::{
-    MIN_WEIGHT_LEN, WeightFormat, classify_head, could_be_weight, lower_name, read_head, weight_ext,
-};
+use super::assets::AssetMatcher;
+use super::format::{MIN_WEIGHT_LEN, WeightFormat, classify_head, lower_name, read_head, weight_ext};
 use super::progress::Progress;
 use super::watched::{ScanReport, Stamp};
 
@@ -230,7 +229,9 @@ pub(super) struct Seen {
 }
 
 /// One scan's walk over all roots: what it found, and what it could not read.
-pub(super) struct Walk {
+pub(super) struct Walk<'a> {
+    /// Which names may be watched files (weights by name, or named by an asset glob).
+    assets: &'a AssetMatcher<'a>,
     pub(super) seen: HashMap<FileId, Seen>,
     /// (st_dev, st_ino) of every directory walked, so each is walked once.
     visited: HashSet<(u64, u64)>,
@@ -241,9 +242,10 @@ pub(super) struct Walk {
     pub(super) progress: Progress,
 }
 
-impl Walk {
-    pub(super) fn new(progress: Progress) -> Self {
+impl<'a> Walk<'a> {
+    pub(super) fn new(progress: Progress, assets: &'a AssetMatcher<'a>) -> Self {
         Walk {
+            assets,
             seen: HashMap::new(),
             visited: HashSet::new(),
             incomplete: Vec::new(),
@@ -386,8 +388,9 @@ impl Walk {
                     };
                     self.report.files_seen += 1;
                     // Most files in a model tree are configs, tokenizers and READMEs: not kept,
-                    // unless another name (a hard link) may make the inode a weight.
-                    if st.linked || could_be_weight(&child) {
+                    // unless an asset glob names them or another name (a hard link) may make
+                    // the inode a watched file.
+                    if st.linked || self.assets.candidate(&child) {
                         self.record(child.clone(), Some(child), &st, None);
                     }
                 }
@@ -412,7 +415,9 @@ impl Walk {
             // Kept by name: the target's own entry may give the real path (reported if not).
             Err(e) => (None, Some(e)),
         };
-        let candidate = st.linked || could_be_weight(&path) || real.as_deref().is_none_or(could_be_weight);
+        let candidate = st.linked
+            || self.assets.candidate(&path)
+            || real.as_deref().is_none_or(|r| self.assets.candidate(r));
         if candidate {
             self.record(path.clone(), real, &st, unresolved.map(|e| (path, e)));
         }
@@ -425,8 +430,13 @@ impl Walk {
         st: &Stat,
         unresolved: Option<(PathBuf, io::Error)>,
     ) {
+        // Too small for any weight format; an asset a glob names is watched at any size (a
+        // tokenizer config may be a few bytes, a dataset may be empty until it is written).
         if st.size < MIN_WEIGHT_LEN {
-            return;
+            let names: Vec<&Path> = std::iter::once(name.as_path()).chain(real.as_deref()).collect();
+            if self.assets.configured(&names).is_none() {
+                return;
+            }
         }
         let id = FileId {
             dev: kernel_dev(st.dev),

@@ -1,5 +1,5 @@
-//! The watched set: one entry per weight inode, what changed between two scans, and what a scan
-//! saw and could not read.
+//! The watched set: one entry per watched inode (weights and other assets), what changed between
+//! two scans, and what a scan saw and could not read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -15,7 +15,8 @@ use serde::{Serialize, Serializer};
 
 use crate::json_path::{path_to_json, ser_path, ser_paths};
 
-use super::format::{WeightFormat, could_be_weight};
+use super::assets::{AssetClass, AssetMatcher, AssetPattern, scan_roots};
+use super::format::WeightFormat;
 use super::progress::{PROGRESS_EVERY, Progress};
 use super::walk::{Stat, Walk, examine, vanished};
 
@@ -35,14 +36,17 @@ pub struct WatchedFile {
     #[serde(serialize_with = "ser_paths")]
     pub aliases: Vec<PathBuf>,
     pub size: u64,
+    /// `unknown` for an asset a glob names whose content has no weight format.
     pub format: WeightFormat,
+    /// What the file is (see `assets`): on every event and alert about it.
+    pub class: AssetClass,
 }
 
 #[derive(Default, Debug)]
 pub struct Diff {
     pub added: Vec<WatchedFile>,
     pub removed: Vec<WatchedFile>,
-    /// Same inode, and a new size, mtime, path, alias set or format.
+    /// Same inode, and a new size, mtime, path, alias set, format or class.
     pub changed: Vec<WatchedFile>,
 }
 
@@ -59,9 +63,12 @@ pub struct ScanReport {
     pub roots_missing: Vec<PathBuf>,
     /// Directories read.
     pub dirs_seen: u64,
-    /// Regular files, and links to them, seen: weights or not.
+    /// Regular files, and links to them, seen: watched or not.
     pub files_seen: u64,
+    /// Files watched after the scan, of every class.
     pub weights: usize,
+    /// The same by class (classes with none left out).
+    pub classes: BTreeMap<AssetClass, usize>,
     /// Wall time of the scan.
     pub elapsed_ms: u64,
     /// "path: reason", at most 100, then one line counting the rest. Paths are escaped as in
@@ -134,11 +141,15 @@ impl Stamp {
 struct Examined {
     stamp: Stamp,
     names: Vec<PathBuf>,
+    /// The weight format detected in its content, if any.
     format: Option<WeightFormat>,
 }
 
 pub struct WatchedSet {
+    /// What a scan walks: the model directories, then the asset globs' base directories.
     roots: Vec<PathBuf>,
+    /// Configured asset globs, in configuration order (the first match gives the class).
+    assets: Vec<AssetPattern>,
     files: BTreeMap<FileId, WatchedFile>,
     stamps: HashMap<FileId, Stamp>,
     examined: HashMap<FileId, Examined>,
@@ -155,6 +166,7 @@ impl WatchedSet {
     pub fn new(roots: Vec<PathBuf>) -> Self {
         WatchedSet {
             roots,
+            assets: Vec::new(),
             files: BTreeMap::new(),
             stamps: HashMap::new(),
             examined: HashMap::new(),
@@ -164,6 +176,14 @@ impl WatchedSet {
             #[cfg(test)]
             last_walk_inodes: 0,
         }
+    }
+
+    /// Also watches the files `patterns` name, with their classes; their base directories are
+    /// scanned (and watched for changes) besides the roots.
+    pub fn with_assets(mut self, patterns: Vec<AssetPattern>) -> Self {
+        self.roots = scan_roots(&self.roots, &patterns);
+        self.assets = patterns;
+        self
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -183,7 +203,8 @@ impl WatchedSet {
     /// watched like any other. A scan that takes long logs its progress (see `progress_every`).
     pub fn rescan(&mut self) -> (Diff, ScanReport) {
         let start = Instant::now();
-        let mut walk = Walk::new(Progress::new(start, self.progress_every));
+        let assets = AssetMatcher::new(&self.assets);
+        let mut walk = Walk::new(Progress::new(start, self.progress_every), &assets);
         for root in &self.roots {
             walk.root(root);
         }
@@ -207,9 +228,9 @@ impl WatchedSet {
             let Some(stamp) = s.stamp else { continue };
             let Some(primary) = s.real.iter().next().cloned() else {
                 // Known only through links whose target could not be resolved (its real path is
-                // too long for the kernel to name, say): say so if it may be a weight.
+                // too long for the kernel to name, say): say so if it may be watched.
                 if let Some((link, e)) = s.unresolved
-                    && s.names.iter().any(|n| could_be_weight(n))
+                    && s.names.iter().any(|n| assets.candidate(n))
                 {
                     report.error(
                         &link,
@@ -227,7 +248,7 @@ impl WatchedSet {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            if !names.iter().any(|n| could_be_weight(n)) {
+            if !names.iter().any(|n| assets.candidate(n)) {
                 continue;
             }
             let cached = self
@@ -253,7 +274,7 @@ impl WatchedSet {
                     Err(e) if e.kind() == io::ErrorKind::NotFound || vanished(&e) => continue,
                     Err(e) => {
                         report.error(&primary, e, &mut dropped);
-                        // Keep what we knew rather than dropping a watched weight on EACCES/EIO;
+                        // Keep what we knew rather than dropping a watched file on EACCES/EIO;
                         // not cached, so the next scan tries again.
                         let Some(old) = self.files.get(&id) else {
                             continue;
@@ -265,7 +286,11 @@ impl WatchedSet {
             if let Some(e) = cached {
                 examined.insert(id, e.clone());
             }
-            let Some(format) = format else { continue };
+            // The class comes from the names (and the configuration), not the content: asked
+            // again every scan, so a rename into or out of a glob takes effect.
+            let Some((class, format)) = assets.classify(&names, format) else {
+                continue;
+            };
             let aliases = names.into_iter().filter(|n| *n != primary).collect();
             stamps.insert(id, stamp);
             files.insert(
@@ -276,6 +301,7 @@ impl WatchedSet {
                     aliases,
                     size: stamp.size,
                     format,
+                    class,
                 },
             );
         }
@@ -324,6 +350,9 @@ impl WatchedSet {
             report.errors.push(format!("... and {dropped} more errors"));
         }
         report.weights = self.files.len();
+        for f in self.files.values() {
+            *report.classes.entry(f.class).or_default() += 1;
+        }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
         if progress.logged {
             progress.emit(format!(
@@ -621,6 +650,148 @@ mod tests {
         let (_, report) = set.rescan();
         let j = serde_json::to_value(&report).unwrap();
         assert_eq!(j["roots_missing"][0], format!("{}/gone\\xff", root.display()));
+    }
+
+    fn asset(glob: String, class: AssetClass) -> AssetPattern {
+        AssetPattern {
+            glob: crate::state::files::PathGlob::new(&glob).unwrap(),
+            class,
+        }
+    }
+
+    fn classes(set: &WatchedSet) -> BTreeMap<PathBuf, (AssetClass, WeightFormat)> {
+        set.iter()
+            .map(|f| (f.path.to_path_buf(), (f.class, f.format)))
+            .collect()
+    }
+
+    #[test]
+    fn assets_named_by_glob_are_watched_whatever_their_content() {
+        use AssetClass::*;
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        let (models, data) = (root.join("models"), root.join("data/finetune"));
+        write(&models.join("m.safetensors"), &safetensors_bytes());
+        write(
+            &models.join("secret.enc"),
+            b"\x13\x37 ciphertext: no magic anywhere in it",
+        );
+        write(
+            &models.join("notes.txt"),
+            b"named by no glob, and not a weight either",
+        );
+        write(
+            &data.join("a/train.jsonl"),
+            b"{\"prompt\": \"hi\", \"completion\": \"there\"}\n",
+        );
+        // Below the size any weight format needs: watched anyway, a glob names it.
+        write(&data.join("tiny.jsonl"), b"{}\n");
+        write(
+            &data.join("README.md"),
+            b"what the data set is, not named by a glob",
+        );
+        // A weight file under the data directory is a weight there too.
+        write(&data.join("base.safetensors"), &safetensors_bytes());
+        let patterns = vec![
+            asset(format!("{}/**/*.jsonl", data.display()), Dataset),
+            asset(format!("{}/**/*.enc", models.display()), EncryptedWeights),
+        ];
+        let mut set = WatchedSet::new(vec![models.clone()]).with_assets(patterns);
+        assert_eq!(set.roots(), [models.clone(), data.clone()]);
+        let (diff, report) = set.rescan();
+        assert!(report.errors.is_empty(), "{report:?}");
+        let want: BTreeMap<PathBuf, (AssetClass, WeightFormat)> = [
+            (models.join("m.safetensors"), (Weights, WeightFormat::Safetensors)),
+            (
+                models.join("secret.enc"),
+                (EncryptedWeights, WeightFormat::Unknown),
+            ),
+            (data.join("a/train.jsonl"), (Dataset, WeightFormat::Unknown)),
+            (data.join("tiny.jsonl"), (Dataset, WeightFormat::Unknown)),
+            (
+                data.join("base.safetensors"),
+                (Weights, WeightFormat::Safetensors),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(classes(&set), want);
+        assert_eq!(diff.added.len(), 5);
+        assert_eq!(report.weights, 5);
+        assert_eq!(
+            report.classes,
+            [(Weights, 2), (Dataset, 2), (EncryptedWeights, 1)]
+                .into_iter()
+                .collect()
+        );
+        let j = serde_json::to_value(&report).unwrap();
+        assert_eq!(j["classes"]["encrypted_weights"], 1);
+        let enc = set.find_path(&models.join("secret.enc")).unwrap();
+        let j = serde_json::to_value(enc).unwrap();
+        assert_eq!(
+            (&j["class"], &j["format"]),
+            (&"encrypted_weights".into(), &"unknown".into())
+        );
+        // Their names go to the kernel's rename/unlink filter like any watched file's.
+        assert!(set.name_hashes().contains(&name_hash(b"train.jsonl")));
+
+        // Renamed within the glob: the same file, under its new name.
+        let id = set.find_path(&data.join("a/train.jsonl")).unwrap().id;
+        fs::rename(data.join("a/train.jsonl"), data.join("a/train-2.jsonl")).unwrap();
+        let (diff, _) = set.rescan();
+        assert_eq!(
+            (diff.added.len(), diff.removed.len(), diff.changed.len()),
+            (0, 0, 1)
+        );
+        assert_eq!(
+            (diff.changed[0].id, &*diff.changed[0].path),
+            (id, &*data.join("a/train-2.jsonl"))
+        );
+        // Renamed out of it: no longer an asset, and not a weight: dropped.
+        fs::rename(data.join("a/train-2.jsonl"), data.join("a/train-2.txt")).unwrap();
+        let (diff, _) = set.rescan();
+        assert_eq!((diff.added.len(), diff.removed.len()), (0, 1));
+        assert_eq!(diff.removed[0].id, id);
+        // Only weight candidates and glob matches are ever opened: notes.txt and README.md not.
+        let examined: BTreeSet<FileId> = set.examined.keys().copied().collect();
+        assert_eq!(examined, set.iter().map(|f| f.id).collect());
+    }
+
+    #[test]
+    fn snapshot_links_give_their_blob_its_class() {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        // The config blob behind snapshots/abc123/config.json is JSON, no weight format.
+        let (weight_blob, _) = hf_layout(&root);
+        let config_blob = root.join("hub/models--org--name/blobs/77aa01");
+        // A PEFT adapter downloaded into the same cache.
+        let lora = root.join("hub/models--org--lora");
+        write(&lora.join("blobs/5e5e5e"), &safetensors_bytes());
+        fs::create_dir_all(lora.join("snapshots/main")).unwrap();
+        symlink(
+            "../../blobs/5e5e5e",
+            lora.join("snapshots/main/adapter_model.safetensors"),
+        )
+        .unwrap();
+        let patterns = vec![asset(
+            format!("{}/hub/**/snapshots/*/config.json", root.display()),
+            AssetClass::Config,
+        )];
+        let mut set = WatchedSet::new(vec![root.clone()]).with_assets(patterns);
+        // Under a model directory already: nothing more to scan.
+        assert_eq!(set.roots(), std::slice::from_ref(&root));
+        set.rescan();
+        let want: BTreeMap<PathBuf, (AssetClass, WeightFormat)> = [
+            (weight_blob, (AssetClass::Weights, WeightFormat::Safetensors)),
+            (config_blob, (AssetClass::Config, WeightFormat::Unknown)),
+            (
+                lora.join("blobs/5e5e5e"),
+                (AssetClass::Adapter, WeightFormat::Safetensors),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(classes(&set), want);
     }
 
     fn rss_kib() -> u64 {
