@@ -78,6 +78,35 @@ fn config(dir: &std::path::Path, port: u16) -> String {
     cfg.to_str().unwrap().to_string()
 }
 
+/// Waits until every alert of `ids` is in a file of its own in `spool` (written and renamed
+/// into place: what a restarted agent delivers), or fails.
+fn wait_until_spooled(spool: &std::path::Path, ids: &[String]) {
+    let deadline = std::time::Instant::now() + secs(10);
+    loop {
+        let spooled: Vec<Value> = std::fs::read_dir(spool)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !spooled.iter().any(|a| a["id"] == id.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts {missing:?} not in the spool {} within 10 s",
+            spool.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn header<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
     r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -97,30 +126,32 @@ fn alerts_reach_the_webhook_signed() {
     let alert = agent
         .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader")
         .expect("alert");
+    let id = alert["id"].as_str().expect("the printed alert has an id");
     // Other agents starting in parallel tests load BPF programs, which this agent reports too
-    // (host.bpf_load): look for our alert among what arrives; every request must be signed.
+    // (host.bpf_load): the printed alert is found among what arrives by its id (the same
+    // alert, not another of the same rule), and every request on the way must be signed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let (req, body) = loop {
+    let body = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let req = rx
             .recv_timeout(left)
-            .expect("the alert never reached the webhook");
+            .unwrap_or_else(|_| panic!("the printed alert {id} never reached the webhook"));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-for-tests").unwrap();
+        mac.update(&req.body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(
+            header(&req, "x-llmwatch-signature"),
+            Some(expected.as_str()),
+            "signature does not verify"
+        );
         let body: Value = serde_json::from_slice(&req.body).unwrap();
-        if body["rule"] == "weight.unexpected_reader" {
-            break (req, body);
+        assert_eq!(header(&req, "x-llmwatch-alert-id"), body["id"].as_str());
+        if body["id"] == id {
+            break body;
         }
     };
-    assert_eq!(body["rule"], "weight.unexpected_reader");
-    assert_eq!(header(&req, "x-llmwatch-alert-id"), body["id"].as_str());
-    assert!(body["id"] == alert["id"] || body["rule"] == alert["rule"]);
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-for-tests").unwrap();
-    mac.update(&req.body);
-    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(
-        header(&req, "x-llmwatch-signature"),
-        Some(expected.as_str()),
-        "signature does not verify"
-    );
+    // What was delivered is what was printed.
+    assert_eq!(body, alert);
 }
 
 #[test]
@@ -153,21 +184,45 @@ fn nothing_is_lost_when_the_receiver_is_down_and_the_agent_is_killed() {
             .expect("alert");
         ids.push(a["id"].as_str().unwrap().to_string());
     }
-    std::thread::sleep(Duration::from_millis(500)); // the spool writer commits
+    // The marker that a SIGKILL now loses nothing: each alert is in its file in the spool.
+    wait_until_spooled(&cfgdir.path().join("spool"), &ids);
     agent.kill(); // SIGKILL: no flush, no goodbye
     drop(agent);
     // Receiver comes back; a restarted agent drains the spool.
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let rx = receiver(listener);
-    let _agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
+    let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
     let mut got: Vec<String> = Vec::new();
-    while let Ok(req) = rx.recv_timeout(Duration::from_secs(15)) {
-        let body: Value = serde_json::from_slice(&req.body).unwrap();
-        got.push(body["id"].as_str().unwrap().to_string());
-        if ids.iter().all(|i| got.contains(i)) {
-            break;
+    let mut receive_until = |done: &dyn Fn(&[String]) -> bool| {
+        while let Ok(req) = rx.recv_timeout(Duration::from_secs(15)) {
+            let body: Value = serde_json::from_slice(&req.body).unwrap();
+            got.push(body["id"].as_str().unwrap().to_string());
+            if done(&got) {
+                return;
+            }
         }
-    }
+    };
+    receive_until(&|got| ids.iter().all(|i| got.contains(i)));
+    // The marker for "no second copy": a new alert of the restarted agent. A target is served
+    // in spool order, so a repeat of any earlier alert would arrive before it.
+    let child = std::process::Command::new("cat")
+        .arg(&model)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    let marker = agent
+        .wait_for(secs(10), |v| {
+            v["rule"] == "weight.unexpected_reader" && v["process"]["pid"] == pid
+        })
+        .expect("alert of the restarted agent");
+    let marker = marker["id"].as_str().unwrap().to_string();
+    receive_until(&|got| got.contains(&marker));
+    assert!(
+        got.contains(&marker),
+        "the new alert {marker} was not delivered: {got:?}"
+    );
     for id in &ids {
         assert_eq!(
             got.iter().filter(|g| *g == id).count(),
