@@ -695,3 +695,102 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    const README: &str = include_str!("../../README.md");
+
+    /// The long options a subcommand accepts, as `--name`.
+    fn accepted(command: &str) -> BTreeSet<String> {
+        let cli = Cli::command();
+        let sub = cli
+            .find_subcommand(command)
+            .unwrap_or_else(|| panic!("no `{command}` command"));
+        sub.get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !["help", "version"].contains(l))
+            .map(|l| format!("--{l}"))
+            .collect()
+    }
+
+    /// Every `--option` named in `text`.
+    fn options_in(text: &str) -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The first cell of each row of the README's command table, and the rows of its options
+    /// table (both under "## Command line").
+    fn command_line_tables() -> (Vec<&'static str>, Vec<&'static str>) {
+        let section = README
+            .split_once("## Command line")
+            .and_then(|(_, rest)| rest.split("\n## ").next())
+            .expect("README: a \"## Command line\" section");
+        let rows =
+            |first: &str| -> Vec<&'static str> { section.lines().filter(|l| l.starts_with(first)).collect() };
+        let commands = rows("| `llmwatch ")
+            .into_iter()
+            .map(|r| r.split(" | ").next().unwrap())
+            .collect();
+        (commands, rows("| `--"))
+    }
+
+    /// The options the README's command table names in `command`'s row.
+    fn in_command_row(command: &str) -> BTreeSet<String> {
+        let (commands, _) = command_line_tables();
+        let row = commands
+            .iter()
+            .find(|c| c.starts_with(&format!("| `llmwatch {command}")))
+            .unwrap_or_else(|| panic!("README: no row for `llmwatch {command}`"));
+        options_in(row)
+    }
+
+    /// The options of the README's options table ("Options of `run` / `events` / `record`"),
+    /// and those of them it says are "also for `check`".
+    fn in_options_table() -> (BTreeSet<String>, BTreeSet<String>) {
+        let (_, rows) = command_line_tables();
+        let (mut all, mut check) = (BTreeSet::new(), BTreeSet::new());
+        for row in rows {
+            let (option, rest) = row.trim_start_matches("| ").split_once(" | ").unwrap();
+            all.extend(options_in(option));
+            if rest.contains("also for `check`") {
+                check.extend(options_in(option));
+            }
+        }
+        (all, check)
+    }
+
+    #[test]
+    fn the_readme_names_every_option_each_command_accepts_and_no_other() {
+        let (table, also_for_check) = in_options_table();
+        for command in ["run", "events", "record"] {
+            let documented: BTreeSet<String> = in_command_row(command).union(&table).cloned().collect();
+            assert_eq!(
+                documented,
+                accepted(command),
+                "README's command line tables and `llmwatch {command}` disagree"
+            );
+        }
+        // `check` is not one of the commands the options table is about: its own row says
+        // everything it takes, and the table's "also for `check`" agrees with it.
+        let check = in_command_row("check");
+        assert_eq!(
+            check,
+            accepted("check"),
+            "README's row for `llmwatch check` and the command disagree"
+        );
+        assert_eq!(
+            also_for_check,
+            check.intersection(&table).cloned().collect(),
+            "README's options table says \"also for `check`\" of other options than `check` takes"
+        );
+    }
+}
