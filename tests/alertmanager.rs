@@ -161,6 +161,15 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
         })
         .unwrap_or_else(|| panic!("the incident never became critical: {:#?}", agent.seen));
     let id = critical["incident_id"].as_str().unwrap().to_string();
+    // The rule that opened it (the exfiltration or the reader, whichever hit first) names it
+    // in Alertmanager for its whole life.
+    let opened_by = agent
+        .seen
+        .iter()
+        .chain(std::iter::once(&critical))
+        .find(|v| is_incident(v) && v["incident_id"] == id.as_str() && v["status"] == "opened")
+        .map(|v| v["rule"].clone())
+        .expect("the incident's opening message");
     let host = critical["host"].as_str().unwrap().to_string();
 
     // In Alertmanager: one active alert for the incident, at its current severity.
@@ -186,7 +195,7 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
     assert_eq!(
         alert["labels"],
         serde_json::json!({
-            "alertname": "weight.unexpected_reader",
+            "alertname": opened_by,
             "severity": "critical",
             "host": host,
             "instance": host,

@@ -62,23 +62,32 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
     let id = done["incident_id"].clone();
     let mut messages = agent.collect_for(secs(0), |v| is_incident(v) && v["incident_id"] == id);
     messages.push(done.clone());
+    // Which hit comes first races (the reader's fraction against the sender's bytes): the
+    // exfiltration usually opens it at critical, or the reader at high and the exfiltration
+    // escalates it. Either way: one opening, at most one escalation (to critical, naming the
+    // destination), one summary; the other hits (bulk read, the reader) join silently.
+    let got = statuses(&messages);
     let own = |s: &str, r: &str, v: &str| (s.to_string(), r.to_string(), v.to_string());
-    assert_eq!(
-        statuses(&messages),
-        [
-            own("opened", "weight.unexpected_reader", "medium"),
-            own("escalated", "weight.unexpected_reader", "high"),
-            own("escalated", "weight.exfiltration", "critical"),
-            own("resolved", "weight.exfiltration", "critical"),
-        ],
-        "{messages:#?}"
+    let first_exfil = [
+        own("opened", "weight.exfiltration", "critical"),
+        own("resolved", "weight.exfiltration", "critical"),
+    ];
+    let first_reader = [
+        own("opened", "weight.unexpected_reader", "high"),
+        own("escalated", "weight.exfiltration", "critical"),
+        own("resolved", "weight.exfiltration", "critical"),
+    ];
+    assert!(
+        got == first_exfil || got == first_reader,
+        "{got:?}: {messages:#?}"
     );
-    assert_eq!(messages[1]["changes"], serde_json::json!(["severity"]));
-    assert_eq!(messages[1]["previous_severity"], "medium");
-    assert_eq!(
-        messages[2]["changes"],
-        serde_json::json!(["severity", "destination"])
-    );
+    if got == first_reader {
+        assert_eq!(
+            messages[1]["changes"],
+            serde_json::json!(["severity", "destination"])
+        );
+        assert_eq!(messages[1]["previous_severity"], "high");
+    }
     assert!(
         messages.iter().all(|m| m["id"] != id),
         "each message has its own id"
@@ -96,13 +105,22 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
         (&net[0]["dest"], &net[0]["port"], &net[0]["bytes_sent"]),
         (&"127.0.0.1".into(), &port.into(), &size.into())
     );
+    let mut rules: Vec<&str> = done["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rules[0], messages[0]["rule"], "in the order first hit: {done}");
+    rules.sort();
     assert_eq!(
-        done["rules"],
-        serde_json::json!([
-            "weight.unexpected_reader",
+        rules,
+        [
             "weight.bulk_read",
-            "weight.exfiltration"
-        ])
+            "weight.exfiltration",
+            "weight.unexpected_reader"
+        ],
+        "{done}"
     );
     assert!(
         done["first"].as_str().unwrap() <= done["last"].as_str().unwrap(),
@@ -114,20 +132,24 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
         summary.contains("its processes exited") && summary.contains("sent 3.0 MiB to 1 destination"),
         "{summary}"
     );
-    // The rules' own hits were four separate ones, as before: the folding is what changed.
+    // The rules' own hits were three separate ones: the folding is what changed.
     let hits = agent.collect_for(secs(0), |v| {
         v["kind"] == "rule_hit" && v["files"][0]["path"] == model.to_str().unwrap()
     });
-    assert!(hits.len() >= 4, "{hits:#?}");
+    let mut hit_rules: Vec<&str> = hits.iter().map(|h| h["rule"].as_str().unwrap()).collect();
+    hit_rules.sort();
+    assert_eq!(hit_rules, rules, "{hits:#?}");
 
     // Nothing more about that tree: a later reader in a tree of its own is a new incident, and
     // once its summary is in, anything the first tree still caused would have come before it.
-    let status = own_tree(&format!("head -c 4096 {} > /dev/null", model.display()))
+    let status = own_tree(&format!("cat {} > /dev/null", model.display()))
         .status()
         .unwrap();
     assert!(status.success());
     let marker = agent
-        .wait_for(secs(20), resolved_about(&model, "head"))
+        .wait_for(secs(20), |v| {
+            resolved_about(&model, "cat")(v) && v["incident_id"] != id
+        })
         .unwrap_or_else(|| panic!("no incident for the marker: {:#?}", agent.seen));
     assert_ne!(marker["incident_id"], id);
     let later: Vec<&Value> = agent
@@ -141,7 +163,8 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
         "the tree raised more after its summary: {later:#?}"
     );
 
-    // Counted: two incidents opened at medium, the rule hits by rule.
+    // Counted: the marker's incident opened at high (cat read the whole file, sent nothing),
+    // the rule hits by rule.
     let addr = agent.ready["metrics_addr"].as_str().unwrap().to_string();
     let (_, metrics) = http_get(&addr, "/metrics");
     let value = |series: &str| -> f64 {
@@ -152,7 +175,7 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
             .unwrap_or_else(|| panic!("{series} not in {metrics}"))
     };
     assert!(
-        value("llmwatch_incidents_total{severity=\"medium\"}") >= 2.0,
+        value("llmwatch_incidents_total{severity=\"high\"}") >= 1.0,
         "{metrics}"
     );
     assert!(value("llmwatch_alerts_total{rule=\"weight.exfiltration\",severity=\"critical\"}") >= 1.0);

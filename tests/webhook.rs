@@ -34,9 +34,12 @@ fn alerts_reach_the_webhook_signed() {
     let cfg = config(cfgdir.path(), port);
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
     std::fs::read(&model).unwrap();
+    // The agent prints its rule hits too (`--events`); receivers get incidents' messages.
     let alert = agent
-        .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader")
-        .expect("alert");
+        .wait_for(secs(10), |v| {
+            is_incident(v) && v["rule"] == "weight.unexpected_reader"
+        })
+        .expect("incident message");
     let id = alert["id"].as_str().expect("the printed message has an id");
     // Other agents starting in parallel tests load BPF programs, which this agent reports too
     // (host.bpf_load): the printed message is found among what arrives by its id (the same
@@ -113,8 +116,8 @@ fn nothing_is_lost_when_the_receiver_is_down_and_the_agent_is_killed() {
     };
     let cfg = config(cfgdir.path(), port);
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
-    // Several readers, each in a tree of its own: several incidents, each opened, escalated
-    // (the whole file read) and resolved (its processes exited), every message with its own id.
+    // Several readers, each in a tree of its own: several incidents, each opened and resolved
+    // (its processes exited), every message with its own id.
     let mut ids = Vec::new();
     for _ in 0..3 {
         let status = own_tree(&format!("cat {} > /dev/null", model.display()))
@@ -132,7 +135,9 @@ fn nothing_is_lost_when_the_receiver_is_down_and_the_agent_is_killed() {
             .filter(|m| m["incident_id"] == done["incident_id"])
             .collect();
         let statuses: Vec<&str> = ours.iter().map(|m| m["status"].as_str().unwrap()).collect();
-        assert_eq!(statuses, ["opened", "escalated", "resolved"], "{ours:#?}");
+        // Opened at high (the whole file read at once), the bulk read joins it without a
+        // message of its own, resolved when cat exits.
+        assert_eq!(statuses, ["opened", "resolved"], "{ours:#?}");
         ids.extend(ours.iter().map(|m| m["id"].as_str().unwrap().to_string()));
     }
     // The marker that a SIGKILL now loses nothing: each message is in its file in the spool.
