@@ -32,8 +32,11 @@ pub type Record = Result<Event, events::DecodeError>;
 /// `BPF_NOEXIST` (UAPI): insert only if the key is not there.
 const BPF_NOEXIST: u64 = 1;
 
-/// The task a swept counter is attributed to, by pid.
-type TaskOf<'a> = &'a dyn Fn(u32) -> Task;
+/// The task a swept counter is attributed to, by pid. `None`: a live process the agent does
+/// not know yet (its fork or exec is still in flight behind the counter): its counters are
+/// running totals in the kernel, so they wait for a later sweep rather than be reported
+/// about a nameless process outside its tree (which split one `cat | nc` into two incidents).
+type TaskOf<'a> = &'a dyn Fn(u32) -> Option<Task>;
 
 pub struct Collector {
     probes: Probes,
@@ -191,7 +194,7 @@ impl Collector {
             }
             EventKind::ProcExit { .. } => {
                 let task = ev.task.clone();
-                self.sweep_exited(pid, &|_| task.clone(), out);
+                self.sweep_exited(pid, &|_| Some(task.clone()), out);
                 self.gpu_seen.retain(|(p, _, _)| *p != pid);
             }
             _ => {}
@@ -247,11 +250,13 @@ impl Collector {
     /// descriptors, io_uring reads, touches, then every destination. Entries of processes
     /// that are gone (an exit the agent missed) are removed.
     pub fn sweep_live(&mut self, procs: &ProcessTable, out: &mut Vec<Event>) {
-        let task_of = |pid| task_of(procs, pid);
+        let known = |pid| procs.get(pid).map(|_| task_of(procs, pid));
+        let task_of = |pid| Some(task_of(procs, pid));
         // Gone since the last sweep and still no exit seen (it was lost): end them now.
         for pid in std::mem::take(&mut self.gone) {
             self.sweep_exited(pid, &task_of, out);
         }
+        let task_of = known;
         self.sample_mappings(&task_of, out);
         self.sweep_reads(None, &task_of, out);
         self.sweep_touches(None, &task_of, out);
@@ -326,10 +331,13 @@ impl Collector {
         if tracked.bytes <= seen {
             return;
         }
+        let Some(task) = task_of(pid) else {
+            return;
+        };
         self.read_totals.insert(key, tracked.bytes);
         out.push(Event {
             ts_ns: crate::clock::boot_ns_now(),
-            task: task_of(pid),
+            task,
             kind: EventKind::FileRead {
                 file: tracked.file.into(),
                 fd,
@@ -359,7 +367,9 @@ impl Collector {
             let faults = stats.pages << 12;
             let t = self.mappings.entry(key.pid, file);
             t.faults = t.faults.max(faults);
-            if let Some(e) = self.touch_event(key.pid, file, &task_of(key.pid), crate::clock::boot_ns_now()) {
+            if let Some(task) = task_of(key.pid)
+                && let Some(e) = self.touch_event(key.pid, file, &task, crate::clock::boot_ns_now())
+            {
                 out.push(e);
             }
             if exited.is_some() {
@@ -374,7 +384,7 @@ impl Collector {
     pub fn sample_fresh_mappings(&mut self, procs: &ProcessTable, out: &mut Vec<Event>) {
         let pids = self.mappings.fresh_pids();
         if !pids.is_empty() {
-            self.sample(pids, &|pid| task_of(procs, pid), out);
+            self.sample(pids, &|pid| Some(task_of(procs, pid)), out);
         }
     }
 
@@ -402,7 +412,9 @@ impl Collector {
             if changed.is_empty() {
                 continue;
             }
-            let task = task_of(pid);
+            let Some(task) = task_of(pid) else {
+                continue;
+            };
             for file in changed {
                 if let Some(e) = self.touch_event(pid, file, &task, crate::clock::boot_ns_now()) {
                     out.push(e);
@@ -414,6 +426,9 @@ impl Collector {
     /// Bytes sent to each destination that the kernel counted but has not reported; `gone`
     /// also removes the process's entries.
     fn sweep_sends(&mut self, pid: u32, task_of: TaskOf<'_>, gone: bool, out: &mut Vec<Event>) {
+        let Some(task) = task_of(pid) else {
+            return;
+        };
         let sends: Vec<SendKey> = self
             .send_totals
             .keys()
@@ -426,7 +441,7 @@ impl Collector {
                 if stats.bytes > seen {
                     out.push(Event {
                         ts_ns: crate::clock::boot_ns_now(),
-                        task: task_of(pid),
+                        task: task.clone(),
                         kind: EventKind::NetSend {
                             dest: key_ip(&key),
                             port: key.port,
