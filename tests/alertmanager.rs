@@ -11,8 +11,8 @@ use std::{
 };
 
 use llmwatch_e2e::{
-    Agent, TempDir, Value, debian_tool, http_get, http_receiver, is_incident, own_tree, secs, tcp_sink,
-    write_safetensors,
+    Agent, TempDir, Value, debian_tool, http_get, http_receiver, is_incident, is_weight_incident, own_tree,
+    secs, tcp_sink, write_safetensors,
 };
 
 fn free_port() -> u16 {
@@ -157,7 +157,9 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
     assert_eq!(sink.join().unwrap(), size);
     let critical = agent
         .wait_for(secs(20), |v| {
-            is_incident(v) && v["severity"] == "critical" && v["files"][0]["path"] == model.to_str().unwrap()
+            is_weight_incident(v)
+                && v["severity"] == "critical"
+                && v["files"][0]["path"] == model.to_str().unwrap()
         })
         .unwrap_or_else(|| panic!("the incident never became critical: {:#?}", agent.seen));
     let id = critical["incident_id"].as_str().unwrap().to_string();

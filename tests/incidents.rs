@@ -1,11 +1,13 @@
 //! One `cat model | nc` is one incident, as a receiver sees it on the agent's stdout: opened by
-//! the reader, escalated when it has read half the file and again when the sender's bytes make
-//! it exfiltration, and resolved once the tree's processes have exited, with the final totals.
-//! The real agent, real processes and a real socket (root).
-use std::path::Path;
+//! the first rule hit, escalated when a later hit is more severe or names a new file or
+//! destination, and resolved once the tree's processes have exited (or it stayed quiet for
+//! `incidents.idle`), with the final totals. The real agent, real processes and a real socket
+//! (root).
+use std::{io::Write, path::Path};
 
 use llmwatch_e2e::{
-    Agent, TempDir, Value, http_get, is_incident, own_tree, secs, tcp_sink, write_safetensors,
+    Agent, TempDir, Value, http_get, is_incident, is_weight_incident, own_tree, secs, tcp_sink,
+    write_safetensors,
 };
 
 fn statuses(messages: &[Value]) -> Vec<(String, String, String)> {
@@ -20,7 +22,7 @@ fn statuses(messages: &[Value]) -> Vec<(String, String, String)> {
 fn resolved_about(model: &Path, comm: &'static str) -> impl Fn(&Value) -> bool {
     let path = model.to_str().unwrap().to_string();
     move |v: &Value| {
-        is_incident(v)
+        is_weight_incident(v)
             && v["status"] == "resolved"
             && v["files"][0]["path"] == path.as_str()
             && v["process"]["comm"] == comm
@@ -56,7 +58,9 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
     // The summary is the positive marker: every message of the incident comes before it.
     let done = agent
         .wait_for(secs(20), |v| {
-            is_incident(v) && v["status"] == "resolved" && v["files"][0]["path"] == model.to_str().unwrap()
+            is_weight_incident(v)
+                && v["status"] == "resolved"
+                && v["files"][0]["path"] == model.to_str().unwrap()
         })
         .unwrap_or_else(|| panic!("no resolved incident: {:#?}", agent.seen));
     let id = done["incident_id"].clone();
@@ -155,7 +159,7 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
     let later: Vec<&Value> = agent
         .seen
         .iter()
-        .filter(|v| is_incident(v) && v["incident_id"] != marker["incident_id"])
+        .filter(|v| is_weight_incident(v) && v["incident_id"] != marker["incident_id"])
         .filter(|v| v["files"][0]["path"] == model.to_str().unwrap())
         .collect();
     assert!(
@@ -180,4 +184,84 @@ fn cat_piped_to_nc_is_one_incident_that_grows_and_ends_with_its_totals() {
     );
     assert!(value("llmwatch_alerts_total{rule=\"weight.exfiltration\",severity=\"critical\"}") >= 1.0);
     value("llmwatch_incidents_open");
+}
+
+#[test]
+fn a_second_file_escalates_and_a_quiet_tree_is_resolved_when_idle() {
+    let dir = TempDir::new("incident-idle");
+    let cfgdir = TempDir::new("incident-idle-cfg");
+    let first = dir.path().join("a.safetensors");
+    let second = dir.path().join("b.safetensors");
+    let size: u64 = 1024 * 1024;
+    write_safetensors(&first, size as usize);
+    write_safetensors(&second, size as usize);
+    let idle = secs(2).as_secs().max(1);
+    let cfg = cfgdir.path().join("llmwatch.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "incidents:\n  idle: {idle}s\nbusiness_hours: {{timezone: UTC, days: [mon, tue, wed, thu, fri, sat, sun], \
+             start: '00:00', end: '24:00'}}\n"
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::watching(&[dir.path()], &["--config", cfg.to_str().unwrap()]);
+
+    // One tree reads two files, then waits (alive, quiet) for a line that comes only after
+    // the incident is over: only `incidents.idle` can resolve it.
+    let mut tree = own_tree(&format!(
+        "cat {} > /dev/null; cat {} > /dev/null; read _",
+        first.display(),
+        second.display()
+    ))
+    .stdin(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let done = agent
+        .wait_for(secs(30), |v| {
+            is_weight_incident(v)
+                && v["status"] == "resolved"
+                && v["files"][0]["path"] == first.to_str().unwrap()
+        })
+        .unwrap_or_else(|| panic!("no resolved incident: {:#?}", agent.seen));
+    assert!(
+        tree.try_wait().unwrap().is_none(),
+        "the tree is still running: only idleness resolved it"
+    );
+    tree.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(tree.wait().unwrap().success());
+    assert_eq!(done["resolved_by"], "idle", "{done}");
+    let id = done["incident_id"].clone();
+    let mut messages = agent.collect_for(secs(0), |v| is_incident(v) && v["incident_id"] == id);
+    messages.push(done.clone());
+    let got = statuses(&messages);
+    let own = |s: &str, r: &str, v: &str| (s.to_string(), r.to_string(), v.to_string());
+    // The second file at the same severity is news: one escalation naming it; the bulk reads
+    // of each (high too) join silently.
+    assert_eq!(
+        got,
+        [
+            own("opened", "weight.unexpected_reader", "high"),
+            own("escalated", "weight.unexpected_reader", "high"),
+            own("resolved", "weight.unexpected_reader", "high"),
+        ],
+        "{messages:#?}"
+    );
+    assert_eq!(
+        messages[1]["changes"],
+        serde_json::json!(["file"]),
+        "{messages:#?}"
+    );
+    let paths: Vec<&str> = done["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [first.to_str().unwrap(), second.to_str().unwrap()],
+        "{done}"
+    );
+    assert_eq!(done["bytes_read"], 2 * size, "{done}");
 }

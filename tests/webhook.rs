@@ -3,7 +3,9 @@
 use std::{net::TcpListener, time::Duration};
 
 use hmac::{Hmac, Mac};
-use llmwatch_e2e::{Agent, TempDir, Value, http_receiver, is_incident, own_tree, secs, write_safetensors};
+use llmwatch_e2e::{
+    Agent, TempDir, Value, http_receiver, is_incident, is_weight_incident, own_tree, secs, write_safetensors,
+};
 
 fn config(dir: &std::path::Path, port: u16) -> String {
     let secret = dir.join("secret");
@@ -126,7 +128,9 @@ fn nothing_is_lost_when_the_receiver_is_down_and_the_agent_is_killed() {
         assert!(status.success());
         // Its summary is the marker: every message of the incident was printed (and spooled) first.
         let messages = agent.collect_until(secs(10), is_incident, |v| {
-            is_incident(v) && v["status"] == "resolved" && v["files"][0]["path"] == model.to_str().unwrap()
+            is_weight_incident(v)
+                && v["status"] == "resolved"
+                && v["files"][0]["path"] == model.to_str().unwrap()
         });
         let done = messages.last().expect("no incident message");
         assert_eq!(done["status"], "resolved", "{messages:#?}");

@@ -435,6 +435,13 @@ pub fn is_incident(v: &Value) -> bool {
     v.get("incident_id").is_some()
 }
 
+/// An incident's message opened by a `weight.*` rule. Incidents nest: the test binary's own
+/// tree has one when another test's agent loads BPF (`host.bpf_load`), and it counts the reads
+/// and sends of every tree inside it, a test's `cat | nc` included.
+pub fn is_weight_incident(v: &Value) -> bool {
+    is_incident(v) && v["rules"][0].as_str().is_some_and(|r| r.starts_with("weight."))
+}
+
 /// One HTTP request a receiver got.
 pub struct Request {
     /// Lower-case names.

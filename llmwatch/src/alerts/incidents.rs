@@ -418,14 +418,20 @@ impl Incidents {
             return;
         }
         let pid = ev.process.pid;
-        // The process itself, or the nearest ancestor that belongs to an incident.
-        let Some(scopes) = std::iter::once(pid)
-            .chain(ev.process.ancestry.iter().map(|a| a.pid))
-            .find_map(|p| self.members.get(&p))
-            .cloned()
-        else {
+        // Every incident the process or one of its ancestors belongs to: incidents nest (the
+        // test harness's or a login shell's tree may have one, and a `cat | nc` inside it its
+        // own), and a process already counted for the outer one still counts for the inner.
+        let mut scopes: Vec<String> = Vec::new();
+        for p in std::iter::once(pid).chain(ev.process.ancestry.iter().map(|a| a.pid)) {
+            for scope in self.members.get(&p).into_iter().flatten() {
+                if !scopes.contains(scope) {
+                    scopes.push(scope.clone());
+                }
+            }
+        }
+        if scopes.is_empty() {
             return;
-        };
+        }
         for scope in &scopes {
             let Some(inc) = self.open.get_mut(scope) else {
                 continue;

@@ -5,7 +5,7 @@ use crate::{
     alerts::AlertProcess,
     enrich::{FileView, ProcessView},
     events::{Event, FileKey, ReadReason, Task},
-    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
+    rules::{bpf_load, bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
     state::{
         files::{AssetClass, WeightFormat},
         process::Ancestor,
@@ -16,6 +16,7 @@ const UNEXPECTED_READER: &str = unexpected_reader::ID.as_str();
 const EXFILTRATION: &str = exfiltration::ID.as_str();
 const BULK_READ: &str = bulk_read::ID.as_str();
 const GPU_SPAWN_STORM: &str = gpu_spawn_storm::ID.as_str();
+const BPF_LOAD: &str = bpf_load::ID.as_str();
 
 const SIZE: u64 = 3 << 20;
 /// The shell that joined `cat model | nc`: the tree's root.
@@ -437,4 +438,33 @@ fn stopping_resolves_every_open_incident_oldest_first() {
     let ids = |v: &[IncidentMessage]| v.iter().map(|m| m.incident_id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&out), ids(&opened));
     assert_eq!(inc.open(), 0);
+}
+
+#[test]
+fn a_process_of_an_outer_incident_still_counts_for_the_inner_one() {
+    let mut inc = Incidents::new(Duration::from_secs(600));
+    let mut out = Vec::new();
+    // An incident about the shell's parent's tree (a login session, or the test harness
+    // whose other agent loaded BPF) is open when the shell's cat | nc starts.
+    let mut outer = hit(BPF_LOAD, Severity::Medium, SHELL, 0);
+    outer.scope = "tree:1".into();
+    outer.files = vec![];
+    inc.on_hit(outer, &all_alive, &mut out);
+    // nc's first bytes join the outer incident (nc becomes its member)...
+    inc.observe(&send(NC, 1, 9, 64 << 10));
+    // ...then the exfiltration opens the shell's own incident...
+    let mut exfil = hit(EXFILTRATION, Severity::Critical, CAT, 2);
+    exfil.files = vec![file(1, SIZE)];
+    exfil.network = vec![dest(9, 64 << 10)];
+    inc.on_hit(exfil, &all_alive, &mut out);
+    // ...and the rest of nc's bytes count for it too, not only for the outer one.
+    inc.observe(&send(NC, 3, 9, SIZE - (64 << 10)));
+    inc.stop(t(4), &mut out);
+    let summary = |scope_rule: &str| {
+        out.iter()
+            .find(|m| m.status == IncidentStatus::Resolved && m.rules[0] == scope_rule)
+            .unwrap_or_else(|| panic!("no summary of {scope_rule}: {out:#?}"))
+    };
+    assert_eq!(summary(EXFILTRATION).bytes_sent, SIZE);
+    assert_eq!(summary(BPF_LOAD).bytes_sent, SIZE);
 }
