@@ -342,20 +342,7 @@ pub(crate) fn fraction(bytes: u64, size: u64) -> f64 {
     }
 }
 
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+pub(crate) use crate::alerts::human_bytes as human;
 
 pub(crate) fn humantime_short(d: TimeDelta) -> String {
     let s = d.num_seconds().max(0);
