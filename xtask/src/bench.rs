@@ -3,7 +3,8 @@
 //! Setups: no agent; the floor (the agent's hooks with empty programs); llmwatch with the default
 //! rules; and, when bpftrace is installed, a do-it-yourself bpftrace script. Each round runs every
 //! setup (order alternating between rounds), each setup runs every workload, and the best round
-//! counts. Ratios, not absolute numbers, are what carry across machines.
+//! counts. Ratios, not absolute numbers, are what carry across machines. W6 (bench/redis.rs)
+//! runs a real server, redis, beside each setup.
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -14,6 +15,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
+
+mod redis;
 
 const MIB: u64 = 1 << 20;
 
@@ -424,6 +427,8 @@ pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
     // Workloads 4 and 5 run against llmwatch alone.
     eprintln!("bench: event pipeline, footprint and latency (llmwatch)");
     let footprint = footprint(&agent, &models, &pipe_dir, &opts)?;
+    let redis_rounds = if opts.quick { 3 } else { opts.rounds.max(7) };
+    let redis = redis::run(&agent, &models, &setups, redis_rounds, opts.quick)?;
 
     let over = |x: f64| x - none.ns_per_syscall;
     let table = json!({
@@ -445,6 +450,7 @@ pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
             "w3_mmap_vs_none": ours.gbps_mmap / none.gbps_mmap,
         },
         "footprint": footprint,
+        "redis": redis,
     });
     print_table(&table);
     let out = root.join("target/bench");
@@ -636,6 +642,20 @@ fn print_table(t: &serde_json::Value) {
         f(&fp["rss_after_pipeline_mib"]),
         f(&fp["exfil_to_alert_p50_ms"]),
         f(&fp["exfil_to_alert_p99_ms"])
+    );
+    let redis = &t["redis"];
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|v| format!("{:.1}%", v * 100.0))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!(
+        "W6 redis-benchmark loss vs none (median of {}): floor {}, llmwatch {}, bpftrace {}; llmwatch/floor {} (target <= 1.10)",
+        redis["rounds"],
+        pct(&redis["loss_floor"]),
+        pct(&redis["loss_llmwatch"]),
+        pct(&redis["loss_bpftrace"]),
+        f(&redis["llmwatch_loss_vs_floor_loss"])
     );
 }
 
