@@ -22,8 +22,8 @@ use std::{
 
 pub use rules::{RuleCommon, RuleSettings};
 pub use types::{
-    BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, Maintenance, Pattern,
-    ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
+    BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, LabelMatch, Maintenance,
+    Pattern, ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
 };
 
 pub(crate) use types::basename;
@@ -78,6 +78,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
     pub state_dir: PathBuf,
+    /// Where pod identity (namespace, pod, container, labels) comes from.
+    pub containers: ContainersConfig,
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
@@ -131,6 +133,79 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Which container runtime API names the pods (`containers.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// Ask the socket which it speaks: containerd's own API, else the CRI.
+    Auto,
+    /// containerd's API (containers with their labels, and its event stream).
+    Containerd,
+    /// The Kubernetes CRI (CRI-O; containerd's CRI plugin too): polled, no event stream.
+    Cri,
+    /// Do not ask any runtime: events carry no pod names (only the cgroup's pod UID).
+    Off,
+}
+
+/// Sockets tried, in order, when `containers.runtime_socket` is not set: containerd's, then
+/// CRI-O's (both where the DaemonSet mounts them).
+pub const DEFAULT_RUNTIME_SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/var/run/crio/crio.sock",
+];
+
+/// Pod label keys copied onto events and alerts by default: the names Kubernetes recommends
+/// for what an application is, none of them likely to hold a secret or many values.
+pub const DEFAULT_POD_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+];
+
+/// Where pod identity comes from (`containers:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainersConfig {
+    pub runtime: RuntimeApi,
+    /// The runtime's socket; `None`: the first of `DEFAULT_RUNTIME_SOCKETS` that exists.
+    pub runtime_socket: Option<PathBuf>,
+    /// Pod label keys copied onto events and alerts (never all labels: their values can be
+    /// many, and some hold what should not travel with every event).
+    pub pod_labels: Vec<String>,
+    /// How often the runtime's whole container list is read again (besides its events and
+    /// the lookups of containers not known yet).
+    pub refresh_interval: Duration,
+    /// The kubelet's pod list, an optional second source (current labels, owners).
+    pub kubelet: Option<KubeletConfig>,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        ContainersConfig {
+            runtime: RuntimeApi::Auto,
+            runtime_socket: None,
+            pod_labels: DEFAULT_POD_LABELS.iter().map(|s| s.to_string()).collect(),
+            refresh_interval: Duration::from_secs(30),
+            kubelet: None,
+        }
+    }
+}
+
+/// `containers.kubelet`: where the kubelet's `/pods` is and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeletConfig {
+    /// `https://127.0.0.1:10250/pods` (authenticated) or `http://127.0.0.1:10255/pods` (the
+    /// read-only port, where it is still enabled).
+    pub url: String,
+    /// Bearer token (the pod's service account token).
+    pub token_file: Option<PathBuf>,
+    /// CA bundle that signed the kubelet's serving certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any serving certificate (kubelets often serve a self-signed one).
+    pub insecure_skip_tls_verify: bool,
+    pub refresh_interval: Duration,
+}
+
 /// Default address of the metrics endpoint: loopback, so nothing is exposed unless asked.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
@@ -157,6 +232,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            containers: ContainersConfig::default(),
             warnings: Vec::new(),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,
