@@ -440,10 +440,18 @@ fn config_reload_on_change_keeps_the_old_config_when_the_new_one_is_bad() {
 fn a_manifest_mismatch_is_critical_tamper() {
     let dir = TempDir::new("manifest");
     let cfgdir = TempDir::new("manifest-cfg");
-    let good = dir.path().join("good.safetensors");
-    let bad = dir.path().join("bad.safetensors");
-    write_safetensors(&good, 100_000);
-    write_safetensors(&bad, 100_000);
+    // The agent hashes the files the manifest lists one after the other, in watched-set order
+    // (device, inode), and reports each mismatch when its hash is done. The good file is the
+    // one hashed first, so the bad one's alert is the marker that the good one was judged.
+    let first = dir.path().join("first.safetensors");
+    let second = dir.path().join("second.safetensors");
+    let first_ino = write_safetensors(&first, 100_000);
+    let second_ino = write_safetensors(&second, 100_000);
+    let (good, bad) = if first_ino < second_ino {
+        (first, second)
+    } else {
+        (second, first)
+    };
     let sum = |p: &Path| {
         let out = Command::new("sha256sum").arg(p).output().unwrap();
         String::from_utf8(out.stdout)
@@ -477,9 +485,11 @@ fn a_manifest_mismatch_is_critical_tamper() {
         .expect("manifest mismatch not reported");
     assert_eq!(a["severity"], "critical");
     assert_eq!(a["files"][0]["path"], bad.to_str().unwrap());
-    let about_good = agent.collect_for(secs(1), |v| {
-        v["rule"] == "weight.tamper" && v["files"][0]["path"] == good.to_str().unwrap()
-    });
+    let about_good: Vec<&Value> = agent
+        .seen
+        .iter()
+        .filter(|v| v["rule"] == "weight.tamper" && v["files"][0]["path"] == good.to_str().unwrap())
+        .collect();
     assert!(about_good.is_empty(), "{about_good:#?}");
 }
 

@@ -30,6 +30,10 @@ fn without_kernel_btf_the_agent_runs_degraded_and_says_what_it_loses() {
     let dir = TempDir::new("nobtf");
     let weights = dir.path().join("model.safetensors");
     let ino = write_safetensors(&weights, 64 * 1024);
+    // Unlinked after the read, as the marker that the read was judged (unlinks by path are
+    // still seen without BTF).
+    let marker = dir.path().join("marker.safetensors");
+    write_safetensors(&marker, 4096);
     let mut agent = Agent::watching(&[dir.path()], &["--kernel-btf", "/nonexistent/vmlinux"]);
     let lines = degraded_lines(&agent);
     let btf = lines
@@ -66,11 +70,23 @@ fn without_kernel_btf_the_agent_runs_degraded_and_says_what_it_loses() {
     // What is lost, as announced: reads of the watched file.
     let cat = Command::new("cat").arg(&weights).output().unwrap();
     assert_eq!(cat.stdout.len(), 64 * 1024);
-    let reads = agent.collect_for(secs(2), |v: &Value| {
-        v["kind"] == "file_read" && v["file"]["ino"] == ino
-    });
+    std::fs::remove_file(&marker).unwrap();
+    let reads = agent.collect_until(
+        secs(10),
+        |v: &Value| v["kind"] == "file_read" && v["file"]["ino"] == ino,
+        |v: &Value| {
+            v["kind"] == "file_tamper"
+                && v["op"] == "unlink"
+                && v["weight"]["path"] == marker.to_str().unwrap()
+        },
+    );
     assert!(
-        reads.is_empty(),
+        reads.last().is_some_and(|v| v["kind"] == "file_tamper"),
+        "the marker's unlink was not reported: {reads:#?}"
+    );
+    assert_eq!(
+        reads.len(),
+        1,
         "reads are seen after all; the degraded report is wrong: {reads:#?}"
     );
 }

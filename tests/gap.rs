@@ -1,9 +1,9 @@
 //! Time the agent did not watch is reported: the heartbeat in its state directory says, at
 //! the next start, how long nothing was watched and whether the last run stopped in order.
-//! SIGKILL then restart: one `agent.gap` alert naming the window; a clean stop and start: an
+//! SIGKILL then restart: one `agent.gap` incident naming the window; a clean stop and start: an
 //! `agent_gap` status line and no alert. The agent's own `agent_ready` is the marker: the gap
 //! is judged before it.
-use llmwatch_e2e::{Agent, TempDir, Value, secs};
+use llmwatch_e2e::{Agent, TempDir, Value, is_incident, secs};
 
 fn start(state: &TempDir, models: &TempDir) -> Agent {
     Agent::start(&[
@@ -37,8 +37,10 @@ fn a_killed_agent_reports_the_gap_at_its_next_start() {
     let killed_at = chrono_like::Time::now();
     std::thread::sleep(secs(3));
     let second = start(&state, &models);
-    let gaps = before_ready(&second, |v| v["rule"] == "agent.gap");
+    // What receivers get: the incident's opening (the rule hit itself is printed too).
+    let gaps = before_ready(&second, |v| v["rule"] == "agent.gap" && is_incident(v));
     assert_eq!(gaps.len(), 1, "{:#?}", second.seen);
+    assert_eq!(gaps[0]["status"], "opened");
     let alert = &gaps[0];
     assert_eq!(alert["severity"], "high");
     let summary = alert["summary"].as_str().unwrap();

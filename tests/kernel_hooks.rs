@@ -160,8 +160,11 @@ fn read_paths(extra: &[&str]) {
     // Not a multiple of any chunk size, larger than several 1 MiB report thresholds.
     let size: u64 = 3 * 1024 * 1024 + 12_345;
     let ino = write_safetensors(&path, size as usize);
+    // Opened last, as the marker that the reopens before it were judged.
+    let marker = dir.path().join("marker.safetensors");
+    let marker_ino = write_safetensors(&marker, 4096);
     let mut agent = Agent::watching(&[dir.path()], extra);
-    assert_eq!(agent.ready["watched_files"], 1, "{}", agent.ready);
+    assert_eq!(agent.ready["watched_files"], 2, "{}", agent.ready);
     let sys_exit: Vec<&str> = agent.ready["hooks"]
         .as_array()
         .unwrap()
@@ -225,8 +228,21 @@ fn read_paths(extra: &[&str]) {
         assert_eq!(events[0]["process"]["pid"], me());
     }
     // The first open was reported with its descriptor; read-only reopens of the same file by
-    // the same process are not reported again (their reads are).
-    let opens = agent.collect_for(secs(1), |v| is(v, "file_open", me()) && v["file"]["ino"] == ino);
+    // the same process are not reported again (their reads are). The marker: this process's
+    // first open of another watched file, which must be reported, after those reopens.
+    let fd = open(&marker, libc::O_RDONLY);
+    unsafe { libc::close(fd) };
+    let opens = agent.collect_until(
+        secs(10),
+        |v| is(v, "file_open", me()) && v["file"]["ino"] == ino,
+        |v| is(v, "file_open", me()) && v["file"]["ino"] == marker_ino,
+    );
+    assert_eq!(
+        opens.last().map(|v| v["file"]["ino"].clone()),
+        Some(marker_ino.into()),
+        "the marker's open was not reported: {opens:#?}"
+    );
+    let opens = &opens[..opens.len() - 1];
     assert_eq!(opens.len(), 1, "{opens:#?}");
     assert_eq!(opens[0]["fd"], fds[0]);
 }
@@ -436,8 +452,11 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
     let ino_a = write_safetensors(&a, 50_000);
     write_safetensors(&b, 50_000);
     write_safetensors(&c, 50_000);
+    // Unlinked last, as the marker that the unrelated file before it was judged.
+    let d = dir.path().join("d.safetensors");
+    write_safetensors(&d, 50_000);
     let mut agent = Agent::watching(&[dir.path()], &[]);
-    assert_eq!(agent.ready["watched_files"], 3);
+    assert_eq!(agent.ready["watched_files"], 4);
     let tamper = |op: &'static str| move |v: &Value| is(v, "file_tamper", me()) && v["op"] == op;
 
     // Write through a descriptor, then ftruncate it.
@@ -499,10 +518,19 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
     let junk = dir.path().join("notes.txt");
     std::fs::write(&junk, b"x").unwrap();
     std::fs::remove_file(&junk).unwrap();
-    let noise = agent.collect_for(secs(1), |v| {
-        v["kind"] == "file_tamper" && v["path"] == junk.to_str().unwrap()
-    });
-    assert!(noise.is_empty(), "{noise:#?}");
+    std::fs::remove_file(&d).unwrap();
+    let noise = agent.collect_until(
+        secs(10),
+        |v| v["kind"] == "file_tamper" && v["path"] == junk.to_str().unwrap(),
+        |v| tamper("unlink")(v) && v["weight"]["path"] == d.to_str().unwrap(),
+    );
+    assert!(
+        noise
+            .last()
+            .is_some_and(|v| v["weight"]["path"] == d.to_str().unwrap()),
+        "the marker's unlink was not reported: {noise:#?}"
+    );
+    assert_eq!(noise.len(), 1, "{noise:#?}");
 }
 
 /// Runs `bash -c script` and returns its pid after it exits successfully.
@@ -656,10 +684,24 @@ fn accepted_connections_on_inference_ports_are_reported() {
     let other_port = other.local_addr().unwrap().port();
     let _c = std::net::TcpStream::connect(("127.0.0.1", other_port)).unwrap();
     let _a = other.accept().unwrap();
-    let noise = agent.collect_for(secs(1), |v| {
-        v["kind"] == "net_accept" && v["local_port"] == other_port
-    });
-    assert!(noise.is_empty());
+    // The marker: a second connection to the inference port, accepted after that one.
+    let client = std::thread::spawn(move || std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let _again = listener.accept().unwrap();
+    drop(client.join().unwrap());
+    let accepts = agent.collect_until(
+        secs(10),
+        |v| v["kind"] == "net_accept" && v["local_port"] == other_port,
+        |v| is(v, "net_accept", me()) && v["local_port"] == port,
+    );
+    assert!(
+        accepts.last().is_some_and(|v| v["local_port"] == port),
+        "the marker's accept was not reported: {accepts:#?}"
+    );
+    assert_eq!(
+        accepts.len(),
+        1,
+        "a port that is no inference port was reported: {accepts:#?}"
+    );
 }
 
 #[test]
@@ -746,11 +788,27 @@ fn gpu_device_opens_are_reported_by_major() {
     assert!(ev["errno"].is_null());
     // Once per process and device.
     let fd2 = open(Path::new("/dev/zero"), libc::O_RDONLY);
-    let again = agent.collect_for(secs(1), |v| is(v, "gpu_open", me()) && v["minor"] == 5);
-    assert!(again.is_empty(), "{again:?}");
+    // The marker: this process's first open of another device of the major (/dev/null, 1:3),
+    // which must be reported, after the second open of /dev/zero.
+    let fd3 = open(Path::new("/dev/null"), libc::O_RDONLY);
+    let opens = agent.collect_until(
+        secs(10),
+        |v| is(v, "gpu_open", me()) && v["major"] == 1 && v["minor"] == 5,
+        |v| is(v, "gpu_open", me()) && v["major"] == 1 && v["minor"] == 3,
+    );
+    assert!(
+        opens.last().is_some_and(|v| v["minor"] == 3),
+        "the marker's open was not reported: {opens:?}"
+    );
+    assert_eq!(
+        opens.len(),
+        1,
+        "a second open of the same device was reported: {opens:?}"
+    );
     unsafe {
         libc::close(fd);
         libc::close(fd2);
+        libc::close(fd3);
     }
 }
 

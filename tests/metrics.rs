@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use llmwatch_e2e::{Agent, TempDir, http_get as get, secs, write_safetensors};
+use llmwatch_e2e::{Agent, TempDir, debian_tool, http_get as get, secs, write_safetensors};
 
 fn value(body: &str, series: &str) -> Option<f64> {
     body.lines()
@@ -15,22 +15,9 @@ fn value(body: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Tools from Debian's `prometheus` package: required in CI (`cargo xtask test` installs them).
+/// Tools from Debian's `prometheus` package.
 fn tool(name: &str) -> Option<&'static str> {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return Some(Box::leak(name.to_string().into_boxed_str()));
-    }
-    if std::env::var("LLMWATCH_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
-        panic!("{name} not installed: apt-get install prometheus (cargo xtask test installs it)");
-    }
-    eprintln!("skipped: {name} not installed (apt-get install prometheus)");
-    None
+    debian_tool(name, "prometheus")
 }
 
 #[test]

@@ -15,7 +15,7 @@ fn config() -> Arc<Config> {
 
 fuzz_target!(|data: &[u8]| {
     let stats = llmwatch::replay::replay(data, config(), |a| {
-        serde_json::to_string(a).expect("an alert serializes");
+        serde_json::to_string(a).expect("an incident message serializes");
     })
     .expect("reading from memory cannot fail");
     assert!(stats.errors.len() as u64 <= stats.bad_lines);

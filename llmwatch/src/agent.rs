@@ -4,7 +4,7 @@
 //! readable, rescans model directories when `notify` says they changed, and on a timer has the
 //! collector sweep the in-kernel counters of live processes (the kernel only reports on
 //! thresholds). Stages: collector (kernel I/O) → process and file state → enrichment → rules
-//! engine → sinks.
+//! engine → incidents (rule hits folded, see `alerts::incidents`) → sinks.
 use foldhash::{HashMap, HashMapExt as _};
 use std::{path::PathBuf, sync::Arc};
 
@@ -13,7 +13,10 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    alerts::Alert,
+    alerts::{
+        Alert,
+        incidents::{IncidentMessage, IncidentStatus, Incidents},
+    },
     clock::Clock,
     collector::{Collector, Record, SeedReport},
     config::Config,
@@ -29,13 +32,35 @@ use crate::{
     },
 };
 
-/// What the agent writes: enriched events, alerts and its own status lines.
+/// What the agent writes: enriched events, rule hits, incidents' messages and its own status
+/// lines.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Output<'a> {
     Event(&'a Enriched),
-    Alert(&'a Alert),
+    /// One hit of a rule as the engine raised it, before it is folded into an incident: what
+    /// `llmwatch events` shows of the rules' work. Receivers get incidents, never these.
+    RuleHit(RuleHit<'a>),
+    /// What receivers get (stdout of `run`, every webhook).
+    Incident(&'a IncidentMessage),
     Status(Status<'a>),
+}
+
+/// A rule hit as a JSON line: the alert's fields and `"kind": "rule_hit"`.
+#[derive(Debug, Serialize)]
+pub struct RuleHit<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    pub hit: &'a Alert,
+}
+
+impl<'a> RuleHit<'a> {
+    pub fn of(hit: &'a Alert) -> Self {
+        RuleHit {
+            kind: "rule_hit",
+            hit,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +142,11 @@ pub struct Agent {
     config_path: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     engine: Engine,
+    /// Rule hits of the input being handled, for `incidents`.
     alerts: Vec<Alert>,
+    incidents: Incidents,
+    /// Incidents' messages to deliver (reused).
+    messages: Vec<IncidentMessage>,
     /// Kernel I/O: programs, maps, counter reconciliation and sweeps.
     collector: Collector,
     files: WatchedSet,
@@ -226,6 +255,8 @@ impl Agent {
         Ok(Agent {
             files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
+            incidents: Incidents::new(cfg.incidents.idle),
+            messages: Vec::new(),
             cfg,
             config_path,
             clock,
@@ -434,6 +465,7 @@ impl Agent {
                 self.metrics.init_alert(id.as_str(), c.severity.as_str());
             }
         }
+        self.metrics.set_incidents_open(0);
         self.health.set_ready(true);
         log::info!(
             "ready: {} files ({} bytes) watched under {} roots",
@@ -486,6 +518,8 @@ impl Agent {
                     let procs = &self.procs;
                     self.views.retain(|pid, _| procs.get(*pid).is_some_and(|p| p.exited_at.is_none()));
                     self.engine.expire();
+                    self.incidents.tick(self.clock.now(), &mut self.messages);
+                    self.deliver_messages(sink);
                     sink.flush();
                 }
                 Some((name, want, got)) = manifest_rx.recv() => {
@@ -505,6 +539,10 @@ impl Agent {
         }
         self.health.set_ready(false);
         self.report_drops(sink);
+        // Receivers get every open incident's summary now rather than never: this run's
+        // incidents are not known to the next one.
+        self.incidents.stop(self.clock.now(), &mut self.messages);
+        self.deliver_messages(sink);
         self.beat(true);
         sink.emit(Output::Status(Status::AgentStopped {
             events: self.events_handled,
@@ -595,9 +633,17 @@ impl Agent {
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
             self.count(&enriched);
             sink.emit(Output::Event(&enriched));
+            // Before the engine: a hit this event raises already counts its bytes.
+            self.incidents.observe(&enriched);
             self.current_ts_ns = Some(enriched.event.ts_ns);
             self.engine.on_event(&enriched, &mut self.alerts);
             self.emit_alerts(sink);
+            // After the hits its exit raised (a process is judged on everything it did).
+            if let EventKind::ProcExit { .. } = enriched.event.kind {
+                let pid = enriched.process.pid;
+                self.incidents.on_exit(pid, enriched.time, &mut self.messages);
+                self.deliver_messages(sink);
+            }
             self.current_ts_ns = None;
         }
     }
@@ -789,17 +835,44 @@ impl Agent {
         });
     }
 
+    /// The rule hits raised so far go to the incidents; their messages to the receivers.
     fn emit_alerts(&mut self, sink: &mut dyn Sink) {
-        for a in self.alerts.drain(..) {
+        if self.alerts.is_empty() {
+            return;
+        }
+        let mut hits = std::mem::take(&mut self.alerts);
+        let procs = &self.procs;
+        let alive = |pid: u32| procs.get(pid).is_some_and(|p| p.exited_at.is_none());
+        for a in hits.drain(..) {
             self.metrics.alert(&a.rule, a.severity.as_str());
             if let Some(ts) = self.current_ts_ns {
                 self.metrics
                     .latency(crate::clock::boot_ns_now().saturating_sub(ts) as f64 / 1e9);
             }
-            if let Some(d) = &self.delivery {
-                d.send(&a);
+            sink.emit(Output::RuleHit(RuleHit::of(&a)));
+            self.incidents.on_hit(a, &alive, &mut self.messages);
+        }
+        self.alerts = hits;
+        self.deliver_messages(sink);
+    }
+
+    /// Incidents' messages to the webhooks (through the spool) and the sink.
+    fn deliver_messages(&mut self, sink: &mut dyn Sink) {
+        if self.messages.is_empty() {
+            return;
+        }
+        for m in self.messages.drain(..) {
+            if m.status == IncidentStatus::Opened {
+                self.metrics.incident_opened(m.alert.severity.as_str());
             }
-            sink.emit(Output::Alert(&a));
+            if let Some(d) = &self.delivery {
+                d.send(&m);
+            }
+            sink.emit(Output::Incident(&m));
+        }
+        self.metrics.set_incidents_open(self.incidents.open());
+        if let Some(d) = &self.delivery {
+            d.set_open_incidents(self.incidents.open_ids());
         }
     }
 
@@ -875,6 +948,7 @@ impl Agent {
                 let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);
                 self.cfg = new.clone();
+                self.incidents.set_idle(new.incidents.idle);
                 self.engine.set_config(new);
                 if roots_changed {
                     restart_needed.push("models.dirs (watched now, but new directories are only noticed on change after a restart)");
@@ -959,8 +1033,8 @@ impl<W: std::io::Write> Sink for JsonLines<W> {
     }
 }
 
-/// `run` without `--events`: alerts as JSON lines on stdout, status lines in the log, and a
-/// per-minute count of the events the rules saw.
+/// `run` without `--events`: incidents' messages as JSON lines on stdout, status lines in the
+/// log, and a per-minute count of the events the rules saw.
 pub struct AlertsOnly<W: std::io::Write> {
     out: W,
     pub by_kind: std::collections::BTreeMap<&'static str, u64>,
@@ -983,8 +1057,10 @@ impl<W: std::io::Write> Sink for AlertsOnly<W> {
             Output::Event(e) => {
                 *self.by_kind.entry(e.event.kind.name()).or_default() += 1;
             }
-            Output::Alert(a) => {
-                if serde_json::to_writer(&mut self.out, a).is_ok() {
+            // The rules' own hits are folded into the incidents printed here.
+            Output::RuleHit(_) => {}
+            Output::Incident(m) => {
+                if serde_json::to_writer(&mut self.out, m).is_ok() {
                     let _ = self.out.write_all(b"\n");
                 }
             }

@@ -376,7 +376,7 @@ enum Mode {
     Record(PathBuf),
 }
 
-/// Events and status lines to the recording, alerts to stdout.
+/// Events and status lines to the recording (what replay reads), incidents to stdout.
 struct Recorder<F: std::io::Write, O: std::io::Write> {
     file: JsonLines<F>,
     alerts: AlertsOnly<O>,
@@ -385,7 +385,7 @@ struct Recorder<F: std::io::Write, O: std::io::Write> {
 impl<F: std::io::Write, O: std::io::Write> Sink for Recorder<F, O> {
     fn emit(&mut self, out: Output<'_>) {
         match out {
-            Output::Alert(_) => self.alerts.emit(out),
+            Output::RuleHit(_) | Output::Incident(_) => self.alerts.emit(out),
             other => self.file.emit(other),
         }
     }
@@ -417,7 +417,7 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
             log::info!("metrics on http://{b}/metrics");
             bound = Some(b);
         }
-        let delivery = start_delivery(&cfg, metrics.clone()).await?;
+        let delivery = start_delivery(&cfg, bound, metrics.clone()).await?;
         let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
         agent.set_overrides(overrides);
         if let Some(d) = delivery {
@@ -474,9 +474,10 @@ impl llmwatch::sinks::DeliveryObserver for DeliveryMetrics {
 /// naming it (an agent that silently cannot deliver is worse than one that does not start).
 async fn start_delivery(
     cfg: &Config,
+    metrics_addr: Option<std::net::SocketAddr>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Option<llmwatch::sinks::Delivery>> {
-    use llmwatch::sinks::{Delivery, DeliveryConfig, Secret, WebhookTarget};
+    use llmwatch::sinks::{AlertmanagerOptions, Delivery, DeliveryConfig, Secret, WebhookTarget};
     if cfg.webhooks.is_empty() {
         return Ok(None);
     }
@@ -510,6 +511,10 @@ async fn start_delivery(
             spool_dir: cfg.spool.dir.clone(),
             spool_max_bytes: cfg.spool.max_bytes,
             memory_max_bytes: cfg.spool.memory_max_bytes,
+            alertmanager: AlertmanagerOptions {
+                generator_url: generator_url(&cfg.host, metrics_addr),
+                ..Default::default()
+            },
             ..Default::default()
         },
         Arc::new(DeliveryMetrics(metrics)),
@@ -524,6 +529,16 @@ async fn start_delivery(
     Ok(Some(delivery))
 }
 
+/// Alertmanager's `generatorURL`: this agent's metrics endpoint (named by the host when it
+/// listens on every address), or `llmwatch://<host>/` when it serves none.
+fn generator_url(host: &str, metrics_addr: Option<std::net::SocketAddr>) -> String {
+    match metrics_addr {
+        Some(a) if a.ip().is_unspecified() => format!("http://{host}:{}/metrics", a.port()),
+        Some(a) => format!("http://{a}/metrics"),
+        None => format!("llmwatch://{host}/"),
+    }
+}
+
 fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut cfg = match config {
         Some(p) => config::load(p)?,
@@ -533,15 +548,21 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::R
     let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |a| {
-        if serde_json::to_writer(&mut out, a).is_ok() {
+    let stats = llmwatch::replay::replay(std::io::BufReader::new(input), Arc::new(cfg), |m| {
+        if serde_json::to_writer(&mut out, m).is_ok() {
             let _ = std::io::Write::write_all(&mut out, b"\n");
         }
     })?;
     std::io::Write::flush(&mut out)?;
     eprintln!(
-        "replayed {} lines: {} events, {} event-loss reports, {} alerts, {} lines skipped",
-        stats.lines, stats.events, stats.losses, stats.alerts, stats.bad_lines
+        "replayed {} lines: {} events, {} event-loss reports, {} rule hits in {} incidents ({} messages), {} lines skipped",
+        stats.lines,
+        stats.events,
+        stats.losses,
+        stats.alerts,
+        stats.incidents,
+        stats.messages,
+        stats.bad_lines
     );
     for e in &stats.errors {
         eprintln!("  {e}");
@@ -673,4 +694,103 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    const README: &str = include_str!("../../README.md");
+
+    /// The long options a subcommand accepts, as `--name`.
+    fn accepted(command: &str) -> BTreeSet<String> {
+        let cli = Cli::command();
+        let sub = cli
+            .find_subcommand(command)
+            .unwrap_or_else(|| panic!("no `{command}` command"));
+        sub.get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !["help", "version"].contains(l))
+            .map(|l| format!("--{l}"))
+            .collect()
+    }
+
+    /// Every `--option` named in `text`.
+    fn options_in(text: &str) -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The first cell of each row of the README's command table, and the rows of its options
+    /// table (both under "## Command line").
+    fn command_line_tables() -> (Vec<&'static str>, Vec<&'static str>) {
+        let section = README
+            .split_once("## Command line")
+            .and_then(|(_, rest)| rest.split("\n## ").next())
+            .expect("README: a \"## Command line\" section");
+        let rows =
+            |first: &str| -> Vec<&'static str> { section.lines().filter(|l| l.starts_with(first)).collect() };
+        let commands = rows("| `llmwatch ")
+            .into_iter()
+            .map(|r| r.split(" | ").next().unwrap())
+            .collect();
+        (commands, rows("| `--"))
+    }
+
+    /// The options the README's command table names in `command`'s row.
+    fn in_command_row(command: &str) -> BTreeSet<String> {
+        let (commands, _) = command_line_tables();
+        let row = commands
+            .iter()
+            .find(|c| c.starts_with(&format!("| `llmwatch {command}")))
+            .unwrap_or_else(|| panic!("README: no row for `llmwatch {command}`"));
+        options_in(row)
+    }
+
+    /// The options of the README's options table ("Options of `run` / `events` / `record`"),
+    /// and those of them it says are "also for `check`".
+    fn in_options_table() -> (BTreeSet<String>, BTreeSet<String>) {
+        let (_, rows) = command_line_tables();
+        let (mut all, mut check) = (BTreeSet::new(), BTreeSet::new());
+        for row in rows {
+            let (option, rest) = row.trim_start_matches("| ").split_once(" | ").unwrap();
+            all.extend(options_in(option));
+            if rest.contains("also for `check`") {
+                check.extend(options_in(option));
+            }
+        }
+        (all, check)
+    }
+
+    #[test]
+    fn the_readme_names_every_option_each_command_accepts_and_no_other() {
+        let (table, also_for_check) = in_options_table();
+        for command in ["run", "events", "record"] {
+            let documented: BTreeSet<String> = in_command_row(command).union(&table).cloned().collect();
+            assert_eq!(
+                documented,
+                accepted(command),
+                "README's command line tables and `llmwatch {command}` disagree"
+            );
+        }
+        // `check` is not one of the commands the options table is about: its own row says
+        // everything it takes, and the table's "also for `check`" agrees with it.
+        let check = in_command_row("check");
+        assert_eq!(
+            check,
+            accepted("check"),
+            "README's row for `llmwatch check` and the command disagree"
+        );
+        assert_eq!(
+            also_for_check,
+            check.intersection(&table).cloned().collect(),
+            "README's options table says \"also for `check`\" of other options than `check` takes"
+        );
+    }
 }

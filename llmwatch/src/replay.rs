@@ -1,18 +1,30 @@
-//! Replay: the live rules over a recorded event stream (`llmwatch record` output, or the
-//! JSON lines of `llmwatch events`). Lines that are not events (status lines) are skipped,
-//! except kernel event-loss reports, which the rules need to mark alerts incomplete.
-use std::{io::BufRead, sync::Arc};
+//! Replay: the live rules and incidents over a recorded event stream (`llmwatch record` output,
+//! or the JSON lines of `llmwatch events`). Lines that are not events (status lines) are
+//! skipped, except kernel event-loss reports, which the rules need to mark alerts incomplete.
+//! What comes out is what receivers would have got: incidents' messages, each incident
+//! resolved by its processes' exits, by `incidents.idle` on the recording's clock, or at the end.
+use std::{collections::HashSet, io::BufRead, sync::Arc};
 
 use serde::Deserialize;
 
-use crate::{alerts::Alert, config::Config, enrich::Enriched, rules::Engine};
+use crate::{
+    alerts::incidents::{IncidentMessage, IncidentStatus, Incidents},
+    config::Config,
+    enrich::Enriched,
+    events::EventKind,
+    rules::Engine,
+};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ReplayStats {
     pub lines: u64,
     pub events: u64,
     pub losses: u64,
+    /// Rule hits.
     pub alerts: u64,
+    /// Incidents opened, and messages about them (openings, escalations, resolutions).
+    pub incidents: u64,
+    pub messages: u64,
     /// Lines that were neither events nor known status lines (first 20 kept, as "line N: why").
     pub bad_lines: u64,
     pub errors: Vec<String>,
@@ -69,15 +81,22 @@ struct LossLine {
     dropped: u64,
 }
 
-/// Runs `cfg`'s rules over every line of `input`; `on_alert` gets each alert in order.
+/// Runs `cfg`'s rules over every line of `input` and folds their hits into incidents;
+/// `on_message` gets each incident's messages in order.
 pub fn replay(
     mut input: impl BufRead,
     cfg: Arc<Config>,
-    mut on_alert: impl FnMut(&Alert),
+    mut on_message: impl FnMut(&IncidentMessage),
 ) -> std::io::Result<ReplayStats> {
+    let mut incidents = Incidents::new(cfg.incidents.idle);
     let mut engine = Engine::new(cfg);
     let mut stats = ReplayStats::default();
     let mut alerts = Vec::new();
+    let mut messages = Vec::new();
+    // What the live agent's process table says of a process named by a hit: the recording's
+    // exits (a pid forked or exec'ing again is running again).
+    let mut exited: HashSet<u32> = HashSet::new();
+    let mut now = None;
     let bad = |stats: &mut ReplayStats, n: u64, why: String| {
         stats.bad_lines += 1;
         if stats.errors.len() < 20 {
@@ -111,7 +130,27 @@ pub fn replay(
             match Enriched::deserialize(&value) {
                 Ok(ev) => {
                     stats.events += 1;
+                    let pid = ev.process.pid;
+                    match &ev.event.kind {
+                        EventKind::ProcExit { .. } => {
+                            exited.insert(pid);
+                        }
+                        EventKind::ProcFork { child_pid } => {
+                            exited.remove(child_pid);
+                        }
+                        EventKind::ProcExec { .. } => {
+                            exited.remove(&pid);
+                        }
+                        _ => {}
+                    }
+                    now = now.max(Some(ev.time));
+                    // As live: totals before the engine, exits after the hits they raised.
+                    incidents.observe(&ev);
                     engine.on_event(&ev, &mut alerts);
+                    stats.alerts += fold(&mut incidents, &mut alerts, &exited, &mut messages);
+                    if let EventKind::ProcExit { .. } = ev.event.kind {
+                        incidents.on_exit(pid, ev.time, &mut messages);
+                    }
                 }
                 Err(e) => bad(&mut stats, n, format!("not an event: {e}")),
             }
@@ -119,20 +158,54 @@ pub fn replay(
             match LossLine::deserialize(&value) {
                 Ok(l) => {
                     stats.losses += 1;
+                    now = now.max(Some(l.time));
                     engine.on_event_loss(l.dropped, l.time, &mut alerts);
                 }
                 Err(e) => bad(&mut stats, n, format!("bad agent_event_loss: {e}")),
             }
         }
-        for a in alerts.drain(..) {
-            stats.alerts += 1;
-            on_alert(&a);
+        stats.alerts += fold(&mut incidents, &mut alerts, &exited, &mut messages);
+        // Live, idle incidents are resolved on the flush timer; here on the recording's clock.
+        if let Some(t) = now {
+            incidents.tick(t, &mut messages);
         }
+        emit(&mut messages, &mut stats, &mut on_message);
         if stats.events % 100_000 == 0 {
             engine.expire();
         }
     }
+    // The recording ended: what is still open is summed up, as when the agent stops.
+    if let Some(t) = now {
+        incidents.stop(t, &mut messages);
+    }
+    emit(&mut messages, &mut stats, &mut on_message);
     Ok(stats)
+}
+
+/// The rule hits into the incidents; how many there were.
+fn fold(
+    incidents: &mut Incidents,
+    hits: &mut Vec<crate::alerts::Alert>,
+    exited: &HashSet<u32>,
+    out: &mut Vec<IncidentMessage>,
+) -> u64 {
+    let n = hits.len() as u64;
+    for hit in hits.drain(..) {
+        incidents.on_hit(hit, &|pid| !exited.contains(&pid), out);
+    }
+    n
+}
+
+fn emit(
+    messages: &mut Vec<IncidentMessage>,
+    stats: &mut ReplayStats,
+    on_message: &mut impl FnMut(&IncidentMessage),
+) {
+    for m in messages.drain(..) {
+        stats.messages += 1;
+        stats.incidents += u64::from(m.status == IncidentStatus::Opened);
+        on_message(&m);
+    }
 }
 
 #[cfg(test)]

@@ -299,6 +299,26 @@ pub fn secs(n: u64) -> Duration {
     scaled(Duration::from_secs(n))
 }
 
+/// A program from a Debian package the tests use for real (promtool, prometheus,
+/// prometheus-alertmanager): required in CI (`cargo xtask test` installs them and sets
+/// LLMWATCH_REQUIRE_PROMTOOL=1), skipped with a line otherwise.
+pub fn debian_tool(name: &str, package: &str) -> Option<&'static str> {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some(Box::leak(name.to_string().into_boxed_str()));
+    }
+    if std::env::var("LLMWATCH_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
+        panic!("{name} not installed: apt-get install {package} (cargo xtask test installs it)");
+    }
+    eprintln!("skipped: {name} not installed (apt-get install {package})");
+    None
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -396,6 +416,94 @@ impl Drop for Tool {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `bash -c "(SCRIPT; exit $?)"`: SCRIPT in a process tree of its own, rooted at that
+/// `bash -c`. The rules root a tree at most two ancestors above a process, so `bash -c "cat m |
+/// nc"` alone would be rooted at the test binary (which outlives every test, and whose other
+/// tests' hits would fold into the same incident); the subshell puts the root at the `bash -c`,
+/// which exits when SCRIPT is done. (`exit` after SCRIPT: a subshell runs its last command by
+/// exec, which would make a one-command SCRIPT the subshell itself.)
+pub fn own_tree(script: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(format!("({script}; exit $?)"));
+    c
+}
+
+/// Lines the agent printed that are incidents' messages (not rule hits, events or status).
+pub fn is_incident(v: &Value) -> bool {
+    v.get("incident_id").is_some()
+}
+
+/// One HTTP request a receiver got.
+pub struct Request {
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Accepts connections on `listener` (HTTP/1.1, keep-alive, Content-Length bodies), answers
+/// every request 200 and passes it on.
+pub fn http_receiver(listener: std::net::TcpListener) -> Receiver<Request> {
+    use std::io::{Read as _, Write as _};
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end().to_string();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                        }
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .map(|(_, v)| v.parse().unwrap())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if tx.send(Request { headers, body }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx
 }
 
 /// A TCP listener on 127.0.0.1 that accepts one connection and counts what it receives.

@@ -374,8 +374,9 @@ fn run_agent(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
     check(status, "llmwatch")
 }
 
-/// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server), netcat
-/// and fio, and PyPI's kubernetes-validate. Installed when missing, then required, so a test never skips silently.
+/// Tools the tests use for real (no mocks): Debian's prometheus (promtool + server) and
+/// prometheus-alertmanager, netcat and fio, and PyPI's kubernetes-validate. Installed when
+/// missing, then required, so a test never skips silently.
 fn ensure_test_tools() -> anyhow::Result<()> {
     let have = |cmd: &str, arg: &str| {
         Command::new(cmd)
@@ -383,32 +384,33 @@ fn ensure_test_tools() -> anyhow::Result<()> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !have("promtool", "--version") || !have("prometheus", "--version") {
-        eprintln!(
-            "test: installing Debian's prometheus package (promtool and the server, for the metrics tests)"
-        );
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        check(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "prometheus"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .context("running apt-get (as root)")?,
-            "apt-get install prometheus",
-        )?;
-    }
-    // The end-to-end tests drive real tools: OpenBSD netcat (`nc -N`, the sender in the
-    // exfiltration scenarios) and fio (its io_uring engine reads a model).
-    let missing: Vec<&str> = [("nc", "netcat-openbsd"), ("fio", "fio")]
-        .into_iter()
-        .filter(|(bin, _)| !have(bin, "-h"))
-        .map(|(_, pkg)| pkg)
-        .collect();
+    // (package, what the tests use it for, whether it is installed). The end-to-end tests drive
+    // real tools: OpenBSD netcat (`nc -N`, the sender in the exfiltration scenarios), fio (its
+    // io_uring engine reads a model), and a real Alertmanager that tests/alertmanager.rs posts
+    // incidents to and reads back.
+    let tools = [
+        (
+            "prometheus",
+            "promtool and the server, for the metrics tests",
+            have("promtool", "--version") && have("prometheus", "--version"),
+        ),
+        (
+            "prometheus-alertmanager",
+            "the receiver of the alertmanager webhook preset",
+            have("prometheus-alertmanager", "--version"),
+        ),
+        (
+            "netcat-openbsd",
+            "the sender in the exfiltration scenarios",
+            have("nc", "-h"),
+        ),
+        ("fio", "io_uring reads of a model", have("fio", "-h")),
+    ];
+    let missing: Vec<&str> = tools.iter().filter(|t| !t.2).map(|t| t.0).collect();
     if !missing.is_empty() {
-        eprintln!(
-            "test: installing Debian's {} (used by the end-to-end tests)",
-            missing.join(", ")
-        );
+        for (package, why, _) in tools.iter().filter(|t| !t.2) {
+            eprintln!("test: installing Debian's {package} ({why})");
+        }
         let _ = Command::new("apt-get").args(["update", "-qq"]).status();
         check(
             Command::new("apt-get")
@@ -417,7 +419,7 @@ fn ensure_test_tools() -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .context("running apt-get (as root)")?,
-            "apt-get install netcat-openbsd fio",
+            &format!("apt-get install {}", missing.join(" ")),
         )?;
     }
     if !have("kubernetes-validate", "--version") {

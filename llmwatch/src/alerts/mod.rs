@@ -1,5 +1,8 @@
-//! The alert contract (stable: users, tests and receivers rely on the field names) and the
-//! deduplication that keeps repeats from becoming noise.
+//! The alert contract (stable: users, tests and receivers rely on the field names), the
+//! deduplication that keeps repeats from becoming noise, and the incidents that fold the rule
+//! hits about one process tree into one alert that grows ([`incidents`]).
+pub mod incidents;
+
 use std::net::IpAddr;
 
 use foldhash::HashMap;
@@ -133,6 +136,22 @@ pub fn new_id() -> String {
         b[8..].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `512 B`, `3.0 MiB`: byte counts in summaries and receivers' messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut f = n as f64;
+    let mut u = 0;
+    while f >= 1024.0 && u + 1 < UNITS.len() {
+        f /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{f:.1} {}", UNITS[u])
+    }
 }
 
 /// Per (rule, key) suppression: a repeat inside the rule's window is counted, not sent. Keys

@@ -5,6 +5,7 @@
 //! dotted key path and line) and any problem rejects the file, so a typo can never leave the
 //! agent running on a half-applied configuration.
 pub mod defaults;
+pub mod incidents;
 pub mod rules;
 mod types;
 mod validate;
@@ -76,6 +77,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Durable queue of alerts not yet delivered to every webhook.
     pub spool: SpoolConfig,
+    /// When rule hits folded into one incident are over.
+    pub incidents: incidents::IncidentsConfig,
     /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
     pub state_dir: PathBuf,
     /// Where pod identity (namespace, pod, container, labels) comes from.
@@ -231,6 +234,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().ok(),
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
+            incidents: Default::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             containers: ContainersConfig::default(),
             warnings: Vec::new(),

@@ -32,6 +32,7 @@ const TOP: &[&str] = &[
     "metrics",
     "webhooks",
     "spool",
+    "incidents",
     "state_dir",
     "assets",
     "containers",
@@ -101,6 +102,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("metrics", METRICS),
     ("webhooks[]", WEBHOOK),
     ("spool", SPOOL),
+    ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
     ("containers", CONTAINERS),
     ("containers.kubelet", KUBELET),
@@ -480,6 +482,18 @@ impl Checker {
         }
         if let Some(n) = f.get("webhooks") {
             self.webhooks(n, cfg);
+        }
+        if let Some(n) = f.get("incidents") {
+            let i = self.fields("incidents", n, super::incidents::KEYS, "incidents");
+            let idle = &mut cfg.incidents.idle;
+            self.set(
+                &i,
+                "incidents",
+                "idle",
+                "a duration",
+                super::incidents::idle,
+                idle,
+            );
         }
         if let Some(n) = f.get("assets") {
             self.assets(n, cfg);

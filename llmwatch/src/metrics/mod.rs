@@ -105,8 +105,12 @@ pub struct Metrics {
     pub egress_bytes: IntCounterVec,
     /// `llmwatch_gpu_processes`.
     pub gpu_processes: IntGauge,
-    /// `llmwatch_alerts_total{rule, severity}`.
+    /// `llmwatch_alerts_total{rule, severity}`: rule hits (before they are folded into incidents).
     pub alerts: IntCounterVec,
+    /// `llmwatch_incidents_total{severity}`: incidents opened, by their severity then.
+    pub incidents: IntCounterVec,
+    /// `llmwatch_incidents_open`.
+    pub incidents_open: IntGauge,
     /// `llmwatch_alerts_suppressed_total{rule}`.
     pub alerts_suppressed: IntCounterVec,
     /// `llmwatch_webhook_deliveries_total{outcome}`.
@@ -223,9 +227,16 @@ impl Metrics {
         let alerts = counter_vec(
             &r,
             "llmwatch_alerts_total",
-            "Alerts raised, by rule and severity.",
+            "Rule hits raised, by rule and severity (folded into incidents before they are sent).",
             &["rule", "severity"],
         );
+        let incidents = counter_vec(
+            &r,
+            "llmwatch_incidents_total",
+            "Incidents opened (rule hits about one process tree or rate key, folded), by severity at opening.",
+            &["severity"],
+        );
+        let incidents_open = gauge(&r, "llmwatch_incidents_open", "Incidents open now.");
         let alerts_suppressed = counter_vec(
             &r,
             "llmwatch_alerts_suppressed_total",
@@ -316,6 +327,7 @@ impl Metrics {
         }
         for severity in SEVERITIES {
             spool_dropped.with_label_values(&[severity]);
+            incidents.with_label_values(&[severity]);
         }
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -335,6 +347,8 @@ impl Metrics {
             egress_bytes,
             gpu_processes,
             alerts,
+            incidents,
+            incidents_open,
             alerts_suppressed,
             webhook_deliveries,
             spool_depth,
@@ -462,6 +476,15 @@ impl Metrics {
 
     pub fn alert(&self, rule: &str, severity: &str) {
         self.alerts.with_label_values(&[rule, severity]).inc();
+    }
+
+    /// An incident was opened at `severity`.
+    pub fn incident_opened(&self, severity: &str) {
+        self.incidents.with_label_values(&[severity]).inc();
+    }
+
+    pub fn set_incidents_open(&self, n: usize) {
+        self.incidents_open.set(clamp_i64(n));
     }
 
     /// Creates the `{rule, severity}` series at 0 (call at start for each enabled rule), so

@@ -27,6 +27,8 @@ const EXPORTED: &[(&str, &str)] = &[
     ("llmwatch_gpu_processes", "gauge"),
     ("llmwatch_alerts_total", "counter"),
     ("llmwatch_alerts_suppressed_total", "counter"),
+    ("llmwatch_incidents_total", "counter"),
+    ("llmwatch_incidents_open", "gauge"),
     ("llmwatch_webhook_deliveries_total", "counter"),
     ("llmwatch_spool_depth", "gauge"),
     ("llmwatch_spool_dropped_total", "counter"),
@@ -64,6 +66,8 @@ fn touched() -> Metrics {
     m.set_gpu_processes(2);
     m.alert("weight.bulk_read", "critical");
     m.alerts_suppressed("weight.bulk_read", 4);
+    m.incident_opened("high");
+    m.set_incidents_open(1);
     m.delivery("delivered");
     m.set_spool_depth(1);
     m.spool_dropped("low");
@@ -313,6 +317,8 @@ fn known_series_start_at_zero() {
         "llmwatch_config_reloads_total{result=\"error\"}",
         "llmwatch_decode_errors_total",
         "llmwatch_spool_depth",
+        "llmwatch_incidents_total{severity=\"critical\"}",
+        "llmwatch_incidents_open",
     ] {
         assert_eq!(sample(&text, series), Some(0.0), "{series}");
     }
@@ -619,6 +625,8 @@ fn dashboard_queries_only_exported_metrics() {
     }
     for needed in [
         "llmwatch_alerts_total",
+        "llmwatch_incidents_total",
+        "llmwatch_incidents_open",
         "llmwatch_weight_read_bytes_total",
         "llmwatch_egress_bytes_total",
         "llmwatch_gpu_processes",

@@ -6,7 +6,10 @@
 //!
 //! Each rule is one file here: its id, its settings, its logic and its unit tests. The
 //! registry below lists them once; adding a rule is that file, one line in `registry!`, and
-//! its row in the docs (`docs/configuration.md`, checked by the config tests).
+//! its rows in the docs (README.md and `docs/configuration.md`, checked by `docs.rs` and the
+//! config tests).
+#[cfg(test)]
+mod docs;
 mod engine;
 mod flows;
 mod id;
@@ -123,8 +126,8 @@ registry! {
     memory_scrape,
     event_loss,
     bpf_load,
-    agent_tamper,
     agent_gap,
+    agent_tamper,
 }
 
 /// What a process is to the rules when it matches an inference-server identity.

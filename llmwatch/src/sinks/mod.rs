@@ -50,7 +50,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use url::Url;
 
-use crate::alerts::Alert;
+use crate::{
+    alerts::{Alert, incidents::IncidentMessage},
+    config::Severity,
+};
 
 pub mod spool;
 pub mod webhook;
@@ -58,7 +61,7 @@ pub mod webhook;
 #[cfg(test)]
 mod tests;
 
-pub use webhook::{ALERT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature};
+pub use webhook::{ALERT_ID_HEADER, AlertmanagerOptions, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature};
 
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/llmwatch/spool";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
@@ -67,6 +70,41 @@ pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 8 << 20;
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the spool needs to know of a message besides its JSON (which is what `raw` sends).
+pub trait Deliverable: serde::Serialize {
+    /// Unique per message: `X-Llmwatch-Alert-Id`, what receivers dedupe on.
+    fn id(&self) -> &str;
+    fn rule(&self) -> &str;
+    /// Which messages a full spool evicts first.
+    fn severity(&self) -> Severity;
+}
+
+/// A rule hit as it is (the spool and its tests deal in these too).
+impl Deliverable for Alert {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn rule(&self) -> &str {
+        &self.rule
+    }
+    fn severity(&self) -> Severity {
+        self.severity
+    }
+}
+
+/// What the agent delivers: an incident's message.
+impl Deliverable for IncidentMessage {
+    fn id(&self) -> &str {
+        &self.alert.id
+    }
+    fn rule(&self) -> &str {
+        &self.alert.rule
+    }
+    fn severity(&self) -> Severity {
+        self.alert.severity
+    }
+}
 
 /// The body sent to a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -245,6 +283,9 @@ pub struct DeliveryConfig {
     pub memory_max_bytes: u64,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// What the alertmanager preset adds: `generatorURL`, and how often it renews the alerts of
+    /// open incidents.
+    pub alertmanager: AlertmanagerOptions,
 }
 
 impl Default for DeliveryConfig {
@@ -256,6 +297,7 @@ impl Default for DeliveryConfig {
             memory_max_bytes: DEFAULT_MEMORY_MAX_BYTES,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
+            alertmanager: AlertmanagerOptions::default(),
         }
     }
 }
@@ -296,9 +338,15 @@ pub enum DeliveryError {
     Target { url: String, reason: String },
 }
 
+/// The ids of the incidents open now, as the agent's tracker knows them: targets that keep
+/// alerts firing (alertmanager) renew only these, so an incident whose resolution was lost
+/// (evicted from a full spool) or that a restart forgot stops being renewed.
+type OpenIncidents = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
 /// The running delivery: the spool and one task per target.
 pub struct Delivery {
     spool: Arc<spool::Spool>,
+    open: OpenIncidents,
     tasks: Vec<JoinHandle<()>>,
     drain: watch::Sender<bool>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -325,7 +373,7 @@ impl Delivery {
             if names.iter().any(|(_, k)| *k == key) {
                 key = format!("{key}-{}", i + 1);
             }
-            senders.push(webhook::Sender::new(t, label.clone())?);
+            senders.push(webhook::Sender::new(t, label.clone(), &cfg.alertmanager)?);
             let headers: Vec<String> = t
                 .headers
                 .iter()
@@ -369,6 +417,7 @@ impl Delivery {
         )?;
         let (drain, _) = watch::channel(false);
         let retry_max = cfg.retry_max.max(cfg.retry_initial);
+        let open = OpenIncidents::default();
         let tasks = senders
             .into_iter()
             .enumerate()
@@ -382,12 +431,15 @@ impl Delivery {
                     retry_max,
                     failures: 0,
                     not_before: None,
+                    open: open.clone(),
+                    firing: Default::default(),
                 };
                 tokio::spawn(t.run())
             })
             .collect();
         Ok(Delivery {
             spool: opened.spool,
+            open,
             tasks,
             drain,
             writer: Some(opened.writer),
@@ -398,25 +450,29 @@ impl Delivery {
     /// writes and fsyncs it (or, when the disk refuses it, holds it in memory) before any target
     /// may POST it (see [`spool`] for what a SIGKILL can lose). Room is made at once (eviction);
     /// an alert the spool cannot take is logged and counted as dropped.
-    pub fn send(&self, alert: &Alert) {
+    pub fn send(&self, alert: &impl Deliverable) {
         if self.spool.targets.is_empty() {
             return;
         }
-        let severity = match serde_json::to_value(alert.severity) {
-            Ok(serde_json::Value::String(s)) => s,
-            _ => String::from("unknown"),
-        };
+        let severity = alert.severity().as_str();
         match serde_json::to_vec(alert) {
-            Ok(body) => self.spool.append(body, &severity, &alert.rule, &alert.id),
+            Ok(body) => self.spool.append(body, severity, alert.rule(), alert.id()),
             Err(e) => {
                 log::error!(
                     "alert {} (rule {}) cannot be serialized: {e}; dropped",
-                    alert.id,
-                    alert.rule
+                    alert.id(),
+                    alert.rule()
                 );
-                self.spool.dropped_unspooled(&severity);
+                self.spool.dropped_unspooled(severity);
             }
         }
+    }
+
+    /// The incidents open now (replacing the previous set): see [`OpenIncidents`].
+    pub fn set_open_incidents<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.clear();
+        open.extend(ids.map(str::to_string));
     }
 
     /// The targets' labels, as passed to the observer.
@@ -480,6 +536,10 @@ struct TargetTask {
     failures: u64,
     /// No attempt before this (the backoff), whichever alert is next.
     not_before: Option<tokio::time::Instant>,
+    open: OpenIncidents,
+    /// For a target that keeps incidents' alerts firing: the latest message delivered of each
+    /// open incident, by incident id.
+    firing: std::collections::HashMap<String, serde_json::Value>,
 }
 
 /// Whether the task goes on after one alert.
@@ -492,7 +552,16 @@ impl TargetTask {
     async fn run(mut self) {
         let mut synced = self.spool.subscribe();
         let mut jitter = webhook::Jitter::new(self.index as u64);
+        let refresh = self.sender.refresh();
+        let mut next_refresh = refresh.map(|r| tokio::time::Instant::now() + r);
         loop {
+            if let (Some(every), Some(at)) = (refresh, next_refresh)
+                && tokio::time::Instant::now() >= at
+            {
+                self.refresh().await;
+                next_refresh = Some(tokio::time::Instant::now() + every);
+            }
+            let renew_at = next_refresh.filter(|_| !self.firing.is_empty());
             let upto = *synced.borrow_and_update();
             match self.spool.next_for(self.index, upto) {
                 spool::Next::Ready(seq, entry) => {
@@ -510,14 +579,85 @@ impl TargetTask {
                             return;
                         }
                     } else {
+                        let renew = async {
+                            match renew_at {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             r = synced.changed() => if r.is_err() { return },
                             r = self.drain.changed() => if r.is_err() { return },
+                            _ = renew => {}
                         }
                     }
                 }
             }
         }
+    }
+
+    /// After a delivery to a target that keeps alerts firing: remembers an open incident's
+    /// latest message, forgets a resolved one.
+    fn keep_firing(&mut self, raw: &[u8]) {
+        if self.sender.refresh().is_none() {
+            return;
+        }
+        let Ok(m) = serde_json::from_slice::<serde_json::Value>(raw) else {
+            return;
+        };
+        let Some(id) = m.get("incident_id").and_then(|i| i.as_str()).map(str::to_string) else {
+            return;
+        };
+        if m.get("status").and_then(|s| s.as_str()) == Some("resolved") {
+            self.firing.remove(&id);
+        } else {
+            self.firing.insert(id, m);
+        }
+    }
+
+    /// Renews the alerts of the incidents still open (one post); forgets the others. A failed
+    /// renewal is only logged: the next one comes a refresh interval later, well inside the lease.
+    async fn refresh(&mut self) {
+        {
+            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            self.firing.retain(|id, _| open.contains(id));
+        }
+        if self.firing.is_empty() {
+            return;
+        }
+        let label = &self.sender.label;
+        let body = match self
+            .sender
+            .refresh_payload(self.firing.values(), chrono::Utc::now())
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("webhook {label}: cannot build the renewal of open incidents' alerts: {e}");
+                return;
+            }
+        };
+        match self.sender.attempt(&body, None).await {
+            webhook::Attempt::Delivered(_) => {
+                log::debug!(
+                    "webhook {label}: renewed {} open incidents' alerts",
+                    self.firing.len()
+                )
+            }
+            webhook::Attempt::Retry { why, .. } | webhook::Attempt::Failed { why } => log::warn!(
+                "webhook {label}: renewing {} open incidents' alerts failed ({why}); tried again in {:?}",
+                self.firing.len(),
+                self.sender.refresh().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// An alert this target can never send (unreadable, no payload): counted failed, done with.
+    fn give_up(&self, seq: u64, e: &spool::Entry, why: String) -> Step {
+        let label = &self.sender.label;
+        log::error!("webhook {label}: alert {} (rule {}): {why}", e.id, e.rule);
+        self.spool.observer_outcome(label, "failed");
+        self.spool.done(self.index, seq);
+        Step::Next
     }
 
     /// Delivers one alert: retries until delivered, refused for good, evicted, or draining.
@@ -529,31 +669,8 @@ impl TargetTask {
         let raw = match self.spool.read(seq, e) {
             Ok(Some(b)) => b,
             Ok(None) => return Step::Next, // evicted
-            Err(err) => {
-                log::error!(
-                    "webhook {label}: cannot read spooled alert {} (rule {}): {err}; skipped",
-                    e.id,
-                    e.rule
-                );
-                self.spool.observer_outcome(&label, "failed");
-                self.spool.done(self.index, seq);
-                return Step::Next;
-            }
+            Err(err) => return self.give_up(seq, e, format!("cannot read spooled alert: {err}; skipped")),
         };
-        let body = match self.sender.payload(&raw) {
-            Ok(b) => b,
-            Err(err) => {
-                log::error!(
-                    "webhook {label}: cannot build the payload of alert {} (rule {}): {err}",
-                    e.id,
-                    e.rule
-                );
-                self.spool.observer_outcome(&label, "failed");
-                self.spool.done(self.index, seq);
-                return Step::Next;
-            }
-        };
-        drop(raw);
         loop {
             if !self.spool.contains(seq) {
                 return Step::Next; // evicted while we waited
@@ -570,7 +687,12 @@ impl TargetTask {
                 }
                 continue;
             }
-            match self.sender.attempt(&body, &e.id).await {
+            // Built for each attempt: an Alertmanager lease runs from when it is sent.
+            let body = match self.sender.payload(&raw, chrono::Utc::now()) {
+                Ok(b) => b,
+                Err(err) => return self.give_up(seq, e, format!("cannot build the payload: {err}")),
+            };
+            match self.sender.attempt(&body, Some(&e.id)).await {
                 webhook::Attempt::Delivered(code) => {
                     if self.failures > 0 {
                         log::info!(
@@ -588,6 +710,7 @@ impl TargetTask {
                     );
                     self.spool.observer_outcome(&label, "delivered");
                     self.spool.done(self.index, seq);
+                    self.keep_firing(&raw);
                     return Step::Next;
                 }
                 webhook::Attempt::Failed { why } => {

@@ -424,6 +424,7 @@ fn cfg(dir: &Path, targets: Vec<WebhookTarget>) -> DeliveryConfig {
         memory_max_bytes: DEFAULT_MEMORY_MAX_BYTES,
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
+        alertmanager: AlertmanagerOptions::default(),
     }
 }
 
@@ -942,11 +943,206 @@ async fn slack_and_alertmanager_payloads() {
         "annotation values are strings"
     );
     assert_eq!(list[0]["startsAt"], "2026-03-01T12:00:00Z");
-    assert!(list[0].get("generatorURL").is_none());
+    assert_eq!(list[0]["generatorURL"], webhook::PLACEHOLDER_GENERATOR_URL);
+    // An alert spooled before incidents keeps its old shape: no lease, Alertmanager's own
+    // resolve_timeout ends it.
+    assert!(list[0].get("endsAt").is_none());
     wait_for("an empty spool", Duration::from_secs(2), || {
         spooled(dir.path()).is_empty()
     })
     .await;
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+/// One incident's three messages, as the tracker makes them from two hits about one process
+/// tree: opened (medium), escalated to critical, resolved.
+fn incident_messages() -> Vec<crate::alerts::incidents::IncidentMessage> {
+    use crate::rules::{exfiltration::ID as EXFILTRATION, unexpected_reader::ID as UNEXPECTED_READER};
+    let mut tracker = crate::alerts::incidents::Incidents::new(Duration::from_secs(600));
+    let mut out = Vec::new();
+    for (i, severity, rule) in [(1, "medium", UNEXPECTED_READER), (2, "critical", EXFILTRATION)] {
+        let mut hit = alert(i, severity);
+        hit.rule = rule.to_string();
+        hit.scope = "tree:4242".into();
+        hit.process.pod = Some("6f1c0e1e-pod".into());
+        tracker.on_hit(hit, &|_| true, &mut out);
+    }
+    tracker.stop("2026-03-01T12:00:09Z".parse().unwrap(), &mut out);
+    assert_eq!(out.len(), 3);
+    out
+}
+
+fn labels_but_severity(alert: &Value) -> serde_json::Map<String, Value> {
+    let mut l = alert["labels"].as_object().unwrap().clone();
+    l.remove("severity");
+    l
+}
+
+#[test]
+fn alertmanager_keeps_an_incidents_labels_and_resolves_it() {
+    use crate::rules::unexpected_reader::ID as UNEXPECTED_READER;
+    let msgs = incident_messages();
+    let am = AlertmanagerOptions {
+        generator_url: "http://gpu-node-1:9477/metrics".into(),
+        refresh: Duration::from_secs(60),
+    };
+    let now: chrono::DateTime<chrono::Utc> = "2026-03-01T12:00:05Z".parse().unwrap();
+    let body = |i: usize| webhook::alertmanager(&serde_json::to_value(&msgs[i]).unwrap(), now, &am);
+
+    let opened = body(0);
+    let opened = opened.as_array().unwrap();
+    assert_eq!(opened.len(), 1);
+    let labels = &opened[0]["labels"];
+    assert_eq!(labels["alertname"], UNEXPECTED_READER.as_str());
+    assert_eq!(labels["severity"], "medium");
+    assert_eq!(labels["host"], "gpu-node-1");
+    assert_eq!(labels["incident_id"], msgs[0].incident_id.as_str());
+    assert_eq!(labels["pod"], "6f1c0e1e-pod");
+    // Nothing per process, file or hit: those are annotations.
+    for key in ["rule", "dedup_key", "pid", "path"] {
+        assert!(labels.get(key).is_none(), "{key} is a label: {labels}");
+    }
+    let ann = &opened[0]["annotations"];
+    assert!(ann["process"].as_str().unwrap().contains("pid 4242"), "{ann}");
+    assert!(
+        ann["files"]
+            .as_str()
+            .unwrap()
+            .contains("/models/llama.safetensors"),
+        "{ann}"
+    );
+    assert_eq!(ann["bytes_read"], "2147483648");
+    assert_eq!(ann["status"], "opened");
+    assert!(ann.as_object().unwrap().values().all(Value::is_string));
+    assert_eq!(
+        opened[0]["startsAt"], "2026-03-01T11:59:00Z",
+        "from the first evidence"
+    );
+    assert_eq!(
+        opened[0]["endsAt"], "2026-03-01T12:04:05.000Z",
+        "a lease of four refreshes"
+    );
+    assert_eq!(opened[0]["generatorURL"], "http://gpu-node-1:9477/metrics");
+
+    // Severity rose: the medium alert is resolved in the same post that fires the critical one.
+    let escalated = body(1);
+    let escalated = escalated.as_array().unwrap();
+    assert_eq!(escalated.len(), 2, "{escalated:#?}");
+    let time = serde_json::to_value(msgs[1].alert.time).unwrap();
+    assert_eq!(escalated[0]["labels"]["severity"], "medium");
+    assert_eq!(escalated[0]["endsAt"], time);
+    assert_eq!(escalated[1]["labels"]["severity"], "critical");
+    assert_eq!(escalated[1]["endsAt"], "2026-03-01T12:04:05.000Z");
+    assert_eq!(
+        escalated[1]["annotations"]["status"],
+        "escalated (medium → critical)"
+    );
+    for a in escalated {
+        assert_eq!(labels_but_severity(a), labels_but_severity(&opened[0]));
+    }
+
+    let resolved = body(2);
+    let resolved = resolved.as_array().unwrap();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0]["labels"], escalated[1]["labels"]);
+    assert_eq!(resolved[0]["endsAt"], "2026-03-01T12:00:09Z");
+    assert_eq!(resolved[0]["annotations"]["status"], "resolved (stopped)");
+}
+
+#[test]
+fn slack_says_whether_an_incident_opened_escalated_or_was_resolved() {
+    let msgs = incident_messages();
+    let headline = |i: usize| {
+        let s = webhook::slack(&serde_json::to_value(&msgs[i]).unwrap());
+        s["text"].as_str().unwrap().to_string()
+    };
+    assert!(
+        headline(0).starts_with("[MEDIUM] opened: weight.unexpected_reader on gpu-node-1: python3"),
+        "{}",
+        headline(0)
+    );
+    assert!(
+        headline(1)
+            .starts_with("[CRITICAL] escalated (medium → critical): weight.exfiltration on gpu-node-1"),
+        "{}",
+        headline(1)
+    );
+    assert!(
+        headline(2)
+            .starts_with("[CRITICAL] resolved (stopped): weight.exfiltration on gpu-node-1: incident over"),
+        "{}",
+        headline(2)
+    );
+    let s = webhook::slack(&serde_json::to_value(&msgs[2]).unwrap());
+    let fields: HashMap<&str, &str> = s["attachments"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["title"].as_str().unwrap(), f["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields["Rules"], "weight.unexpected_reader, weight.exfiltration");
+    assert_eq!(fields["Incident id"], msgs[0].incident_id);
+    assert!(
+        fields["Totals"].starts_with("read 2.0 GiB, sent 2.0 GiB"),
+        "{}",
+        fields["Totals"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_incidents_alerts_are_renewed_until_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let am = Receiver::start(always(ok)).await;
+    let mut c = cfg(
+        dir.path(),
+        vec![WebhookTarget {
+            preset: Preset::Alertmanager,
+            ..target(am.url())
+        }],
+    );
+    c.alertmanager.refresh = Duration::from_millis(100);
+    let d = Delivery::start(c, Arc::new(NoObserver)).await.unwrap();
+    // Renewals are not spooled alerts: they carry no alert id.
+    let renewals = || {
+        am.reqs()
+            .into_iter()
+            .filter(|r| r.id().is_empty())
+            .collect::<Vec<_>>()
+    };
+    let msgs = incident_messages();
+    d.set_open_incidents(std::iter::once(msgs[0].incident_id.as_str()));
+    d.send(&msgs[0]);
+    wait_for("two renewals", Duration::from_secs(5), || renewals().len() >= 2).await;
+    let first: Value = serde_json::from_slice(&am.reqs()[0].body).unwrap();
+    let renewed: Value = serde_json::from_slice(&renewals().last().unwrap().body).unwrap();
+    assert_eq!(renewed.as_array().unwrap().len(), 1);
+    assert_eq!(renewed[0]["labels"], first[0]["labels"]);
+    assert!(
+        renewed[0]["endsAt"].as_str().unwrap() > first[0]["endsAt"].as_str().unwrap(),
+        "the lease moves on: {renewed}"
+    );
+
+    // Once its resolution is delivered, nothing renews it (whatever the open set says yet).
+    d.send(&msgs[2]);
+    wait_for("the resolution", Duration::from_secs(5), || {
+        am.delivered_ids().contains(&msgs[2].alert.id)
+    })
+    .await;
+    let n = renewals().len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(renewals().len(), n, "a resolved incident was renewed");
+
+    // An incident the agent no longer has open (its resolution evicted, a restart) is not
+    // renewed either: its alert ends with its lease.
+    let other = incident_messages();
+    d.set_open_incidents(std::iter::empty());
+    d.send(&other[0]);
+    wait_for("the other opening", Duration::from_secs(5), || {
+        am.delivered_ids().contains(&other[0].alert.id)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(renewals().len(), n, "an incident that is not open was renewed");
     d.shutdown(Duration::from_secs(1)).await;
 }
 

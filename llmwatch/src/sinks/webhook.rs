@@ -12,6 +12,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{DeliveryError, Preset, Secret, WebhookTarget};
+use crate::alerts::human_bytes;
 
 pub(crate) const USER_AGENT: &str = concat!("llmwatch/", env!("CARGO_PKG_VERSION"));
 pub const SIGNATURE_HEADER: &str = "X-Llmwatch-Signature";
@@ -87,11 +88,16 @@ pub(crate) struct Sender {
     headers: HeaderMap,
     secret: Option<Secret>,
     preset: Preset,
+    am: AlertmanagerOptions,
     client: reqwest::Client,
 }
 
 impl Sender {
-    pub(crate) fn new(t: &WebhookTarget, label: String) -> Result<Sender, DeliveryError> {
+    pub(crate) fn new(
+        t: &WebhookTarget,
+        label: String,
+        am: &AlertmanagerOptions,
+    ) -> Result<Sender, DeliveryError> {
         let bad = |reason: String| DeliveryError::Target {
             url: label.clone(),
             reason,
@@ -140,12 +146,20 @@ impl Sender {
             headers,
             secret: t.secret.clone(),
             preset: t.preset,
+            am: am.clone(),
             client,
         })
     }
 
-    /// The request body for one spooled alert (its exact JSON).
-    pub(crate) fn payload(&self, raw: &[u8]) -> Result<Vec<u8>, String> {
+    /// How often the alerts of open incidents are re-posted, for a target that keeps them
+    /// firing (the alertmanager preset).
+    pub(crate) fn refresh(&self) -> Option<Duration> {
+        (self.preset == Preset::Alertmanager).then_some(self.am.refresh)
+    }
+
+    /// The request body for one spooled alert (its exact JSON), built for an attempt at `now`
+    /// (an Alertmanager alert's lease runs from the attempt, however long it waited to be sent).
+    pub(crate) fn payload(&self, raw: &[u8], now: DateTime<Utc>) -> Result<Vec<u8>, String> {
         let built = match self.preset {
             Preset::Raw => return Ok(raw.to_vec()),
             Preset::Slack | Preset::Alertmanager => {
@@ -154,15 +168,29 @@ impl Sender {
                 if self.preset == Preset::Slack {
                     slack(&v)
                 } else {
-                    alertmanager(&v)
+                    alertmanager(&v, now, &self.am)
                 }
             }
         };
         serde_json::to_vec(&built).map_err(|e| e.to_string())
     }
 
-    /// One POST. Never logs header values or the URL's path.
-    pub(crate) async fn attempt(&self, body: &[u8], id: &str) -> Attempt {
+    /// The Alertmanager body that keeps these incidents' alerts firing from `now` on (their
+    /// latest messages, as delivered).
+    pub(crate) fn refresh_payload<'a>(
+        &self,
+        latest: impl Iterator<Item = &'a Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u8>, String> {
+        let alerts: Vec<Value> = latest
+            .map(|m| am_alert(m, &am_severity(m), AmSpan::Firing(now), &self.am))
+            .collect();
+        serde_json::to_vec(&alerts).map_err(|e| e.to_string())
+    }
+
+    /// One POST; `id` is the spooled alert's (a refresh of firing alerts has none). Never logs
+    /// header values or the URL's path.
+    pub(crate) async fn attempt(&self, body: &[u8], id: Option<&str>) -> Attempt {
         let mut headers = self.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let ts = SystemTime::now()
@@ -170,7 +198,7 @@ impl Sender {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         headers.insert(TIMESTAMP_HEADER, HeaderValue::from(ts));
-        if let Ok(v) = HeaderValue::from_str(id) {
+        if let Some(Ok(v)) = id.map(HeaderValue::from_str) {
             headers.insert(ALERT_ID_HEADER, v);
         }
         if let Some(secret) = &self.secret
@@ -332,21 +360,6 @@ fn num(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut f = n as f64;
-    let mut u = 0;
-    while f >= 1024.0 && u + 1 < UNITS.len() {
-        f /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{f:.1} {}", UNITS[u])
-    }
-}
-
 /// `python3 (pid 42, user alice, /usr/bin/python3)`.
 fn process_line(a: &Value) -> String {
     let p = |k: &str| text(a, &["process", k]);
@@ -437,8 +450,51 @@ fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// `[weight.unexpected_reader, weight.exfiltration]` as `a, b`.
+fn joined(a: &Value, key: &str) -> String {
+    strings(a, key).join(", ")
+}
+
+/// The strings of a list field.
+fn strings<'a>(a: &'a Value, key: &str) -> Vec<&'a str> {
+    let items = a
+        .get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    items.iter().filter_map(Value::as_str).collect()
+}
+
+/// What an incident message says about the incident (empty for a plain alert, as spooled by
+/// an agent from before incidents): `opened`, `escalated (medium → critical, new destination)`,
+/// `resolved (exited)`.
+fn incident_status(a: &Value) -> String {
+    let status = text(a, &["status"]);
+    let mut why = Vec::new();
+    if let Some(before) = a.get("previous_severity").and_then(Value::as_str) {
+        why.push(format!("{before} → {}", text(a, &["severity"])));
+    }
+    // The severity's change is said above, with its values; what else is new.
+    let new: Vec<&str> = strings(a, "changes")
+        .into_iter()
+        .filter(|c| *c != "severity")
+        .collect();
+    if !new.is_empty() {
+        why.push(format!("new {}", new.join(", ")));
+    }
+    if let Some(r) = a.get("resolved_by").and_then(Value::as_str) {
+        why.push(r.to_string());
+    }
+    match (status, why.is_empty()) {
+        ("", _) => String::new(),
+        (s, true) => s.to_string(),
+        (s, false) => format!("{s} ({})", why.join(", ")),
+    }
+}
+
 /// Slack incoming-webhook message: `text` (what notifications show) plus one attachment with
 /// a severity color and the details as fields. Mattermost and Rocket.Chat accept the same shape.
+/// An incident's messages say whether it opened, escalated or was resolved.
 pub(crate) fn slack(a: &Value) -> Value {
     let sev = text(a, &["severity"]);
     let color = match sev {
@@ -448,9 +504,12 @@ pub(crate) fn slack(a: &Value) -> Value {
         "low" => "#2f80ed",
         _ => "#8a8a8a",
     };
+    let status = incident_status(a);
     let headline = format!(
-        "[{}] {} on {}: {}",
+        "[{}] {}{}{} on {}: {}",
         sev.to_uppercase(),
+        status,
+        if status.is_empty() { "" } else { ": " },
         text(a, &["rule"]),
         text(a, &["host"]),
         text(a, &["summary"])
@@ -465,6 +524,21 @@ pub(crate) fn slack(a: &Value) -> Value {
         field("Host", text(a, &["host"]).into(), true),
         field("Process", process_line(a), false),
     ];
+    if !status.is_empty() {
+        fields.push(field("Status", status.clone(), true));
+        fields.push(field("Rules", joined(a, "rules"), false));
+        fields.push(field(
+            "Totals",
+            format!(
+                "read {}, sent {} ({} to {})",
+                human_bytes(num(a, &["bytes_read"]).unwrap_or(0)),
+                human_bytes(num(a, &["bytes_sent"]).unwrap_or(0)),
+                text(a, &["first"]),
+                text(a, &["last"])
+            ),
+            false,
+        ));
+    }
     if let Some(c) = container_line(a) {
         fields.push(field("Container", c, true));
     }
@@ -486,6 +560,9 @@ pub(crate) fn slack(a: &Value) -> Value {
     if let Some(n) = num(a, &["suppressed"]).filter(|n| *n > 0) {
         fields.push(field("Suppressed repeats", n.to_string(), true));
     }
+    if !status.is_empty() {
+        fields.push(field("Incident id", text(a, &["incident_id"]).into(), true));
+    }
     fields.push(field("Alert id", text(a, &["id"]).into(), true));
     let ts = DateTime::parse_from_rfc3339(text(a, &["time"]))
         .map(|t| t.timestamp())
@@ -503,24 +580,79 @@ pub(crate) fn slack(a: &Value) -> Value {
     })
 }
 
-/// Alertmanager `POST /api/v2/alerts` body: a one-alert array. Labels (identity and routing)
-/// stay low-cardinality; the details go to annotations. No `endsAt`: Alertmanager resolves it
-/// after its `resolve_timeout`.
-pub(crate) fn alertmanager(a: &Value) -> Value {
+/// What the alertmanager preset adds to the messages: where the alerts come from, and how
+/// often the alerts of open incidents are re-posted. Like Prometheus, a firing alert is a
+/// lease its sender renews (for [`AM_LEASE_REFRESHES`] refresh intervals each time): an agent
+/// that dies has its alerts resolved by Alertmanager after the lease, and an open incident is
+/// never resolved early by Alertmanager's own `resolve_timeout` (5 min by default, shorter
+/// than `incidents.idle`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertmanagerOptions {
+    /// `generatorURL` of every alert.
+    pub generator_url: String,
+    pub refresh: Duration,
+}
+
+/// Where alerts come from when the agent has no metrics endpoint to point to.
+pub const PLACEHOLDER_GENERATOR_URL: &str = "llmwatch://localhost/";
+
+impl Default for AlertmanagerOptions {
+    fn default() -> Self {
+        AlertmanagerOptions {
+            generator_url: PLACEHOLDER_GENERATOR_URL.to_string(),
+            refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AlertmanagerOptions {
+    fn lease_end(&self, now: DateTime<Utc>) -> String {
+        let lease = self.refresh.saturating_mul(AM_LEASE_REFRESHES);
+        let lease = chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::MAX);
+        (now + lease).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+/// Four refreshes: a few lost posts (Alertmanager restarting) resolve nothing.
+pub const AM_LEASE_REFRESHES: u32 = 4;
+
+/// The severity label of an incident message's current alert.
+fn am_severity(a: &Value) -> String {
+    text(a, &["severity"]).to_string()
+}
+
+/// Labels: what Alertmanager routes, groups, silences and inhibits on, so only values that stay
+/// the same for an incident's whole life and are few: the rule that opened it (`alertname`, the
+/// first of `rules`: the primary rule changes as it escalates), `severity`, the host, the
+/// incident id, the pod when known (`namespace` and `asset_class` when the message has them; the
+/// agent sends neither today). Severity is a label because routes key on it (page on critical);
+/// when an incident's severity rises, its alert under the old severity is resolved in the same
+/// post that fires the new one (see [`alertmanager`]). Everything that varies (pids, paths, byte
+/// counts, the rule of each hit) is in the annotations.
+fn am_labels(a: &Value, severity: &str) -> serde_json::Map<String, Value> {
     let mut labels = serde_json::Map::new();
     let mut label = |k: &str, v: &str| {
         if !v.is_empty() {
             labels.insert(k.into(), Value::String(v.into()));
         }
     };
-    label("alertname", text(a, &["rule"]));
-    label("rule", text(a, &["rule"]));
-    label("severity", text(a, &["severity"]));
+    let first_rule = strings(a, "rules")
+        .first()
+        .copied()
+        .unwrap_or_else(|| text(a, &["rule"]));
+    label("alertname", first_rule);
+    label("severity", severity);
     label("host", text(a, &["host"]));
     label("instance", text(a, &["host"]));
     label("job", "llmwatch");
-    label("dedup_key", text(a, &["dedup_key"]));
+    label("incident_id", text(a, &["incident_id"]));
+    label("pod", text(a, &["pod"]));
+    label("namespace", text(a, &["namespace"]));
+    label("asset_class", text(a, &["asset_class"]));
+    labels
+}
 
+fn am_annotations(a: &Value) -> serde_json::Map<String, Value> {
     let mut ann = serde_json::Map::new();
     let mut note = |k: &str, v: String| {
         if !v.is_empty() {
@@ -528,11 +660,21 @@ pub(crate) fn alertmanager(a: &Value) -> Value {
         }
     };
     note("summary", text(a, &["summary"]).into());
+    note("status", incident_status(a));
+    note("rule", text(a, &["rule"]).into());
+    note("rules", joined(a, "rules"));
     note("alert_id", text(a, &["id"]).into());
+    note("dedup_key", text(a, &["dedup_key"]).into());
     note("process", process_line(a));
     note("container", container_line(a).unwrap_or_default());
     note("files", list(files_lines(a), 20));
     note("network", list(network_lines(a), 20));
+    for key in ["bytes_read", "bytes_sent"] {
+        note(key, num(a, &[key]).map(|n| n.to_string()).unwrap_or_default());
+    }
+    for key in ["first", "last"] {
+        note(key, text(a, &[key]).into());
+    }
     note("window_start", text(a, &["window", "start"]).into());
     note("window_end", text(a, &["window", "end"]).into());
     if a.get("incomplete").and_then(Value::as_bool) == Some(true) {
@@ -551,5 +693,65 @@ pub(crate) fn alertmanager(a: &Value) -> Value {
         }
     }
     note("description", description);
-    json!([{ "labels": labels, "annotations": ann, "startsAt": text(a, &["time"]) }])
+    ann
+}
+
+/// When one alert of an incident starts and ends.
+enum AmSpan {
+    /// Firing from the message's time, for a lease from the attempt at this instant.
+    Firing(DateTime<Utc>),
+    /// Resolved at the message's time.
+    Resolved,
+}
+
+fn am_alert(a: &Value, severity: &str, span: AmSpan, am: &AlertmanagerOptions) -> Value {
+    let time = text(a, &["time"]);
+    // Alertmanager keeps the earliest startsAt of an alert it already has, so a later one (an
+    // escalation, a refresh, the resolution) never moves it back; an opening starts at the
+    // incident's first evidence.
+    let (starts, ends) = match span {
+        AmSpan::Firing(now) if text(a, &["status"]) == "opened" => (text(a, &["first"]), am.lease_end(now)),
+        AmSpan::Firing(now) => (time, am.lease_end(now)),
+        // Ended at the message's time, which has passed when it is delivered: an end still in
+        // Alertmanager's future would not cut the lease short (it keeps a firing alert's later end).
+        AmSpan::Resolved => (time, time.to_string()),
+    };
+    json!({
+        "labels": am_labels(a, severity),
+        "annotations": am_annotations(a),
+        "startsAt": starts,
+        "endsAt": ends,
+        "generatorURL": am.generator_url,
+    })
+}
+
+/// Alertmanager `POST /api/v2/alerts` body. An incident's message becomes its firing alert with
+/// a lease from `now` (see [`AlertmanagerOptions`]: the delivery renews it while the incident is
+/// open), plus,
+/// when the message raised the severity, the alert under the old severity resolved; a resolved
+/// incident's alert gets `endsAt`. Every alert of one incident has the same labels but
+/// `severity` (see [`am_labels`]). A plain alert (spooled by an agent from before incidents) is
+/// one alert with its rule and dedup key as labels and no `endsAt`, as then.
+pub(crate) fn alertmanager(a: &Value, now: DateTime<Utc>, am: &AlertmanagerOptions) -> Value {
+    let severity = am_severity(a);
+    if a.get("incident_id").is_none() {
+        let mut labels = am_labels(a, &severity);
+        labels.insert("rule".into(), Value::String(text(a, &["rule"]).into()));
+        labels.insert("dedup_key".into(), Value::String(text(a, &["dedup_key"]).into()));
+        return json!([{
+            "labels": labels,
+            "annotations": am_annotations(a),
+            "startsAt": text(a, &["time"]),
+            "generatorURL": am.generator_url,
+        }]);
+    }
+    if text(a, &["status"]) == "resolved" {
+        return json!([am_alert(a, &severity, AmSpan::Resolved, am)]);
+    }
+    let mut alerts = Vec::new();
+    if let Some(before) = a.get("previous_severity").and_then(Value::as_str) {
+        alerts.push(am_alert(a, before, AmSpan::Resolved, am));
+    }
+    alerts.push(am_alert(a, &severity, AmSpan::Firing(now), am));
+    Value::Array(alerts)
 }
