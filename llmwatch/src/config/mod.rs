@@ -139,18 +139,18 @@ impl Default for SpoolConfig {
 /// Which container runtime API names the pods (`containers.runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeApi {
-    /// Ask the socket which it speaks: containerd's own API, else the CRI.
+    /// By the socket found: containerd's own API on containerd's socket, the CRI on CRI-O's.
     Auto,
-    /// containerd's API (containers with their labels, and its event stream).
+    /// containerd's API (its containers and their labels, in every containerd namespace).
     Containerd,
-    /// The Kubernetes CRI (CRI-O; containerd's CRI plugin too): polled, no event stream.
+    /// The Kubernetes CRI (CRI-O; containerd's CRI plugin too).
     Cri,
     /// Do not ask any runtime: events carry no pod names (only the cgroup's pod UID).
     Off,
 }
 
 /// Sockets tried, in order, when `containers.runtime_socket` is not set: containerd's, then
-/// CRI-O's (both where the DaemonSet mounts them).
+/// CRI-O's (where the DaemonSet mounts them).
 pub const DEFAULT_RUNTIME_SOCKETS: &[&str] = &[
     "/run/containerd/containerd.sock",
     "/run/crio/crio.sock",
@@ -173,13 +173,15 @@ pub struct ContainersConfig {
     /// The runtime's socket; `None`: the first of `DEFAULT_RUNTIME_SOCKETS` that exists.
     pub runtime_socket: Option<PathBuf>,
     /// Pod label keys copied onto events and alerts (never all labels: their values can be
-    /// many, and some hold what should not travel with every event).
+    /// many, and some hold what should not travel with every event). Keys that selectors name
+    /// are kept too.
     pub pod_labels: Vec<String>,
-    /// How often the runtime's whole container list is read again (besides its events and
-    /// the lookups of containers not known yet).
+    /// How long a container the runtime did not name (or a failed lookup) stays unnamed before
+    /// the runtime is asked again.
     pub refresh_interval: Duration,
-    /// The kubelet's pod list, an optional second source (current labels, owners).
-    pub kubelet: Option<KubeletConfig>,
+    /// How long a new container's events wait for the runtime's answer before they are judged
+    /// without pod names.
+    pub lookup_timeout: Duration,
 }
 
 impl Default for ContainersConfig {
@@ -189,24 +191,9 @@ impl Default for ContainersConfig {
             runtime_socket: None,
             pod_labels: DEFAULT_POD_LABELS.iter().map(|s| s.to_string()).collect(),
             refresh_interval: Duration::from_secs(30),
-            kubelet: None,
+            lookup_timeout: Duration::from_secs(2),
         }
     }
-}
-
-/// `containers.kubelet`: where the kubelet's `/pods` is and how to authenticate to it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KubeletConfig {
-    /// `https://127.0.0.1:10250/pods` (authenticated) or `http://127.0.0.1:10255/pods` (the
-    /// read-only port, where it is still enabled).
-    pub url: String,
-    /// Bearer token (the pod's service account token).
-    pub token_file: Option<PathBuf>,
-    /// CA bundle that signed the kubelet's serving certificate.
-    pub ca_file: Option<PathBuf>,
-    /// Accept any serving certificate (kubelets often serve a self-signed one).
-    pub insecure_skip_tls_verify: bool,
-    pub refresh_interval: Duration,
 }
 
 /// Default address of the metrics endpoint: loopback, so nothing is exposed unless asked.
@@ -249,6 +236,19 @@ impl Default for Config {
 
 impl Config {
     /// The first server identity the process matches.
+    /// Pod label keys events carry: `containers.pod_labels` and every key a server or reader
+    /// selects on (a selector can only match a label the agent kept).
+    pub fn pod_label_keys(&self) -> std::collections::BTreeSet<String> {
+        let servers = self.servers.iter().flat_map(|s| &s.pod_labels);
+        let readers = self.readers.iter().flat_map(|r| &r.pod_labels);
+        self.containers
+            .pod_labels
+            .iter()
+            .cloned()
+            .chain(servers.chain(readers).map(|m| m.key.clone()))
+            .collect()
+    }
+
     pub fn server_for(&self, p: &ProcessFacts) -> Option<&ServerIdentity> {
         self.servers.iter().find(|s| s.matches(p))
     }

@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
 use super::{
-    BusinessHours, Config, ContainersConfig, EgressTarget, ExfilTool, KubeletConfig, LabelMatch,
-    Maintenance, Pattern, Problem, ReaderIdentity, RuleCommon, RuntimeApi, ServerIdentity, UserRef,
+    BusinessHours, Config, ContainersConfig, EgressTarget, ExfilTool, LabelMatch, Maintenance, Pattern,
+    Problem, ReaderIdentity, RuleCommon, RuntimeApi, ServerIdentity, UserRef,
     defaults::DEFAULT_STARTUP_WINDOW,
     rules::COMMON_KEYS,
     values,
@@ -42,14 +42,7 @@ const CONTAINERS: &[&str] = &[
     "runtime_socket",
     "pod_labels",
     "refresh_interval",
-    "kubelet",
-];
-const KUBELET: &[&str] = &[
-    "url",
-    "token_file",
-    "ca_file",
-    "insecure_skip_tls_verify",
-    "refresh_interval",
+    "lookup_timeout",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -105,7 +98,6 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
     ("containers", CONTAINERS),
-    ("containers.kubelet", KUBELET),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -531,54 +523,14 @@ impl Checker {
             positive_duration,
             &mut c.refresh_interval,
         );
-        if let Some(n) = f.get("kubelet") {
-            c.kubelet = self.clean(|ch| ch.kubelet(n)).flatten();
-        }
-    }
-
-    fn kubelet(&mut self, node: &Node) -> Option<KubeletConfig> {
-        let p = "containers.kubelet";
-        let f = self.fields(p, node, KUBELET, p);
-        let mut k = KubeletConfig {
-            url: String::new(),
-            token_file: None,
-            ca_file: None,
-            insecure_skip_tls_verify: false,
-            refresh_interval: Duration::from_secs(30),
-        };
-        match f.get("url") {
-            Some(_) => self.set(&f, p, "url", "an http(s) URL", webhook_url, &mut k.url),
-            None => self.bad(p, node, "the kubelet source needs a url (https://127.0.0.1:10250/pods)"),
-        }
-        let path = |s: &str| absolute_path(s).map(Some);
-        self.set(&f, p, "token_file", "a file", path, &mut k.token_file);
-        self.set(&f, p, "ca_file", "a file", path, &mut k.ca_file);
         self.set(
             &f,
             p,
-            "insecure_skip_tls_verify",
-            "true or false",
-            values::boolean,
-            &mut k.insecure_skip_tls_verify,
-        );
-        self.set(
-            &f,
-            p,
-            "refresh_interval",
+            "lookup_timeout",
             "a duration",
             positive_duration,
-            &mut k.refresh_interval,
+            &mut c.lookup_timeout,
         );
-        if k.insecure_skip_tls_verify
-            && let Some(n) = f.get("insecure_skip_tls_verify")
-        {
-            self.warn(
-                &join(p, "insecure_skip_tls_verify"),
-                n,
-                "the kubelet's certificate is not checked: whoever answers on that address names the pods",
-            );
-        }
-        Some(k)
     }
 
     fn webhooks(&mut self, node: &Node, cfg: &mut Config) {
@@ -822,11 +774,11 @@ impl Checker {
         };
         let (exe, comm, argv) = (globs("exe"), globs("comm"), globs("argv"));
         let (containers, cgroups) = (globs("containers"), globs("cgroups"));
+        let namespaces = globs("namespaces");
         let users = f
             .get("users")
             .and_then(|n| self.list(&join(path, "users"), n, "a user name or uid", user_ref))
             .unwrap_or_default();
-        let namespaces = globs("namespaces");
         let pod_labels = f
             .get("pod_labels")
             .map(|n| self.label_matches(&join(path, "pod_labels"), n))
@@ -1298,7 +1250,9 @@ fn runtime_api(s: &str) -> Result<RuntimeApi, String> {
         "containerd" => Ok(RuntimeApi::Containerd),
         "cri" | "cri-o" | "crio" => Ok(RuntimeApi::Cri),
         "off" | "none" => Ok(RuntimeApi::Off),
-        _ => Err(format!("{s:?} is not a runtime API: auto, containerd, cri or off")),
+        _ => Err(format!(
+            "{s:?} is not a runtime API: auto, containerd, cri or off"
+        )),
     }
 }
 
