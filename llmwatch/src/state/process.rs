@@ -276,6 +276,17 @@ impl ProcessTable {
         }
     }
 
+    /// The container id of the cgroup, as [`container`](Self::container) finds it, without
+    /// copying (asked for every event when pod names are on).
+    pub fn container_id(&mut self, cgroup_id: u64, pid: u32) -> Option<&str> {
+        if !self.containers.contains_key(&cgroup_id) {
+            self.container(cgroup_id, pid);
+        }
+        self.containers
+            .get(&cgroup_id)
+            .and_then(|(_, c)| c.container_id.as_deref())
+    }
+
     pub fn user_name(&self, uid: u32) -> Option<&str> {
         self.users.get(&uid).map(String::as_str)
     }

@@ -3,10 +3,13 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use super::*;
 use crate::{
     alerts::AlertProcess,
-    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
     enrich::{FileView, ProcessView},
     events::{Event, FileKey, ReadReason, Task},
-    state::{files::{AssetClass, WeightFormat}, process::Ancestor},
+    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
+    state::{
+        files::{AssetClass, WeightFormat},
+        process::Ancestor,
+    },
 };
 
 const UNEXPECTED_READER: &str = unexpected_reader::ID.as_str();
@@ -74,6 +77,7 @@ fn hit(rule: &str, severity: Severity, pid: u32, at: i64) -> Alert {
             user: None,
             container_id: None,
             pod: Some("pod-uid-1".into()),
+            kubernetes: None,
             ancestry: ancestry(pid),
         },
         files: vec![file(1, 0)],
@@ -125,6 +129,7 @@ fn event(pid: u32, at: i64, kind: EventKind, weight: bool) -> Enriched {
             user: None,
             container_id: None,
             pod_uid: None,
+            kubernetes: None,
             runtime: None,
             cgroup: None,
             ancestry: ancestry(pid),
