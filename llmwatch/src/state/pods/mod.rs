@@ -310,7 +310,7 @@ impl PodDirectory {
             }
         };
         let identity = raw.as_ref().map(|r| Arc::new(r.identity(&self.keep)));
-        let held = match self.entries.insert(
+        match self.entries.insert(
             container_id.to_string(),
             Entry::Known {
                 raw,
@@ -320,8 +320,7 @@ impl PodDirectory {
         ) {
             Some(Entry::Pending { held, .. }) => held.into(),
             _ => Vec::new(),
-        };
-        held
+        }
     }
 
     /// Containers whose lookup took longer than `lookup_timeout`: they are taken as unnamed

@@ -47,14 +47,10 @@ pub fn from_config(c: &ContainersConfig) -> Option<Box<dyn PodSource>> {
     }
     let socket = match &c.runtime_socket {
         Some(s) => s.clone(),
-        None => match DEFAULT_RUNTIME_SOCKETS
+        None => DEFAULT_RUNTIME_SOCKETS
             .iter()
             .map(PathBuf::from)
-            .find(|p| p.exists())
-        {
-            Some(s) => s,
-            None => return None,
-        },
+            .find(|p| p.exists())?,
     };
     let api = match c.runtime {
         RuntimeApi::Auto if socket.to_string_lossy().contains("crio") => RuntimeApi::Cri,
