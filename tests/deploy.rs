@@ -733,6 +733,25 @@ fn daemonset_mounts_what_the_agent_reads() {
         at(&agent_container(&ds), "securityContext.readOnlyRootFilesystem").as_bool(),
         Some(true)
     );
+
+    // The runtimes' sockets, where the agent looks for them by default (containers.runtime:
+    // auto), read-only, from the host's directories of the same path.
+    for socket in ["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"] {
+        let (m, rel) = mount_holding(&ms, socket).unwrap_or_else(|| panic!("{socket} is on no mount"));
+        assert!(
+            !rel.is_empty(),
+            "{socket}: mount its directory, not the socket (absent on the other runtime's nodes)"
+        );
+        assert!(
+            m.read_only(),
+            "{socket}: the runtime's socket should be mounted read-only"
+        );
+        assert_eq!(
+            m.host_path(),
+            Some(m.path()),
+            "{socket}: the host's directory at the same path"
+        );
+    }
 }
 
 #[test]

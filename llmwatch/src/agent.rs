@@ -28,6 +28,7 @@ use crate::{
     state::{
         files::{RootWatcher, ScanReport, WatchedSet},
         gpu::GpuDevices,
+        pods::{self, Admit, PodDirectory, RuntimePod, runtime::PodSource},
         process::ProcessTable,
     },
 };
@@ -179,7 +180,17 @@ pub struct Agent {
     views: enrich::ProcessViews,
     /// Hash of the configuration file's bytes as last loaded.
     config_fingerprint: Option<u64>,
+    /// Pod identities by container id, and the events of containers being looked up.
+    pods: PodDirectory,
+    /// The container runtime that names pods; `None`: events carry the cgroup's pod UID only.
+    pod_source: Option<Arc<dyn PodSource>>,
+    /// Lookups answer here (they run as tasks: the event loop never waits on the runtime).
+    pod_tx: tokio::sync::mpsc::UnboundedSender<PodAnswer>,
+    pod_rx: Option<tokio::sync::mpsc::UnboundedReceiver<PodAnswer>>,
 }
+
+/// The runtime's answer about one container id.
+type PodAnswer = (String, Result<Option<RuntimePod>, String>);
 
 /// How often the model directories are rescanned when inotify cannot watch them.
 pub const RESCAN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
@@ -252,7 +263,29 @@ impl Agent {
         let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
+        let pod_source: Option<Arc<dyn PodSource>> =
+            pods::runtime::from_config(&cfg.containers).map(Arc::from);
+        match &pod_source {
+            Some(s) => log::info!("pod names from the {}", s.describe()),
+            None => log::info!(
+                "pod names: no container runtime ({}); events carry the cgroup's pod UID only",
+                if cfg.containers.runtime == crate::config::RuntimeApi::Off {
+                    "containers.runtime: off"
+                } else {
+                    "no runtime socket found"
+                }
+            ),
+        }
+        let (pod_tx, pod_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Agent {
+            pods: PodDirectory::new(
+                cfg.pod_label_keys(),
+                cfg.containers.refresh_interval,
+                cfg.containers.lookup_timeout,
+            ),
+            pod_source,
+            pod_tx,
+            pod_rx: Some(pod_rx),
             files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
             incidents: Incidents::new(cfg.incidents.idle),
@@ -291,6 +324,7 @@ impl Agent {
             gpus: &self.gpus,
             anchor: self.anchor,
             views: &mut self.views,
+            pods: &self.pods,
         }
     }
 
@@ -478,6 +512,7 @@ impl Agent {
         let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut manifest_rx = self.manifest_rx.take().expect("run once");
+        let mut pod_rx = self.pod_rx.take().expect("run once");
         let mut batch: Vec<Record> = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -498,6 +533,15 @@ impl Agent {
                         self.handle_batch(&mut batch, sink);
                     }
                     self.sample_fresh_mappings(sink);
+                    if self.pods.holding() {
+                        for (id, held) in self.pods.expire() {
+                            self.release(&id, held, sink);
+                        }
+                    }
+                }
+                Some((id, answer)) = pod_rx.recv() => {
+                    let held = self.pods.resolve(&id, answer);
+                    self.release(&id, held, sink);
                 }
                 _ = fallback_rescan.tick(), if watch_error.is_some() => self.rescan_and_report(sink),
                 Some(()) = rescan_rx.recv() => self.rescan_and_report(sink),
@@ -578,8 +622,99 @@ impl Agent {
         sink.flush();
     }
 
-    /// One normalized event: the process table learns from it, then it is judged.
+    /// One normalized event. An event of a container the runtime has not named yet waits
+    /// (with the later events of that container, in order) for the runtime's answer, so what it
+    /// raises names the pod; other containers and host processes go on meanwhile.
     fn handle(&mut self, ev: Event, sink: &mut dyn Sink) {
+        if self.pod_source.is_some()
+            && let Some(id) = self.procs.container_id(ev.task.cgroup_id, ev.task.pid)
+        {
+            match self.pods.admit(id, ev) {
+                Admit::Now(ev) => self.handle_now(ev, sink),
+                Admit::Held => {}
+                Admit::Ask => {
+                    let id = id.to_string();
+                    self.ask_runtime(id);
+                }
+                Admit::Overflow(evs) => {
+                    self.metrics.pod_lookup_unnamed(evs.len() as u64);
+                    for ev in evs {
+                        self.handle_now(ev, sink);
+                    }
+                }
+            }
+            return;
+        }
+        self.handle_now(ev, sink);
+    }
+
+    /// Asks the runtime about a container, in a task: its answer comes back on `pod_rx`.
+    fn ask_runtime(&self, container_id: String) {
+        let Some(source) = self.pod_source.clone() else {
+            return;
+        };
+        let tx = self.pod_tx.clone();
+        tokio::spawn(async move {
+            let answer = source
+                .lookup(container_id.clone())
+                .await
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send((container_id, answer));
+        });
+    }
+
+    /// The runtime answered about `container_id` (or did not in time): its held events are
+    /// handled in order, and the processes already known there are judged again as who they
+    /// now are (a server selected by namespace has its sends counted from now on).
+    fn release(&mut self, container_id: &str, held: Vec<Event>, sink: &mut dyn Sink) {
+        self.views
+            .retain(|_, v| v.container_id.as_deref() != Some(container_id));
+        let named = self.pods.get(container_id);
+        if named.is_none() {
+            self.metrics.pod_lookup_unnamed(held.len() as u64);
+        }
+        for ev in held {
+            self.handle_now(ev, sink);
+        }
+        if let Some(k) = named {
+            let live: Vec<u32> = self
+                .procs
+                .iter()
+                .filter(|p| p.exited_at.is_none())
+                .map(|p| (p.pid, p.cgroup_id))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter(|&(pid, cg)| self.procs.container_id(cg, pid) == Some(container_id))
+                .map(|(pid, _)| pid)
+                .collect();
+            for pid in live {
+                let Some(p) = self.procs.get(pid) else { continue };
+                let facts = crate::config::ProcessFacts {
+                    exe: p.exe.as_deref(),
+                    comm: &p.comm,
+                    argv: &p.argv,
+                    container_id: Some(container_id),
+                    cgroup: None,
+                    uid: p.uid,
+                    user: None,
+                    namespace: Some(&k.namespace),
+                    pod_labels: &k.labels,
+                };
+                if self
+                    .cfg
+                    .server_for(&facts)
+                    .is_some_and(|s| s.selectors().by_pod())
+                {
+                    self.collector.count_sends_of(pid);
+                }
+            }
+        }
+        sink.flush();
+    }
+
+    /// One event whose pod (if any) is named: the process table learns from it, then it is
+    /// judged.
+    fn handle_now(&mut self, ev: Event, sink: &mut dyn Sink) {
         match &ev.kind {
             EventKind::ProcExec { .. } | EventKind::ProcExit { .. } => {
                 self.views.remove(&ev.task.pid);
@@ -617,6 +752,8 @@ impl Agent {
                         cgroup: None,
                         uid: p.uid,
                         user: None,
+                        namespace: None,
+                        pod_labels: &std::collections::BTreeMap::new(),
                     })
                     .is_some()
             })
@@ -942,12 +1079,23 @@ impl Agent {
                 if new.state_dir != self.cfg.state_dir {
                     restart_needed.push("state_dir");
                 }
+                if new.containers.runtime != self.cfg.containers.runtime
+                    || new.containers.runtime_socket != self.cfg.containers.runtime_socket
+                {
+                    restart_needed.push("containers.runtime / containers.runtime_socket");
+                }
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
                 let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);
                 self.cfg = new.clone();
+                self.pods.set_keep(
+                    new.pod_label_keys(),
+                    new.containers.refresh_interval,
+                    new.containers.lookup_timeout,
+                );
+                self.views.clear();
                 self.incidents.set_idle(new.incidents.idle);
                 self.engine.set_config(new);
                 if roots_changed {

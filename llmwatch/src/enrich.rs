@@ -10,6 +10,7 @@ use crate::{
     state::{
         files::{AssetClass, WatchedFile, WatchedSet, WeightFormat},
         gpu::GpuDevices,
+        pods::{PodDirectory, PodIdentity},
         process::{Ancestor, ProcessTable},
     },
 };
@@ -29,6 +30,10 @@ pub struct ProcessView {
     /// cgroup v2 path (what server identities and container rules match on).
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// Namespace, pod, container, owner and kept labels, as the container runtime names the
+    /// container of `container_id`; absent outside pods, and where the runtime could not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<std::sync::Arc<PodIdentity>>,
     pub ancestry: Vec<Ancestor>,
 }
 
@@ -108,6 +113,8 @@ pub struct Context<'a> {
     /// Process views built once per (pid, cgroup, comm) and shared by its events; the caller
     /// forgets a pid's view when it execs, forks or exits.
     pub views: &'a mut ProcessViews,
+    /// Pod identities by container id, from the container runtime.
+    pub pods: &'a PodDirectory,
 }
 
 pub type ProcessViews = foldhash::HashMap<u32, std::sync::Arc<ProcessView>>;
@@ -214,6 +221,7 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         argv,
         uid,
         user: procs.user_name(uid).map(str::to_string),
+        kubernetes: container.container_id.as_deref().and_then(|id| cx.pods.get(id)),
         container_id: container.container_id,
         pod_uid: container.pod_uid,
         runtime: container.runtime.map(Into::into),
@@ -276,7 +284,13 @@ mod tests {
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
         let mut views = ProcessViews::default();
+        let pods = PodDirectory::new(
+            Default::default(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        );
         let mut cx = Context {
+            pods: &pods,
             anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,
@@ -335,7 +349,13 @@ mod tests {
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
         let mut views = ProcessViews::default();
+        let pods = PodDirectory::new(
+            Default::default(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        );
         let mut cx = Context {
+            pods: &pods,
             anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,
@@ -374,7 +394,13 @@ mod tests {
         let gpus = GpuDevices::new("", &[]);
         let clock = crate::clock::SystemClock;
         let mut views = ProcessViews::default();
+        let pods = PodDirectory::new(
+            Default::default(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        );
         let mut cx = Context {
+            pods: &pods,
             anchor: crate::clock::BootAnchor::now(&clock),
             views: &mut views,
             procs: &mut procs,

@@ -320,6 +320,7 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
                 user: None,
                 container_id: None,
                 pod_uid: None,
+                kubernetes: None,
                 runtime: None,
                 cgroup: None,
                 ancestry: vec![Ancestor {

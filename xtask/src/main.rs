@@ -384,10 +384,19 @@ fn ensure_test_tools() -> anyhow::Result<()> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
+    let deb = |package: &str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}", package])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+            })
+    };
     // (package, what the tests use it for, whether it is installed). The end-to-end tests drive
     // real tools: OpenBSD netcat (`nc -N`, the sender in the exfiltration scenarios), fio (its
-    // io_uring engine reads a model), and a real Alertmanager that tests/alertmanager.rs posts
-    // incidents to and reads back.
+    // io_uring engine reads a model), a real Alertmanager that tests/alertmanager.rs posts
+    // incidents to and reads back, and a real containerd that tests/pods.rs runs kubelet-labelled
+    // containers in (a busybox-static root: no image, no registry).
     let tools = [
         (
             "prometheus",
@@ -405,6 +414,17 @@ fn ensure_test_tools() -> anyhow::Result<()> {
             have("nc", "-h"),
         ),
         ("fio", "io_uring reads of a model", have("fio", "-h")),
+        (
+            "containerd",
+            "the runtime that names pods (tests/pods.rs)",
+            deb("containerd"),
+        ),
+        ("runc", "containerd's OCI runtime", deb("runc")),
+        (
+            "busybox-static",
+            "the containers' root filesystem",
+            deb("busybox-static"),
+        ),
     ];
     let missing: Vec<&str> = tools.iter().filter(|t| !t.2).map(|t| t.0).collect();
     if !missing.is_empty() {

@@ -85,10 +85,14 @@ pub struct IncidentMessage {
     /// Why it is over (only when `status` is `resolved`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_by: Option<Resolution>,
-    /// The pod (UID) of the process whose hit opened the incident, when known: the same in every
-    /// message, so receivers can key on it (Alertmanager's `pod` label).
+    /// The pod of the process whose hit opened the incident, when known: its name where the
+    /// container runtime named it, else its UID from the cgroup path. The same in every message,
+    /// so receivers can key on it (Alertmanager's `pod` label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// That pod's Kubernetes namespace, when the runtime named it (Alertmanager's `namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A weight file or destination of an incident, and whether a hit named it (only those count
@@ -118,6 +122,7 @@ struct Incident {
     /// Whether it is about a process tree (and so is resolved when its processes exit).
     tree: bool,
     pod: Option<String>,
+    namespace: Option<String>,
 }
 
 /// A file or destination of an incident: what identifies it and what it counts.
@@ -181,7 +186,13 @@ impl Incident {
             suppressed: 0,
             members: HashSet::new(),
             tree: hit.scope.starts_with("tree:"),
-            pod: hit.process.pod.clone(),
+            pod: hit
+                .process
+                .kubernetes
+                .as_ref()
+                .map(|k| k.pod.clone())
+                .or_else(|| hit.process.pod.clone()),
+            namespace: hit.process.kubernetes.as_ref().map(|k| k.namespace.clone()),
         };
         inc.join(hit);
         inc
@@ -239,6 +250,7 @@ impl Incident {
             previous_severity: None,
             resolved_by: None,
             pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
             alert,
         }
     }

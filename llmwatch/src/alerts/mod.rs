@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Severity,
     enrich::{Enriched, FileView, ProcessView},
-    state::{files::AssetClass, process::Ancestor},
+    state::{files::AssetClass, pods::PodIdentity, process::Ancestor},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,6 +26,10 @@ pub struct AlertProcess {
     pub container_id: Option<String>,
     /// Pod UID when the cgroup path carries it.
     pub pod: Option<String>,
+    /// Namespace, pod name, container name, owner and kept pod labels, from the container
+    /// runtime (see `state::pods`); absent outside pods or where the runtime could not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<PodIdentity>,
     pub ancestry: Vec<Ancestor>,
 }
 
@@ -43,6 +47,7 @@ impl AlertProcess {
             user: p.user.clone(),
             container_id: p.container_id.clone(),
             pod: p.pod_uid.clone(),
+            kubernetes: p.kubernetes.as_deref().cloned(),
             ancestry: p.ancestry.clone(),
         }
     }

@@ -51,6 +51,8 @@ pub fn servers() -> Vec<ServerIdentity> {
             containers: Vec::new(),
             cgroups: Vec::new(),
             users: Vec::new(),
+            namespaces: Vec::new(),
+            pod_labels: Vec::new(),
             startup_window: DEFAULT_STARTUP_WINDOW,
         })
         .collect()

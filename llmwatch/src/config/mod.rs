@@ -23,8 +23,8 @@ use std::{
 
 pub use rules::{RuleCommon, RuleSettings};
 pub use types::{
-    BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, Maintenance, Pattern,
-    ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
+    BusinessHours, COMM_LEN, EgressAllow, EgressEntry, EgressTarget, ExfilTool, LabelMatch, Maintenance,
+    Pattern, ProcessFacts, ReaderIdentity, Selectors, ServerIdentity, Severity, UserRef,
 };
 
 pub(crate) use types::basename;
@@ -81,6 +81,8 @@ pub struct Config {
     pub incidents: incidents::IncidentsConfig,
     /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
     pub state_dir: PathBuf,
+    /// Where pod identity (namespace, pod, container, labels) comes from.
+    pub containers: ContainersConfig,
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
@@ -134,6 +136,66 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Which container runtime API names the pods (`containers.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeApi {
+    /// By the socket found: containerd's own API on containerd's socket, the CRI on CRI-O's.
+    Auto,
+    /// containerd's API (its containers and their labels, in every containerd namespace).
+    Containerd,
+    /// The Kubernetes CRI (CRI-O; containerd's CRI plugin too).
+    Cri,
+    /// Do not ask any runtime: events carry no pod names (only the cgroup's pod UID).
+    Off,
+}
+
+/// Sockets tried, in order, when `containers.runtime_socket` is not set: containerd's, then
+/// CRI-O's (where the DaemonSet mounts them).
+pub const DEFAULT_RUNTIME_SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/var/run/crio/crio.sock",
+];
+
+/// Pod label keys copied onto events and alerts by default: the names Kubernetes recommends
+/// for what an application is, none of them likely to hold a secret or many values.
+pub const DEFAULT_POD_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+];
+
+/// Where pod identity comes from (`containers:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainersConfig {
+    pub runtime: RuntimeApi,
+    /// The runtime's socket; `None`: the first of `DEFAULT_RUNTIME_SOCKETS` that exists.
+    pub runtime_socket: Option<PathBuf>,
+    /// Pod label keys copied onto events and alerts (never all labels: their values can be
+    /// many, and some hold what should not travel with every event). Keys that selectors name
+    /// are kept too.
+    pub pod_labels: Vec<String>,
+    /// How long a container the runtime did not name (or a failed lookup) stays unnamed before
+    /// the runtime is asked again.
+    pub refresh_interval: Duration,
+    /// How long a new container's events wait for the runtime's answer before they are judged
+    /// without pod names.
+    pub lookup_timeout: Duration,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        ContainersConfig {
+            runtime: RuntimeApi::Auto,
+            runtime_socket: None,
+            pod_labels: DEFAULT_POD_LABELS.iter().map(|s| s.to_string()).collect(),
+            refresh_interval: Duration::from_secs(30),
+            lookup_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Default address of the metrics endpoint: loopback, so nothing is exposed unless asked.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
@@ -161,6 +223,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             incidents: Default::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            containers: ContainersConfig::default(),
             warnings: Vec::new(),
             force_raw_syscall_hook: false,
             force_syscall_sends: false,
@@ -173,6 +236,19 @@ impl Default for Config {
 
 impl Config {
     /// The first server identity the process matches.
+    /// Pod label keys events carry: `containers.pod_labels` and every key a server or reader
+    /// selects on (a selector can only match a label the agent kept).
+    pub fn pod_label_keys(&self) -> std::collections::BTreeSet<String> {
+        let servers = self.servers.iter().flat_map(|s| &s.pod_labels);
+        let readers = self.readers.iter().flat_map(|r| &r.pod_labels);
+        self.containers
+            .pod_labels
+            .iter()
+            .cloned()
+            .chain(servers.chain(readers).map(|m| m.key.clone()))
+            .collect()
+    }
+
     pub fn server_for(&self, p: &ProcessFacts) -> Option<&ServerIdentity> {
         self.servers.iter().find(|s| s.matches(p))
     }

@@ -33,8 +33,12 @@ fn facts<'a>(comm: &'a str, exe: Option<&'a str>, argv: &'a [String]) -> Process
         cgroup: None,
         uid: 1000,
         user: Some("vllm"),
+        namespace: None,
+        pod_labels: &NO_LABELS,
     }
 }
+
+static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
 
 #[test]
 fn example_file_parses() {
@@ -259,6 +263,8 @@ fn server_identity_ands_lists_and_ors_entries() {
         containers: vec![],
         cgroups: vec![],
         users: vec![UserRef::Name("svc".into()), UserRef::Uid(1000)],
+        namespaces: vec![],
+        pod_labels: vec![],
         startup_window: Duration::ZERO,
     };
     let a = argv("python3 -m serve");
@@ -729,4 +735,100 @@ fn trusted_readers_with_files_and_a_schedule() {
             .contains("unknown key")
     );
     assert!(at(&ps, "readers[3].name").message.contains("already named"));
+}
+
+#[test]
+fn containers_section_parses_and_names_bad_values() {
+    let c = parse(
+        "containers:\n  runtime: containerd\n  runtime_socket: /run/k3s/containerd/containerd.sock\n  \
+         pod_labels: [app, team.example.com/owner]\n  lookup_timeout: 500ms\n",
+    )
+    .unwrap();
+    assert_eq!(c.containers.runtime, RuntimeApi::Containerd);
+    assert_eq!(
+        c.containers.runtime_socket.as_deref(),
+        Some(std::path::Path::new("/run/k3s/containerd/containerd.sock"))
+    );
+    assert_eq!(c.containers.pod_labels, vec!["app", "team.example.com/owner"]);
+    assert_eq!(c.containers.lookup_timeout, Duration::from_millis(500));
+    let ps = problems(
+        "containers:\n  runtime: docker\n  runtime_socket: run/containerd.sock\n  \
+         pod_labels: [\"-app\", \"Team.Example/x\"]\n  kubelet: {url: x}\n",
+    );
+    assert!(
+        at(&ps, "containers.runtime").message.contains("\"docker\""),
+        "{ps:#?}"
+    );
+    assert!(
+        at(&ps, "containers.runtime_socket")
+            .message
+            .contains("run/containerd.sock"),
+        "{ps:#?}"
+    );
+    let labels: Vec<&Problem> = ps
+        .iter()
+        .filter(|p| p.path.starts_with("containers.pod_labels"))
+        .collect();
+    assert_eq!(labels.len(), 2, "{ps:#?}");
+    assert!(
+        labels.iter().any(|p| p.message.contains("\"-app\"")),
+        "{labels:#?}"
+    );
+    assert!(
+        labels.iter().any(|p| p.message.contains("Team.Example/x")),
+        "{labels:#?}"
+    );
+    assert!(
+        at(&ps, "containers.kubelet").message.contains("kubelet"),
+        "{ps:#?}"
+    );
+}
+
+#[test]
+fn selectors_by_namespace_and_pod_labels() {
+    let c = parse(
+        "servers:\n  - name: vllm\n    comm: [python3]\n    namespaces: [ml-*]\n    \
+         pod_labels: {app: vllm, tier: \"serv*\"}\ncontainers:\n  pod_labels: [team]\n",
+    )
+    .unwrap();
+    let s = c.servers.iter().find(|s| s.name == "vllm").unwrap();
+    assert!(
+        s.strong(),
+        "a pod selector pins the server to what the runtime says"
+    );
+    let labels: std::collections::BTreeMap<String, String> = [("app", "vllm"), ("tier", "serving")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+    let inside = ProcessFacts {
+        namespace: Some("ml-serving"),
+        pod_labels: &labels,
+        ..facts("python3", None, &[])
+    };
+    assert!(s.matches(&inside));
+    // Outside any pod (whatever it says about itself), in another namespace, or missing a label.
+    assert!(!s.matches(&facts("python3", None, &[])));
+    assert!(!s.matches(&ProcessFacts {
+        namespace: Some("default"),
+        ..inside
+    }));
+    let fewer: std::collections::BTreeMap<String, String> = [("app".to_string(), "vllm".to_string())].into();
+    assert!(!s.matches(&ProcessFacts {
+        pod_labels: &fewer,
+        ..inside
+    }));
+    // Selector keys are kept on events besides the allowlist.
+    let keys = c.pod_label_keys();
+    for k in ["app", "tier", "team"] {
+        assert!(keys.contains(k), "{k} in {keys:?}");
+    }
+    let ps = problems(
+        "servers:\n  - name: a\n    comm: [x]\n    pod_labels: [app]\n  - name: b\n    comm: [x]\n    \
+         pod_labels: {\"bad key!\": x}\n  - name: c\n    namespaces: [ml]\n",
+    );
+    assert!(
+        at(&ps, "servers[0].pod_labels").message.contains("mapping"),
+        "{ps:#?}"
+    );
+    assert!(ps.iter().any(|p| p.message.contains("\"bad key!\"")), "{ps:#?}");
+    assert!(at(&ps, "servers[2]").message.contains("namespaces"), "{ps:#?}");
 }

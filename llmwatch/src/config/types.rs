@@ -161,6 +161,26 @@ pub struct ProcessFacts<'a> {
     pub uid: u32,
     /// User name of `uid`, when known; `users:` names match only against it.
     pub user: Option<&'a str>,
+    /// Kubernetes namespace of the process's pod, from the container runtime (never from
+    /// anything the process says about itself); `None` outside pods or while unknown.
+    pub namespace: Option<&'a str>,
+    /// The pod's labels the agent keeps (the `containers.pod_labels` allowlist and every key a
+    /// selector names); empty outside pods or while unknown.
+    pub pod_labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// `pod_labels:` of a selector: every key must be present on the pod with a value the glob
+/// matches (Kubernetes' `matchLabels`, with globs for values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMatch {
+    pub key: String,
+    pub value: Pattern,
+}
+
+impl LabelMatch {
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        labels.get(&self.key).is_some_and(|v| self.value.matches(v))
+    }
 }
 
 /// One inference server: processes matching it may read weights (within limits) and serve
@@ -179,6 +199,11 @@ pub struct ServerIdentity {
     /// Globs on the cgroup path.
     pub cgroups: Vec<Pattern>,
     pub users: Vec<UserRef>,
+    /// Globs on the pod's Kubernetes namespace; a non-empty list never matches a process
+    /// outside pods, or one whose pod the runtime has not named (yet).
+    pub namespaces: Vec<Pattern>,
+    /// Labels the pod must carry (all of them).
+    pub pod_labels: Vec<LabelMatch>,
     /// Reads within this long after exec are the server's start-up load.
     pub startup_window: Duration,
 }
@@ -199,6 +224,8 @@ impl ServerIdentity {
             containers: &self.containers,
             cgroups: &self.cgroups,
             users: &self.users,
+            namespaces: &self.namespaces,
+            pod_labels: &self.pod_labels,
         }
     }
 
@@ -217,6 +244,8 @@ pub struct Selectors<'a> {
     pub containers: &'a [Pattern],
     pub cgroups: &'a [Pattern],
     pub users: &'a [UserRef],
+    pub namespaces: &'a [Pattern],
+    pub pod_labels: &'a [LabelMatch],
 }
 
 impl Selectors<'_> {
@@ -234,10 +263,21 @@ impl Selectors<'_> {
             && opt(self.containers, p.container_id)
             && opt(self.cgroups, p.cgroup)
             && (self.users.is_empty() || self.users.iter().any(|u| u.matches(p.uid, p.user)))
+            && opt(self.namespaces, p.namespace)
+            && self.pod_labels.iter().all(|l| l.matches(p.pod_labels))
+    }
+
+    /// Whether the entry selects by pod (namespace or labels): such an entry can only match
+    /// once the runtime has named the process's pod, so a process first seen without a name
+    /// is matched again when the name arrives.
+    pub fn by_pod(&self) -> bool {
+        !self.namespaces.is_empty() || !self.pod_labels.is_empty()
     }
 
     /// Pinned to something a process cannot choose for itself: its executable (the kernel's
-    /// resolved path), its user, container or cgroup. A name and a command line are whatever
+    /// resolved path), its user, container, cgroup, or its pod's namespace or labels (which
+    /// the agent learns from the container runtime by the process's cgroup, not from the
+    /// process: a process outside a pod cannot claim one). A name and a command line are whatever
     /// the process says they are, so an entry matching by comm/argv alone is weak: it may
     /// exempt a server's start-up load but never egress or exfiltration. An `exe` that matches
     /// an interpreter (`/usr/bin/python3*`) pins nothing either: anyone can run
@@ -246,6 +286,7 @@ impl Selectors<'_> {
         !self.users.is_empty()
             || !self.containers.is_empty()
             || !self.cgroups.is_empty()
+            || self.by_pod()
             || (!self.exe.is_empty() && self.interpreter_exe().is_none())
     }
 
@@ -290,6 +331,8 @@ pub struct ReaderIdentity {
     pub containers: Vec<Pattern>,
     pub cgroups: Vec<Pattern>,
     pub users: Vec<UserRef>,
+    pub namespaces: Vec<Pattern>,
+    pub pod_labels: Vec<LabelMatch>,
     /// Globs on the file's path (any of its names); empty: every protected file.
     pub files: Vec<Pattern>,
     /// When its reads are trusted; None: always.
@@ -305,6 +348,8 @@ impl ReaderIdentity {
             containers: &self.containers,
             cgroups: &self.cgroups,
             users: &self.users,
+            namespaces: &self.namespaces,
+            pod_labels: &self.pod_labels,
         }
     }
 

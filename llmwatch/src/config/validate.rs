@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
 use super::{
-    BusinessHours, Config, EgressTarget, ExfilTool, Maintenance, Pattern, Problem, ReaderIdentity,
-    RuleCommon, ServerIdentity, UserRef,
+    BusinessHours, Config, ContainersConfig, EgressTarget, ExfilTool, LabelMatch, Maintenance, Pattern,
+    Problem, ReaderIdentity, RuleCommon, RuntimeApi, ServerIdentity, UserRef,
     defaults::DEFAULT_STARTUP_WINDOW,
     rules::COMMON_KEYS,
     values,
@@ -35,6 +35,14 @@ const TOP: &[&str] = &[
     "incidents",
     "state_dir",
     "assets",
+    "containers",
+];
+const CONTAINERS: &[&str] = &[
+    "runtime",
+    "runtime_socket",
+    "pod_labels",
+    "refresh_interval",
+    "lookup_timeout",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -48,6 +56,8 @@ const SERVER: &[&str] = &[
     "containers",
     "cgroups",
     "users",
+    "namespaces",
+    "pod_labels",
     "startup_window",
 ];
 const READER: &[&str] = &[
@@ -58,6 +68,8 @@ const READER: &[&str] = &[
     "containers",
     "cgroups",
     "users",
+    "namespaces",
+    "pod_labels",
     "files",
     "schedule",
 ];
@@ -85,6 +97,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("spool", SPOOL),
     ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
+    ("containers", CONTAINERS),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -110,6 +123,8 @@ struct OwnedSelectors {
     containers: Vec<Pattern>,
     cgroups: Vec<Pattern>,
     users: Vec<UserRef>,
+    namespaces: Vec<Pattern>,
+    pod_labels: Vec<LabelMatch>,
 }
 
 /// The set keys of one mapping (null values, meaning "not set", left out).
@@ -475,6 +490,47 @@ impl Checker {
         if let Some(n) = f.get("assets") {
             self.assets(n, cfg);
         }
+        if let Some(n) = f.get("containers") {
+            self.containers(n, &mut cfg.containers);
+        }
+    }
+
+    fn containers(&mut self, node: &Node, c: &mut ContainersConfig) {
+        let p = "containers";
+        let f = self.fields(p, node, CONTAINERS, p);
+        self.set(
+            &f,
+            p,
+            "runtime",
+            "auto, containerd, cri or off",
+            runtime_api,
+            &mut c.runtime,
+        );
+        self.set(
+            &f,
+            p,
+            "runtime_socket",
+            "a socket path",
+            |s| absolute_path(s).map(Some),
+            &mut c.runtime_socket,
+        );
+        self.set_list(&f, p, "pod_labels", "a label key", label_key, &mut c.pod_labels);
+        self.set(
+            &f,
+            p,
+            "refresh_interval",
+            "a duration",
+            positive_duration,
+            &mut c.refresh_interval,
+        );
+        self.set(
+            &f,
+            p,
+            "lookup_timeout",
+            "a duration",
+            positive_duration,
+            &mut c.lookup_timeout,
+        );
     }
 
     fn webhooks(&mut self, node: &Node, cfg: &mut Config) {
@@ -679,6 +735,8 @@ impl Checker {
             containers: sel.containers,
             cgroups: sel.cgroups,
             users: sel.users,
+            namespaces: sel.namespaces,
+            pod_labels: sel.pod_labels,
             startup_window,
         };
         if !server.strong() {
@@ -688,7 +746,7 @@ impl Checker {
                 node,
                 format!(
                     "server {:?} is {why}: it exempts the start-up load only, never egress or \
-                     exfiltration. Pin it with users, containers, cgroups or the exe of a dedicated binary",
+                     exfiltration. Pin it with users, containers, cgroups, namespaces, pod_labels or the exe of a dedicated binary",
                     server.name
                 ),
             );
@@ -716,9 +774,14 @@ impl Checker {
         };
         let (exe, comm, argv) = (globs("exe"), globs("comm"), globs("argv"));
         let (containers, cgroups) = (globs("containers"), globs("cgroups"));
+        let namespaces = globs("namespaces");
         let users = f
             .get("users")
             .and_then(|n| self.list(&join(path, "users"), n, "a user name or uid", user_ref))
+            .unwrap_or_default();
+        let pod_labels = f
+            .get("pod_labels")
+            .map(|n| self.label_matches(&join(path, "pod_labels"), n))
             .unwrap_or_default();
         let unset = |k: &&str| {
             f.get(k)
@@ -729,8 +792,8 @@ impl Checker {
                 path,
                 node,
                 format!(
-                    "needs at least one of exe, comm or argv: containers, cgroups and users alone would \
-                     make every process there {what}"
+                    "needs at least one of exe, comm or argv: containers, cgroups, users, namespaces \
+                     and pod_labels alone would make every process there {what}"
                 ),
             );
         }
@@ -741,7 +804,39 @@ impl Checker {
             containers,
             cgroups,
             users,
+            namespaces,
+            pod_labels,
         }
+    }
+
+    /// `pod_labels: {key: glob, ...}`: every key must be on the pod, its value matching.
+    fn label_matches(&mut self, path: &str, node: &Node) -> Vec<LabelMatch> {
+        let Value::Map(entries) = &node.value else {
+            self.bad(
+                path,
+                node,
+                format!(
+                    "expected a mapping of label keys to value globs ({{app: vllm}}), got {}",
+                    node.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<LabelMatch> = Vec::new();
+        for (k, v) in entries {
+            let Some(key) = self.value(path, k, "a label key", label_key) else {
+                continue;
+            };
+            let kp = join(path, &key);
+            if out.iter().any(|m| m.key == key) {
+                self.bad(&kp, k, format!("label {key:?} is set twice"));
+                continue;
+            }
+            if let Some(value) = self.value(&kp, v, "a glob", glob) {
+                out.push(LabelMatch { key, value });
+            }
+        }
+        out
     }
 
     fn readers(&mut self, node: &Node, cfg: &mut Config) {
@@ -805,6 +900,8 @@ impl Checker {
             containers: sel.containers,
             cgroups: sel.cgroups,
             users: sel.users,
+            namespaces: sel.namespaces,
+            pod_labels: sel.pod_labels,
             files,
             schedule,
         };
@@ -815,8 +912,8 @@ impl Checker {
                 node,
                 format!(
                     "reader {:?} is {why}: any program so named would read those files unseen by \
-                     unexpected_reader and bulk_read. Pin it with users, containers, cgroups or the exe \
-                     of a dedicated binary",
+                     unexpected_reader and bulk_read. Pin it with users, containers, cgroups, \
+                     namespaces, pod_labels or the exe of a dedicated binary",
                     reader.name
                 ),
             );
@@ -1145,6 +1242,48 @@ fn user_ref(s: &str) -> Result<UserRef, String> {
         return Err(format!("{s:?} is not a user name or uid"));
     }
     Ok(UserRef::Name(t.to_string()))
+}
+
+fn runtime_api(s: &str) -> Result<RuntimeApi, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(RuntimeApi::Auto),
+        "containerd" => Ok(RuntimeApi::Containerd),
+        "cri" | "cri-o" | "crio" => Ok(RuntimeApi::Cri),
+        "off" | "none" => Ok(RuntimeApi::Off),
+        _ => Err(format!(
+            "{s:?} is not a runtime API: auto, containerd, cri or off"
+        )),
+    }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters (letters, digits, `-`, `_`, `.`), starting and ending with a letter or digit.
+fn label_key(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a Kubernetes label key (e.g. app, app.kubernetes.io/name)");
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let edge_ok = |t: &str| {
+        t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && t.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let name_ok = name.len() <= 63
+        && edge_ok(name)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        p.len() <= 253
+            && edge_ok(p)
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+    });
+    if name_ok && prefix_ok {
+        Ok(s.to_string())
+    } else {
+        Err(bad())
+    }
 }
 
 fn count(s: &str) -> Result<u32, String> {

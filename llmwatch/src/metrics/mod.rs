@@ -127,6 +127,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `llmwatch_decode_errors_total`.
     pub decode_errors: IntCounter,
+    /// `llmwatch_pod_unnamed_events_total`.
+    pub pod_unnamed_events: IntCounter,
     /// `llmwatch_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
     /// Container label values handed out so far (at most [`MAX_CONTAINERS`]).
@@ -292,6 +294,13 @@ impl Metrics {
         .expect("valid counter");
         r.register(Box::new(decode_errors.clone()))
             .expect("unique metric");
+        let pod_unnamed_events = IntCounter::new(
+            "llmwatch_pod_unnamed_events_total",
+            "Events of a container judged without its pod's names: the runtime failed, did not answer within containers.lookup_timeout, or too many events waited.",
+        )
+        .expect("valid counter");
+        r.register(Box::new(pod_unnamed_events.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "llmwatch_build_info",
@@ -357,6 +366,7 @@ impl Metrics {
             event_to_alert_seconds,
             config_reloads,
             decode_errors,
+            pod_unnamed_events,
             build_info,
             containers: Mutex::new(HashSet::new()),
             cumulative: Mutex::new(HashMap::new()),
@@ -534,6 +544,10 @@ impl Metrics {
 
     pub fn decode_error(&self) {
         self.decode_errors.inc();
+    }
+
+    pub fn pod_lookup_unnamed(&self, events: u64) {
+        self.pod_unnamed_events.inc_by(events);
     }
 }
 

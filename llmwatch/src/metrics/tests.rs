@@ -17,6 +17,7 @@ use super::{
 /// Every metric the agent exports, with its type.
 const EXPORTED: &[(&str, &str)] = &[
     ("llmwatch_events_total", "counter"),
+    ("llmwatch_pod_unnamed_events_total", "counter"),
     ("llmwatch_kernel_ringbuf_drops_total", "counter"),
     ("llmwatch_kernel_events_total", "counter"),
     ("llmwatch_hook_attached", "gauge"),

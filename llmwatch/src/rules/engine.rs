@@ -350,8 +350,12 @@ fn facts<'a>(p: &'a ProcessView, exe: Option<&'a str>, argv: &'a [String]) -> Pr
         cgroup: p.cgroup.as_deref(),
         uid: p.uid,
         user: p.user.as_deref(),
+        namespace: p.kubernetes.as_deref().map(|k| k.namespace.as_str()),
+        pod_labels: p.kubernetes.as_deref().map_or(&NO_LABELS, |k| &k.labels),
     }
 }
+
+static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
 
 pub(crate) fn delta(d: std::time::Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)

@@ -127,6 +127,7 @@ pub(crate) fn agent_process() -> AlertProcess {
         user: None,
         container_id: None,
         pod: None,
+        kubernetes: None,
         ancestry: vec![],
     }
 }

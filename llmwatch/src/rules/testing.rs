@@ -128,6 +128,7 @@ impl Run {
                 user: None,
                 container_id: None,
                 pod_uid: None,
+                kubernetes: None,
                 runtime: None,
                 cgroup: None,
                 ancestry: p.ancestry.clone(),

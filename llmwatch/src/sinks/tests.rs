@@ -1543,3 +1543,50 @@ async fn the_backoff_is_the_targets_not_the_alerts() {
     assert!(counts.dropped("low") as usize >= i - 2);
     d.shutdown(Duration::from_millis(100)).await;
 }
+
+#[test]
+fn alertmanager_labels_name_the_pod_and_keep_them_for_the_incident() {
+    use crate::state::pods::{PodIdentity, Workload};
+    let pod = |name: &str| PodIdentity {
+        namespace: "ml-team".into(),
+        pod: name.into(),
+        pod_uid: "6f1c0e1e-pod".into(),
+        container: "shell".into(),
+        workload: Some(Workload {
+            kind: "Deployment".into(),
+            name: "thief".into(),
+            from: "label pod-template-hash and the pod name".into(),
+        }),
+        labels: [("app".to_string(), "thief".to_string())].into(),
+        source: "containerd".into(),
+    };
+    let mut tracker = crate::alerts::incidents::Incidents::new(Duration::from_secs(600));
+    let mut out = Vec::new();
+    for (i, severity, name) in [
+        (1, "medium", "thief-7d4b9c8f6-x2k9q"),
+        (2, "critical", "other-pod"),
+    ] {
+        let mut hit = alert(i, severity);
+        hit.scope = "tree:4242".into();
+        hit.process.pod = Some("6f1c0e1e-pod".into());
+        hit.process.kubernetes = Some(pod(name));
+        tracker.on_hit(hit, &|_| true, &mut out);
+    }
+    let am = AlertmanagerOptions::default();
+    let now: chrono::DateTime<chrono::Utc> = "2026-03-01T12:00:05Z".parse().unwrap();
+    for m in &out {
+        let body = webhook::alertmanager(&serde_json::to_value(m).unwrap(), now, &am);
+        for a in body.as_array().unwrap() {
+            // The incident's pod (the first hit's), in every message, whatever a later hit says.
+            assert_eq!(a["labels"]["namespace"], "ml-team", "{a}");
+            assert_eq!(a["labels"]["pod"], "thief-7d4b9c8f6-x2k9q", "{a}");
+            assert!(a["labels"].get("container").is_none(), "{a}");
+        }
+    }
+    let body = webhook::alertmanager(&serde_json::to_value(&out[0]).unwrap(), now, &am);
+    let ann = &body[0]["annotations"];
+    assert_eq!(
+        ann["container"], "ml-team/thief-7d4b9c8f6-x2k9q container shell (Deployment thief)",
+        "{ann}"
+    );
+}

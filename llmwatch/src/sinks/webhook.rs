@@ -381,6 +381,15 @@ fn process_line(a: &Value) -> String {
 }
 
 fn container_line(a: &Value) -> Option<String> {
+    let k = |key: &str| text(a, &["process", "kubernetes", key]);
+    if !k("pod").is_empty() {
+        let mut s = format!("{}/{} container {}", k("namespace"), k("pod"), k("container"));
+        let w = |key: &str| text(a, &["process", "kubernetes", "workload", key]);
+        if !w("kind").is_empty() {
+            let _ = write!(s, " ({} {})", w("kind"), w("name"));
+        }
+        return Some(s);
+    }
     let c = text(a, &["process", "container_id"]);
     let pod = text(a, &["process", "pod"]);
     match (c.is_empty(), pod.is_empty()) {
@@ -624,8 +633,8 @@ fn am_severity(a: &Value) -> String {
 /// Labels: what Alertmanager routes, groups, silences and inhibits on, so only values that stay
 /// the same for an incident's whole life and are few: the rule that opened it (`alertname`, the
 /// first of `rules`: the primary rule changes as it escalates), `severity`, the host, the
-/// incident id, the pod when known (`namespace` and `asset_class` when the message has them; the
-/// agent sends neither today). Severity is a label because routes key on it (page on critical);
+/// incident id, the pod and its namespace when known (the pod's name where the container runtime
+/// named it, else its UID; `asset_class` when the message has it). Severity is a label because routes key on it (page on critical);
 /// when an incident's severity rises, its alert under the old severity is resolved in the same
 /// post that fires the new one (see [`alertmanager`]). Everything that varies (pids, paths, byte
 /// counts, the rule of each hit) is in the annotations.

@@ -5,4 +5,5 @@ pub mod files;
 pub mod gpu;
 pub mod heartbeat;
 pub mod manifest;
+pub mod pods;
 pub mod process;

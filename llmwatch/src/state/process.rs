@@ -60,6 +60,16 @@ impl CgroupIndex {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
+        // The cgroup of a container that just started is not in the index yet: ask the kernel
+        // for that one directory by its id (a cgroup v2 id is its kernfs file handle) rather
+        // than walk the tree again, which is rate-limited and would miss a short-lived one.
+        self.find_root();
+        if let Some(root) = &self.root
+            && let Some(p) = cgroup_path_by_id(root, id)
+        {
+            self.by_id.insert(id, p.clone());
+            return Some(p);
+        }
         if self.built.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
             return None;
         }
@@ -67,13 +77,17 @@ impl CgroupIndex {
         self.by_id.get(&id).cloned()
     }
 
-    fn rebuild(&mut self) {
-        self.built = Some(Instant::now());
+    fn find_root(&mut self) {
         if self.root.is_none() {
             self.root = std::fs::read_to_string("/proc/self/mountinfo")
                 .ok()
                 .and_then(|m| cgroup2_mount(&m));
         }
+    }
+
+    fn rebuild(&mut self) {
+        self.built = Some(Instant::now());
+        self.find_root();
         let Some(root) = self.root.clone() else { return };
         self.by_id.clear();
         let mut stack = vec![(root.clone(), 0usize)];
@@ -98,6 +112,44 @@ impl CgroupIndex {
             }
         }
     }
+}
+
+/// The path below `root` (the cgroup2 mount) of the cgroup whose id is `id`, by
+/// `open_by_handle_at` (kernfs ids are file handles of type FILEID_KERNFS, 8 bytes). Needs
+/// CAP_DAC_READ_SEARCH, which the agent has as root; `None` if the cgroup is gone.
+fn cgroup_path_by_id(root: &std::path::Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    /// `struct file_handle` with its 8-byte kernfs id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = std::fs::File::open(root).ok()?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is a `struct file_handle` header followed by `handle_bytes` (8) bytes of
+    // handle, alive for the call; `mount` is an open descriptor of the cgroup2 mount.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened by us and is owned by nothing else.
+    let dir = unsafe { std::fs::File::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let rel = path.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.to_string_lossy()))
 }
 
 /// Mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo text.
@@ -276,6 +328,17 @@ impl ProcessTable {
         }
     }
 
+    /// The container id of the cgroup, as [`container`](Self::container) finds it, without
+    /// copying (asked for every event when pod names are on).
+    pub fn container_id(&mut self, cgroup_id: u64, pid: u32) -> Option<&str> {
+        if !self.containers.contains_key(&cgroup_id) {
+            self.container(cgroup_id, pid);
+        }
+        self.containers
+            .get(&cgroup_id)
+            .and_then(|(_, c)| c.container_id.as_deref())
+    }
+
     pub fn user_name(&self, uid: u32) -> Option<&str> {
         self.users.get(&uid).map(String::as_str)
     }
@@ -297,7 +360,9 @@ fn resolved_exe(pid: u32, filename: &str) -> String {
     if let Ok(p) = std::fs::read_link(format!("/proc/{pid}/exe")) {
         return p.to_string_lossy().into_owned();
     }
+    // `/proc/self/exe` (busybox runs its applets so) is the agent's own binary here.
     if filename.starts_with('/')
+        && !filename.starts_with("/proc/")
         && let Ok(p) = std::fs::canonicalize(filename)
     {
         return p.to_string_lossy().into_owned();
@@ -509,6 +574,9 @@ mod tests {
             .unwrap()
             .ino();
         assert_eq!(idx.path(ino).as_deref(), Some(own.as_str()));
+        // And by the kernel's file handle, without the index (a cgroup created since).
+        assert_eq!(cgroup_path_by_id(&root, ino).as_deref(), Some(own.as_str()));
+        assert_eq!(cgroup_path_by_id(&root, u64::MAX), None);
     }
 
     #[test]
