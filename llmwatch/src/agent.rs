@@ -139,6 +139,8 @@ pub trait Sink {
 
 pub struct Agent {
     cfg: Arc<Config>,
+    /// The guard's kernel side, with a `guard:` section.
+    guard: Option<crate::guard::Guard>,
     config_path: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     engine: Engine,
@@ -219,6 +221,7 @@ impl Agent {
                 prefer_tp_btf: !cfg.force_raw_syscall_hook,
                 syscall_sends: cfg.force_syscall_sends,
                 smaps_touch_only: cfg.force_smaps_touch,
+                guard: crate::guard::kernel_settings(&cfg.guard),
             },
             &cfg.kernel_btf,
             &gpus,
@@ -247,12 +250,30 @@ impl Agent {
         {
             cfg.host = host;
         }
+        let mut collector = collector;
+        let mut guard = crate::guard::Guard::start(collector.probes_mut(), &cfg)?;
+        if let Some(g) = &mut guard {
+            // Servers and trusted readers already running are exempt from now on.
+            for p in procs.iter().filter(|p| p.exited_at.is_none()) {
+                let facts = crate::config::ProcessFacts {
+                    exe: p.exe.as_deref(),
+                    comm: &p.comm,
+                    argv: &p.argv,
+                    container_id: None,
+                    cgroup: None,
+                    uid: p.uid,
+                    user: None,
+                };
+                g.on_exec(p.pid, &cfg, &facts);
+            }
+        }
         let cfg = Arc::new(cfg);
         let heartbeat = crate::state::heartbeat::Heartbeat::new(&cfg.state_dir);
         let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
         Ok(Agent {
+            guard,
             files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
             incidents: Incidents::new(cfg.incidents.idle),
@@ -350,6 +371,9 @@ impl Agent {
             }
         }
         self.collector.sync_watched(&self.files)?;
+        if let Some(g) = &mut self.guard {
+            g.sync_files(&self.files, &self.cfg.guard);
+        }
         self.engine.set_weights_present(!self.files.is_empty());
         self.verify_manifest();
         Ok((diff, report))
@@ -631,6 +655,11 @@ impl Agent {
     /// output and the rules; the one path every event takes.
     fn judge(&mut self, ev: Event, sink: &mut dyn Sink) {
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
+            if let (EventKind::ProcExec { .. }, Some(g)) = (&enriched.event.kind, &mut self.guard) {
+                let p = &enriched.process;
+                let facts = crate::rules::facts(p, p.exe.as_deref(), &p.argv);
+                g.on_exec(p.pid, &self.cfg, &facts);
+            }
             self.count(&enriched);
             sink.emit(Output::Event(&enriched));
             // Before the engine: a hit this event raises already counts its bytes.
@@ -673,6 +702,9 @@ impl Agent {
         out.extend(probes::capabilities::lost_without());
         for h in probes.hooks.iter().filter(|h| !h.attached) {
             out.push(h.not_attached_line());
+        }
+        if let Some(g) = &self.guard {
+            out.extend(g.degraded(&self.cfg.guard));
         }
         out
     }
@@ -944,6 +976,17 @@ impl Agent {
                 }
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
+                if new.guard.enabled != self.cfg.guard.enabled
+                    || crate::guard::kernel_settings(&new.guard)
+                        != crate::guard::kernel_settings(&self.cfg.guard)
+                {
+                    restart_needed.push("guard (on/off and the budget live in the kernel programs)");
+                }
+                if let Some(g) = &mut self.guard {
+                    g.sync_nets(&new.egress);
+                    g.sync_exes(&new);
+                    g.sync_files(&self.files, &new.guard);
+                }
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
                 let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);

@@ -16,6 +16,7 @@ use super::{
 use crate::rules::RuleId;
 
 mod assets;
+mod guard;
 
 const TOP: &[&str] = &[
     "host",
@@ -35,6 +36,7 @@ const TOP: &[&str] = &[
     "incidents",
     "state_dir",
     "assets",
+    "guard",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -85,6 +87,9 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("spool", SPOOL),
     ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
+    ("guard", super::guard::KEYS),
+    ("guard.egress_budget", super::guard::EGRESS_KEYS),
+    ("guard.open_deny", super::guard::OPEN_KEYS),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -474,6 +479,9 @@ impl Checker {
         }
         if let Some(n) = f.get("assets") {
             self.assets(n, cfg);
+        }
+        if let Some(n) = f.get("guard") {
+            self.guard(n, cfg);
         }
     }
 
