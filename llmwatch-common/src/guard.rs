@@ -56,7 +56,11 @@ impl GuardSettings {
     pub const fn budget(&self, read: u64) -> u64 {
         // read / 1e6 * ppm without overflow for any file size.
         let share = (read / 1_000_000) * self.read_ppm + (read % 1_000_000) * self.read_ppm / 1_000_000;
-        let b = if share < self.max_bytes { share } else { self.max_bytes };
+        let b = if share < self.max_bytes {
+            share
+        } else {
+            self.max_bytes
+        };
         if b < self.floor_bytes { self.floor_bytes } else { b }
     }
 }

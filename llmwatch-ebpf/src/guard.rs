@@ -26,9 +26,7 @@ use aya_ebpf::{
 };
 use llmwatch_common::{
     event::FileId,
-    guard::{
-        self as g, GuardEvent, GuardSettings, GuardTree, NetKey, PortNetKey, action, bits, hook,
-    },
+    guard::{self as g, GuardEvent, GuardSettings, GuardTree, NetKey, PortNetKey, action, bits, hook},
     maps::ProcFileKey,
 };
 
@@ -69,7 +67,8 @@ static GUARD_EXEMPT_EXES: HashMap<FileId, u8> = HashMap::with_max_entries(1024, 
 
 /// Protected file -> which guard rules enforce on it ([`bits`]); no entry: monitor only.
 #[map(name = "GUARD_FILES")]
-static GUARD_FILES: HashMap<FileId, u32> = HashMap::with_max_entries(llmwatch_common::maps::WATCHED_FILES_MAX, 0);
+static GUARD_FILES: HashMap<FileId, u32> =
+    HashMap::with_max_entries(llmwatch_common::maps::WATCHED_FILES_MAX, 0);
 
 /// Exempt destinations, any port: IPv6 (IPv4 mapped) prefixes.
 #[map(name = "GUARD_NETS")]
@@ -463,7 +462,13 @@ fn join(hi: u64, lo: u64) -> [u8; 16] {
 #[inline(never)]
 pub extern "C" fn llmwatch_guard_sent(hi: u64, lo: u64, family_port: u32, bytes: u64, hook_id: u32) -> i32 {
     let addr = join(hi, lo);
-    sent(&addr, family_port as u16, (family_port >> 16) as u16, bytes, hook_id);
+    sent(
+        &addr,
+        family_port as u16,
+        (family_port >> 16) as u16,
+        bytes,
+        hook_id,
+    );
     0
 }
 
@@ -563,8 +568,14 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
         return 0;
     };
     // SAFETY: `t` points at a live GUARD_TREES value.
-    let (read_b, sent, enforce, tripped) =
-        unsafe { ((*t).read, (*t).sent, (*t).enforce & bits::EGRESS != 0, (*t).tripped) };
+    let (read_b, sent, enforce, tripped) = unsafe {
+        (
+            (*t).read,
+            (*t).sent,
+            (*t).enforce & bits::EGRESS != 0,
+            (*t).tripped,
+        )
+    };
     let size = if size > 0 { size as u64 } else { 0 };
     if tripped == 0 && sent + size <= budget(read_b) {
         return 0;
@@ -573,7 +584,15 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
     if !enforce {
         return 0;
     }
-    refused(root, t, action::SEND_REFUSED, hook::LSM_SOCKET_SENDMSG, &addr, family, port);
+    refused(
+        root,
+        t,
+        action::SEND_REFUSED,
+        hook::LSM_SOCKET_SENDMSG,
+        &addr,
+        family,
+        port,
+    );
     -EPERM
 }
 
@@ -707,7 +726,12 @@ pub mod programs {
         addr[2] = b[2];
         addr[3] = b[3];
         let port = u16::from_be(port as u16);
-        if super::connect_refused(&addr, super::AF_INET, port, llmwatch_common::guard::hook::CGROUP_CONNECT) {
+        if super::connect_refused(
+            &addr,
+            super::AF_INET,
+            port,
+            llmwatch_common::guard::hook::CGROUP_CONNECT,
+        ) {
             0
         } else {
             1
@@ -729,7 +753,12 @@ pub mod programs {
             i += 1;
         }
         let port = u16::from_be(port as u16);
-        if super::connect_refused(&addr, super::AF_INET6, port, llmwatch_common::guard::hook::CGROUP_CONNECT) {
+        if super::connect_refused(
+            &addr,
+            super::AF_INET6,
+            port,
+            llmwatch_common::guard::hook::CGROUP_CONNECT,
+        ) {
             0
         } else {
             1

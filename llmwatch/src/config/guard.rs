@@ -131,10 +131,19 @@ mod tests {
     fn bad_values_name_their_key() {
         for (bad, path) in [
             ("guard:\n  mode: block\n", "guard.mode"),
-            ("guard:\n  egress_budget:\n    read_percent: 0\n", "guard.egress_budget.read_percent"),
-            ("guard:\n  egress_budget:\n    max_bytes: lots\n", "guard.egress_budget.max_bytes"),
+            (
+                "guard:\n  egress_budget:\n    read_percent: 0\n",
+                "guard.egress_budget.read_percent",
+            ),
+            (
+                "guard:\n  egress_budget:\n    max_bytes: lots\n",
+                "guard.egress_budget.max_bytes",
+            ),
             ("guard:\n  open_deny:\n    mod: enforce\n", "guard.open_deny.mod"),
-            ("guard:\n  enforce_files: [relative/*]\n", "guard.enforce_files[0]"),
+            (
+                "guard:\n  enforce_files: [relative/*]\n",
+                "guard.enforce_files[0]",
+            ),
         ] {
             let e = crate::config::parse(bad).unwrap_err();
             assert_eq!(e.problems()[0].path, path, "{bad}: {e}");

@@ -43,7 +43,7 @@ pub fn kernel_settings(cfg: &GuardConfig) -> GuardSettings {
 /// What the egress budget loses without BPF-LSM.
 const NO_LSM_SOCKET: &str = "sends past the budget are stopped by SIGKILL from the send hook (the crossing send gets out) and connects by the cgroup hook";
 /// What open deny loses without BPF-LSM.
-pub const NO_LSM_OPEN: &str = "opens of protected files are NOT refused (open deny needs BPF-LSM: boot with lsm=...,bpf); they are still reported";
+pub const NO_LSM_OPEN: &str = "opens of protected files are NOT refused (open deny needs BPF-LSM: boot with lsm=...,bpf); weight.unexpected_reader still alerts on them";
 
 const HOOKS_LSM: &[(&str, &str, &str)] = &[
     (
@@ -112,13 +112,22 @@ fn attach_cgroup(ebpf: &mut Ebpf, program: &str) -> Result<(), String> {
         .map_err(|e| format!("{program}: {e}"))?;
     p.load()
         .map_err(|e| format!("load {program}: {}", describe(&e)))?;
-    let root = "/sys/fs/cgroup";
-    if !std::path::Path::new(root).join("cgroup.controllers").exists() {
-        return Err(format!("{root} is not a cgroup v2 mount"));
-    }
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.controllers").exists())
+        .ok_or_else(|| "no cgroup v2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)".to_string())?;
     let cgroup = std::fs::File::open(root).map_err(|e| format!("{root}: {e}"))?;
-    p.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
-        .map_err(|e| format!("attach {program}: {}", describe(&e)))?;
+    // Beside whatever else is attached there; kernels that refuse that (a link on a hybrid
+    // cgroup hierarchy) take the program alone.
+    if let Err(first) = p.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple) {
+        p.attach(cgroup.as_fd(), CgroupAttachMode::Single).map_err(|e| {
+            format!(
+                "attach {program}: {} (and beside others: {})",
+                describe(&e),
+                describe(&first)
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -205,7 +214,9 @@ impl Guard {
             out.push(format!("guard: BPF-LSM file_open not attached: {NO_LSM_OPEN}"));
         }
         if !self.lsm_socket && cfg.egress_mode() == GuardMode::Enforce {
-            out.push(format!("guard: BPF-LSM socket hooks not attached: {NO_LSM_SOCKET}"));
+            out.push(format!(
+                "guard: BPF-LSM socket hooks not attached: {NO_LSM_SOCKET}"
+            ));
         }
         out
     }
@@ -226,7 +237,11 @@ impl Guard {
                 let by_path = std::iter::once(&*f.path)
                     .chain(f.aliases.iter().map(|p| p.as_path()))
                     .any(|p| cfg.enforce_files.iter().any(|g| g.matches(p)));
-                let b = if by_path { bits::EGRESS | bits::OPEN } else { rule_bits };
+                let b = if by_path {
+                    bits::EGRESS | bits::OPEN
+                } else {
+                    rule_bits
+                };
                 (f.id, b)
             })
             .filter(|(_, b)| *b != 0)
@@ -262,7 +277,11 @@ impl Guard {
                 EgressTarget::Host(h) => egress
                     .resolved
                     .get(h)
-                    .map(|v| v.iter().map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 })).collect())
+                    .map(|v| {
+                        v.iter()
+                            .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 }))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             };
             for (ip, prefix) in nets {

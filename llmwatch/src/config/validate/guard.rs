@@ -10,18 +10,46 @@ impl Checker {
         let guard = &mut cfg.guard;
         guard.enabled = true;
         let mut mode = None;
-        self.set(&f, "guard", "mode", "monitor or enforce", |s| g::mode(s).map(Some), &mut mode);
+        self.set(
+            &f,
+            "guard",
+            "mode",
+            "monitor or enforce",
+            |s| g::mode(s).map(Some),
+            &mut mode,
+        );
         guard.mode = mode;
         if let Some(n) = f.get("egress_budget") {
             let p = "guard.egress_budget";
             let e = self.fields(p, n, g::EGRESS_KEYS, p);
             let b = &mut guard.egress_budget;
             let mut m = None;
-            self.set(&e, p, "mode", "monitor or enforce", |s| g::mode(s).map(Some), &mut m);
+            self.set(
+                &e,
+                p,
+                "mode",
+                "monitor or enforce",
+                |s| g::mode(s).map(Some),
+                &mut m,
+            );
             b.mode = m;
             self.set(&e, p, "max_bytes", "a size", positive_size, &mut b.max_bytes);
-            self.set(&e, p, "read_percent", "a percentage", g::percent, &mut b.read_percent);
-            self.set(&e, p, "floor_bytes", "a size", crate::config::values::size, &mut b.floor_bytes);
+            self.set(
+                &e,
+                p,
+                "read_percent",
+                "a percentage",
+                g::percent,
+                &mut b.read_percent,
+            );
+            self.set(
+                &e,
+                p,
+                "floor_bytes",
+                "a size",
+                crate::config::values::size,
+                &mut b.floor_bytes,
+            );
             if b.floor_bytes > b.max_bytes {
                 self.bad(
                     &join(p, "floor_bytes"),
@@ -37,7 +65,14 @@ impl Checker {
             let p = "guard.open_deny";
             let o = self.fields(p, n, g::OPEN_KEYS, p);
             let mut m: Option<GuardMode> = None;
-            self.set(&o, p, "mode", "monitor or enforce", |s| g::mode(s).map(Some), &mut m);
+            self.set(
+                &o,
+                p,
+                "mode",
+                "monitor or enforce",
+                |s| g::mode(s).map(Some),
+                &mut m,
+            );
             guard.open_mode = m;
         }
         self.set_list(
