@@ -115,7 +115,7 @@ mod tests {
     use super::super::testing::*;
     use crate::{config::Severity, events::EventKind};
 
-    fn guard(action: &str, enforced: bool) -> EventKind {
+    fn guard(action: &'static str, enforced: bool) -> EventKind {
         EventKind::Guard {
             action: action.into(),
             hook: "lsm/socket_sendmsg".into(),

@@ -83,6 +83,18 @@ impl Checker {
             |s| PathGlob::new(s).map_err(|e| e.to_string()),
             &mut guard.enforce_files,
         );
+        if cfg.guard.enabled
+            && (cfg.guard.open_mode() == GuardMode::Enforce || !cfg.guard.enforce_files.is_empty())
+            && let Some(why) = no_bpf_lsm()
+        {
+            self.warn(
+                "guard",
+                node,
+                format!(
+                    "open deny enforces, but {why}: opens of protected files will NOT be refused on this host (boot with lsm=...,bpf; `llmwatch check` tries it)"
+                ),
+            );
+        }
         if cfg.guard.enforces() {
             let weak: Vec<&str> = cfg
                 .servers
@@ -101,4 +113,13 @@ impl Checker {
             }
         }
     }
+}
+
+/// Why BPF-LSM programs cannot run on this host, when the kernel says so: its active LSM list
+/// (securityfs) lacks `bpf`. None when it has it or cannot be read (then `llmwatch check`,
+/// which really attaches one, is the answer).
+fn no_bpf_lsm() -> Option<String> {
+    let path = "/sys/kernel/security/lsm";
+    let list = std::fs::read_to_string(path).ok()?;
+    (!list.trim().split(',').any(|l| l == "bpf")).then(|| format!("{path} ({}) has no bpf", list.trim()))
 }
