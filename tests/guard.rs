@@ -46,6 +46,37 @@ fn run(script: &str) -> (u32, std::process::ExitStatus) {
     (pid, child.wait().unwrap())
 }
 
+/// Like `tcp_sink`, for a sender that may never connect (a refused connect): 0 bytes when no
+/// connection came within 30 s.
+fn sink_with_deadline() -> (u16, std::thread::JoinHandle<u64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let end = std::time::Instant::now() + secs(30);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if std::time::Instant::now() < end => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(_) => return 0,
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    (port, handle)
+}
+
 #[test]
 fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
     let dir = TempDir::new("guard-enforce");
@@ -64,7 +95,7 @@ fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
     );
 
     let (port, sink) = tcp_sink();
-    let (port2, sink2) = tcp_sink();
+    let (port2, sink2) = sink_with_deadline();
     // The second nc is the obvious way around: the same tree tries again.
     let script = format!(
         "cat {p} | nc -N 127.0.0.1 {port}; echo \"first: ${{PIPESTATUS[1]}}\" >&2; cat {p} | nc -N 127.0.0.1 {port2}; echo \"second: ${{PIPESTATUS[1]}}\" >&2",

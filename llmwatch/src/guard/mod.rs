@@ -117,17 +117,10 @@ fn attach_cgroup(ebpf: &mut Ebpf, program: &str) -> Result<(), String> {
         .find(|p| std::path::Path::new(p).join("cgroup.controllers").exists())
         .ok_or_else(|| "no cgroup v2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)".to_string())?;
     let cgroup = std::fs::File::open(root).map_err(|e| format!("{root}: {e}"))?;
-    // Beside whatever else is attached there; kernels that refuse that (a link on a hybrid
-    // cgroup hierarchy) take the program alone.
-    if let Err(first) = p.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple) {
-        p.attach(cgroup.as_fd(), CgroupAttachMode::Single).map_err(|e| {
-            format!(
-                "attach {program}: {} (and beside others: {})",
-                describe(&e),
-                describe(&first)
-            )
-        })?;
-    }
+    // Beside whatever else is attached there, never in place of it (a single attach would
+    // replace another agent's or the system's program at the root cgroup).
+    p.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
+        .map_err(|e| format!("attach {program} beside others: {}", describe(&e)))?;
     Ok(())
 }
 

@@ -52,11 +52,17 @@ impl Rule for State {
         let to = dest_text(dest, *port);
         let out = human(*sent);
         let budget_text = format!("its egress budget of {} (after reading {})", human(*budget), human(*read));
+        // The LSM refuses; the send hooks (no LSM on this kernel) kill.
+        let stops = if hook.starts_with("lsm/") {
+            "its further connects and sends outside the allowlist are refused"
+        } else {
+            "its senders are killed at their next send outside the allowlist"
+        };
         let (key, summary) = match &**action {
             "over_budget" if *enforced => (
                 format!("{root}:over_budget"),
                 format!(
-                    "guard: the process tree of pid {root} went past {budget_text}: {who} sending to {to}; its further connects and sends outside the allowlist are refused ({hook}); {out} got out"
+                    "guard: the process tree of pid {root} went past {budget_text}: {who} sending to {to}; {stops} ({hook}); {out} got out"
                 ),
             ),
             "over_budget" => (
