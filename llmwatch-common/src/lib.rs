@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod event;
+pub mod guard;
 pub mod maps;
 pub mod offsets;
 pub mod syscalls;

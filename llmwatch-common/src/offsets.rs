@@ -77,6 +77,8 @@ pub struct Offsets {
     pub file_dentry: u32,
     pub dentry_name: u32,
     pub dentry_parent: u32,
+    // The guard: mm_struct.exe_file (a process's executable, for exemptions by binary)
+    pub mm_exe_file: u32,
 }
 
 impl Offsets {
@@ -151,6 +153,7 @@ impl Offsets {
             file_dentry: MISSING,
             dentry_name: MISSING,
             dentry_parent: MISSING,
+            mm_exe_file: MISSING,
         }
     }
 }

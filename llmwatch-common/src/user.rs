@@ -14,3 +14,7 @@ unsafe impl aya::Pod for SendKey {}
 unsafe impl aya::Pod for SendStats {}
 unsafe impl aya::Pod for Settings {}
 unsafe impl aya::Pod for Offsets {}
+unsafe impl aya::Pod for crate::guard::GuardSettings {}
+unsafe impl aya::Pod for crate::guard::GuardTree {}
+unsafe impl aya::Pod for crate::guard::NetKey {}
+unsafe impl aya::Pod for crate::guard::PortNetKey {}

@@ -110,6 +110,7 @@ fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, 
     let tracked = tracked_insert(&key, &value);
     let _ = NOT_WATCHED.remove(&key);
     holders::become_holder();
+    crate::guard::on_track(&id);
     let flags: u32 = read(file, off!(file_flags)).unwrap_or(0);
     // O_WRONLY | O_RDWR | O_TRUNC: a possible change, always reported. Read-only opens are
     // reported once per process and file.
@@ -262,6 +263,7 @@ pub fn on_read(sysno: u64, fd: u64, ret: i64) {
     let bytes = ret as u64;
     // SAFETY: `entry` points at a TRACKED_FDS value, valid for the rest of this program run.
     crate::kernel::atomic_add(unsafe { &raw mut (*entry).bytes }, bytes);
+    crate::guard::on_read(bytes);
     // SAFETY: as above.
     let (total, reported, file_ptr) = unsafe { ((*entry).bytes, (*entry).reported, (*entry).file_ptr) };
     // Aggregate in the kernel: userspace hears every `read_report_bytes` and on close (and

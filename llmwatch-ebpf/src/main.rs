@@ -26,6 +26,8 @@ mod files;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod holders;
 #[cfg(target_arch = "bpf")]
 mod kernel;

@@ -257,6 +257,12 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
     if pid == agent_pid() {
         return;
     }
+    let guard_hook = if sends_at_syscalls() {
+        llmwatch_common::guard::hook::SEND_SYSCALL
+    } else {
+        llmwatch_common::guard::hook::SEND_TRACEPOINT
+    };
+    crate::guard::on_sent(&dest.addr, dest.family, dest.port, bytes, guard_hook);
     let key = SendKey {
         addr: dest.addr,
         pid,

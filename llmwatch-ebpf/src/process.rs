@@ -70,6 +70,7 @@ pub fn on_fork(child: u64) {
         return; // a new thread, not a new process
     }
     crate::holders::on_fork(kernel::current_pid_tgid().0, child_tgid);
+    crate::guard::on_fork(kernel::current_pid_tgid().0, child_tgid);
     let Some(mut rec) = emit::reserve::<ProcForkEvent>(kind::PROC_FORK) else {
         return;
     };
@@ -89,6 +90,7 @@ pub fn on_exit(task: u64) {
     }
     // Before the record, so a full ring buffer never leaves a stale holder behind.
     crate::holders::on_exit(pid);
+    crate::guard::on_exit(pid);
     let exit_code: u32 = read(task, off!(task_exit_code)).unwrap_or(0);
     let Some(mut rec) = emit::reserve::<ProcExitEvent>(kind::PROC_EXIT) else {
         return;

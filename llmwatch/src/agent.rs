@@ -140,6 +140,8 @@ pub trait Sink {
 
 pub struct Agent {
     cfg: Arc<Config>,
+    /// The guard's kernel side, with a `guard:` section.
+    guard: Option<crate::guard::Guard>,
     config_path: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     engine: Engine,
@@ -230,6 +232,7 @@ impl Agent {
                 prefer_tp_btf: !cfg.force_raw_syscall_hook,
                 syscall_sends: cfg.force_syscall_sends,
                 smaps_touch_only: cfg.force_smaps_touch,
+                guard: crate::guard::kernel_settings(&cfg.guard),
             },
             &cfg.kernel_btf,
             &gpus,
@@ -257,6 +260,26 @@ impl Agent {
             && !host.is_empty()
         {
             cfg.host = host;
+        }
+        let mut collector = collector;
+        let mut guard = crate::guard::Guard::start(collector.probes_mut(), &cfg)?;
+        if let Some(g) = &mut guard {
+            // Servers and trusted readers already running are exempt from now on.
+            for p in procs.iter().filter(|p| p.exited_at.is_none()) {
+                let facts = crate::config::ProcessFacts {
+                    exe: p.exe.as_deref(),
+                    comm: &p.comm,
+                    argv: &p.argv,
+                    container_id: None,
+                    cgroup: None,
+                    uid: p.uid,
+                    user: None,
+                    // Pods are named later, and a pod-pinned process is exempted then.
+                    namespace: None,
+                    pod_labels: &std::collections::BTreeMap::new(),
+                };
+                g.on_exec(p.pid, &cfg, &facts);
+            }
         }
         let cfg = Arc::new(cfg);
         let heartbeat = crate::state::heartbeat::Heartbeat::new(&cfg.state_dir);
@@ -286,6 +309,7 @@ impl Agent {
             pod_source,
             pod_tx,
             pod_rx: Some(pod_rx),
+            guard,
             files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
             incidents: Incidents::new(cfg.incidents.idle),
@@ -384,6 +408,9 @@ impl Agent {
             }
         }
         self.collector.sync_watched(&self.files)?;
+        if let Some(g) = &mut self.guard {
+            g.sync_files(&self.files, &self.cfg.guard);
+        }
         self.engine.set_weights_present(!self.files.is_empty());
         self.verify_manifest();
         Ok((diff, report))
@@ -700,12 +727,25 @@ impl Agent {
                     namespace: Some(&k.namespace),
                     pod_labels: &k.labels,
                 };
-                if self
+                let server_by_pod = self
                     .cfg
                     .server_for(&facts)
-                    .is_some_and(|s| s.selectors().by_pod())
-                {
+                    .is_some_and(|s| s.selectors().by_pod());
+                if server_by_pod {
                     self.collector.count_sends_of(pid);
+                }
+                // The guard exempts a server or trusted reader pinned by its pod once the pod
+                // is named (its exec may have been judged before). Only then: these facts lack
+                // the cgroup and user, so they could not take an exemption away fairly.
+                let reader_by_pod = self
+                    .cfg
+                    .readers
+                    .iter()
+                    .any(|r| r.selectors().by_pod() && r.selectors().matches(&facts));
+                if let Some(g) = &mut self.guard
+                    && (server_by_pod || reader_by_pod)
+                {
+                    g.on_exec(pid, &self.cfg, &facts);
                 }
             }
         }
@@ -768,6 +808,11 @@ impl Agent {
     /// output and the rules; the one path every event takes.
     fn judge(&mut self, ev: Event, sink: &mut dyn Sink) {
         if let Some(enriched) = enrich::enrich(ev, &mut self.cx()) {
+            if let (EventKind::ProcExec { .. }, Some(g)) = (&enriched.event.kind, &mut self.guard) {
+                let p = &enriched.process;
+                let facts = crate::rules::facts(p, p.exe.as_deref(), &p.argv);
+                g.on_exec(p.pid, &self.cfg, &facts);
+            }
             self.count(&enriched);
             sink.emit(Output::Event(&enriched));
             // Before the engine: a hit this event raises already counts its bytes.
@@ -810,6 +855,9 @@ impl Agent {
         out.extend(probes::capabilities::lost_without());
         for h in probes.hooks.iter().filter(|h| !h.attached) {
             out.push(h.not_attached_line());
+        }
+        if let Some(g) = &self.guard {
+            out.extend(g.degraded(&self.cfg.guard));
         }
         out
     }
@@ -1086,6 +1134,17 @@ impl Agent {
                 }
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);
+                if new.guard.enabled != self.cfg.guard.enabled
+                    || crate::guard::kernel_settings(&new.guard)
+                        != crate::guard::kernel_settings(&self.cfg.guard)
+                {
+                    restart_needed.push("guard (on/off and the budget live in the kernel programs)");
+                }
+                if let Some(g) = &mut self.guard {
+                    g.sync_nets(&new.egress);
+                    g.sync_exes(&new);
+                    g.sync_files(&self.files, &new.guard);
+                }
                 let roots_changed = new.model_dirs != self.cfg.model_dirs;
                 let assets_changed = new.assets != self.cfg.assets;
                 let new = Arc::new(new);

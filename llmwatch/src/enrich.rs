@@ -185,7 +185,9 @@ pub fn enrich(mut ev: Event, cx: &mut Context<'_>) -> Option<Enriched> {
         | EventKind::FileRead { file, .. }
         | EventKind::FileMmap { file, .. }
         | EventKind::FileTouch { file, .. } => by_key(files, *file),
-        EventKind::FileTamper { file: Some(file), .. } => by_key(files, *file),
+        EventKind::FileTamper { file: Some(file), .. } | EventKind::Guard { file: Some(file), .. } => {
+            by_key(files, *file)
+        }
         EventKind::FileTamper {
             file: None,
             path: Some(path),

@@ -13,6 +13,7 @@ pub mod collector;
 pub mod config;
 pub mod enrich;
 pub mod events;
+pub mod guard;
 pub mod json_path;
 pub mod metrics;
 pub mod probes;

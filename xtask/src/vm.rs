@@ -43,7 +43,7 @@ const VIRTME_NG_VERSION: &str = "1.42";
 /// reads the kernel version with.
 const DEBIAN_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "file"];
 /// Suites run when none are named: the ones that exercise the kernel programs.
-pub const DEFAULT_SUITES: &[&str] = &["kernel_hooks", "follow", "touch", "sends", "alerts"];
+pub const DEFAULT_SUITES: &[&str] = &["kernel_hooks", "follow", "touch", "sends", "alerts", "guard"];
 /// Prefix of the lines the guest writes to its console for the host to show live.
 const GUEST_LINE: &str = "guest| ";
 /// The guest script's first line (after `say`'s "vm-test: "), which marks the end of the boot.

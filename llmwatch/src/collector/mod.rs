@@ -104,6 +104,10 @@ impl Collector {
         &self.probes
     }
 
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         self.probes.take_events()
     }

@@ -5,6 +5,7 @@
 //! dotted key path and line) and any problem rejects the file, so a typo can never leave the
 //! agent running on a half-applied configuration.
 pub mod defaults;
+pub mod guard;
 pub mod incidents;
 pub mod rules;
 mod types;
@@ -79,6 +80,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// When rule hits folded into one incident are over.
     pub incidents: incidents::IncidentsConfig,
+    /// Blocking in the kernel (opt-in; absent: off).
+    pub guard: guard::GuardConfig,
     /// Where the agent keeps its heartbeat (how long it was not watching after a restart).
     pub state_dir: PathBuf,
     /// Where pod identity (namespace, pod, container, labels) comes from.
@@ -222,6 +225,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             spool: SpoolConfig::default(),
             incidents: Default::default(),
+            guard: Default::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             containers: ContainersConfig::default(),
             warnings: Vec::new(),

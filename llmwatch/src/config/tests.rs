@@ -106,7 +106,7 @@ fn empty_file_gives_defaults() {
         assert_eq!(c.suppress, Duration::from_secs(600), "{id}");
         assert_eq!(crate::rules::RuleId::parse(id.as_str()), Some(id));
     }
-    assert_eq!(crate::rules::ALL.len(), 16);
+    assert_eq!(crate::rules::ALL.len(), 17);
     assert_eq!(crate::rules::RuleId::parse("weight.nope"), None);
 }
 

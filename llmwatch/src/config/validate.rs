@@ -16,6 +16,7 @@ use super::{
 use crate::rules::RuleId;
 
 mod assets;
+mod guard;
 
 const TOP: &[&str] = &[
     "host",
@@ -36,6 +37,7 @@ const TOP: &[&str] = &[
     "state_dir",
     "assets",
     "containers",
+    "guard",
 ];
 const CONTAINERS: &[&str] = &[
     "runtime",
@@ -98,6 +100,9 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
     ("containers", CONTAINERS),
+    ("guard", super::guard::KEYS),
+    ("guard.egress_budget", super::guard::EGRESS_KEYS),
+    ("guard.open_deny", super::guard::OPEN_KEYS),
 ];
 
 pub(crate) fn apply(root: &Node, cfg: &mut Config) -> Vec<Problem> {
@@ -492,6 +497,9 @@ impl Checker {
         }
         if let Some(n) = f.get("containers") {
             self.containers(n, &mut cfg.containers);
+        }
+        if let Some(n) = f.get("guard") {
+            self.guard(n, cfg);
         }
     }
 

@@ -249,6 +249,32 @@ pub enum EventKind {
         /// Set when the open failed (e.g. ENXIO: node without a loaded driver).
         errno: Option<i32>,
     },
+    /// The guard blocked something in the kernel or, `enforced: false`, would have (monitor).
+    Guard {
+        /// "over_budget" (a tree went past its egress budget), "connect_refused",
+        /// "send_refused", "killed" (the sender got SIGKILL), "open_refused".
+        action: Name,
+        /// The hook that acted: "lsm/socket_sendmsg", "lsm/socket_connect", "lsm/file_open",
+        /// "cgroup/connect", "sock_send_length", "sys_exit".
+        hook: Name,
+        enforced: bool,
+        /// Root pid of the process tree whose egress is accounted (0 for opens).
+        root: u32,
+        /// Bytes of protected files the tree read, bytes it sent outside the allowlist (what
+        /// got out), its budget then.
+        read: u64,
+        sent: u64,
+        budget: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dest: Option<IpAddr>,
+        #[serde(default)]
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileKey>,
+        /// Refusals this record stands for (the first, then batches of 64).
+        #[serde(default)]
+        count: u32,
+    },
 }
 
 impl EventKind {
@@ -271,6 +297,7 @@ impl EventKind {
             EventKind::BpfLoad { .. } => "bpf_load",
             EventKind::BpfAccess { .. } => "bpf_access",
             EventKind::GpuOpen { .. } => "gpu_open",
+            EventKind::Guard { .. } => "guard",
         }
     }
 }
@@ -552,6 +579,41 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 target_pid: e.target_pid,
                 op: op.into(),
                 bytes: e.bytes,
+            }
+        }
+        llmwatch_common::guard::KIND => {
+            use llmwatch_common::guard::{action, hook};
+            let e: llmwatch_common::guard::GuardEvent = read_as(buf, "guard")?;
+            let action = match e.action {
+                action::EGRESS_OVER_BUDGET => "over_budget",
+                action::CONNECT_REFUSED => "connect_refused",
+                action::SEND_REFUSED => "send_refused",
+                action::KILLED => "killed",
+                action::OPEN_REFUSED => "open_refused",
+                _ => "unknown",
+            };
+            let hook = match e.hook {
+                hook::SEND_TRACEPOINT => "sock_send_length",
+                hook::SEND_SYSCALL => "sys_exit",
+                hook::LSM_SOCKET_CONNECT => "lsm/socket_connect",
+                hook::LSM_SOCKET_SENDMSG => "lsm/socket_sendmsg",
+                hook::LSM_FILE_OPEN => "lsm/file_open",
+                hook::CGROUP_CONNECT => "cgroup/connect",
+                _ => "unknown",
+            };
+            let has_dest = e.family != 0;
+            EventKind::Guard {
+                action: action.into(),
+                hook: hook.into(),
+                enforced: e.enforced != 0,
+                root: e.root,
+                read: e.read,
+                sent: e.sent,
+                budget: e.budget,
+                dest: has_dest.then(|| ip(e.family, e.addr)),
+                port: e.port,
+                file: (e.file.ino != 0).then(|| e.file.into()),
+                count: e.count,
             }
         }
         other => return Err(DecodeError::UnknownKind(other)),

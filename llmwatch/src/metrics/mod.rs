@@ -67,6 +67,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         k::BPF_LOAD => "bpf_load",
         k::BPF_ACCESS => "bpf_access",
         k::FILE_TOUCH => "file_touch",
+        llmwatch_common::guard::KIND => "guard",
         _ => "unknown",
     }
 }

@@ -464,7 +464,7 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), 
     o.dentry_parent = f("dentry", "d_parent")?;
 
     let mut missing = Vec::new();
-    let optional: [(&mut u32, &str, &str, &'static str); 7] = [
+    let optional: [(&mut u32, &str, &str, &'static str); 8] = [
         (&mut o.req_file, "io_kiocb", "file", "req_file"),
         (&mut o.req_opcode, "io_kiocb", "opcode", "req_opcode"),
         (&mut o.cqe_res, "io_uring_cqe", "res", "cqe_res"),
@@ -472,6 +472,7 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<(Offsets, Vec<&'static str>), 
         (&mut o.vmf_pgoff, "vm_fault", "pgoff", "vmf_pgoff"),
         (&mut o.vma_file, "vm_area_struct", "vm_file", "vma_file"),
         (&mut o.file_mapping, "file", "f_mapping", "file_mapping"),
+        (&mut o.mm_exe_file, "mm_struct", "exe_file", "mm_exe_file"),
     ];
     for (slot, s, m, name) in optional {
         *slot = match f(s, m) {

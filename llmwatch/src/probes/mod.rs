@@ -205,6 +205,8 @@ pub struct ProbeOptions {
     pub syscall_sends: bool,
     /// Leave the filemap fault tracepoints unused: touched pages from smaps samples only.
     pub smaps_touch_only: bool,
+    /// The guard's settings (`crate::guard`), written into its read-only global.
+    pub guard: llmwatch_common::guard::GuardSettings,
 }
 
 impl Default for ProbeOptions {
@@ -213,6 +215,7 @@ impl Default for ProbeOptions {
             prefer_tp_btf: true,
             syscall_sends: false,
             smaps_touch_only: false,
+            guard: llmwatch_common::guard::GuardSettings::off(),
         }
     }
 }
@@ -279,7 +282,7 @@ impl Probes {
                 )
             }
         };
-        let ebpf = load_object(&offsets, &settings)?;
+        let ebpf = load_object(&offsets, &settings, &opts.guard)?;
         let mut probes = Probes {
             ebpf,
             hooks: Vec::new(),
@@ -441,6 +444,11 @@ impl Probes {
         }
     }
 
+    /// The loaded object, for the guard's programs and maps (`crate::guard`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
@@ -598,10 +606,15 @@ fn own_objects(ebpf: &Ebpf) -> std::collections::HashMap<(&'static str, u32), St
     own
 }
 
-fn load_object(offsets: &Offsets, settings: &Settings) -> Result<Ebpf, ProbeError> {
+fn load_object(
+    offsets: &Offsets,
+    settings: &Settings,
+    guard: &llmwatch_common::guard::GuardSettings,
+) -> Result<Ebpf, ProbeError> {
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("SETTINGS", settings, true)
+        .override_global(llmwatch_common::guard::names::GUARD, guard, true)
         .load(OBJECT)
         .map_err(|e| {
             if is_eperm(&e) {
@@ -663,7 +676,7 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(),
 
 /// Error text led by the OS errno name (EPERM, ENOENT...), which is what an operator needs to
 /// tell "policy refused" from "kernel lacks it".
-fn describe(e: &dyn std::error::Error) -> String {
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut errno = None;
     let mut src = e.source();
@@ -849,7 +862,11 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
     if OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    let mut ebpf = load_object(&Offsets::missing(), &Settings::default())?;
+    let mut ebpf = load_object(
+        &Offsets::missing(),
+        &Settings::default(),
+        &llmwatch_common::guard::GuardSettings::off(),
+    )?;
     let mut hooks = Vec::new();
     for &(program, tp, purpose, required) in HOOKS {
         let floor = program.replacen("llmwatch_", "floor_", 1);
@@ -908,7 +925,11 @@ pub fn probe_capabilities() -> Result<Vec<Capability>, ProbeError> {
     if OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    let mut ebpf = load_object(&Offsets::missing(), &Settings::default())?;
+    let mut ebpf = load_object(
+        &Offsets::missing(),
+        &Settings::default(),
+        &llmwatch_common::guard::GuardSettings::off(),
+    )?;
     let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut out = Vec::new();
     let mut push = |program_type, used_for, r: Result<(), String>| {

@@ -341,7 +341,7 @@ fn role(id: &crate::config::ServerIdentity) -> Arc<ServerRole> {
     })
 }
 
-fn facts<'a>(p: &'a ProcessView, exe: Option<&'a str>, argv: &'a [String]) -> ProcessFacts<'a> {
+pub(crate) fn facts<'a>(p: &'a ProcessView, exe: Option<&'a str>, argv: &'a [String]) -> ProcessFacts<'a> {
     ProcessFacts {
         exe,
         comm: &p.comm,

@@ -11,6 +11,7 @@
 #[cfg(test)]
 mod docs;
 mod engine;
+pub(crate) use engine::facts;
 mod flows;
 mod id;
 mod sink;
@@ -128,6 +129,7 @@ registry! {
     bpf_load,
     agent_gap,
     agent_tamper,
+    guard,
 }
 
 /// What a process is to the rules when it matches an inference-server identity.

@@ -1,0 +1,277 @@
+//! The guard stops weights leaving, in the kernel: `cat model | nc` to a loopback sink is
+//! stopped after the egress budget and the sink got at most the budget plus one send; servers,
+//! trusted readers and header reads are unaffected; monitor mode blocks nothing and reports.
+//! Each kernel stops it its own way: BPF-LSM refuses the send (6.1 in `cargo xtask vm-test`),
+//! else the send hook kills the sender (this host: BPF-LSM refused). Real processes, real
+//! sockets (root).
+use std::{path::Path, process::Command};
+
+use llmwatch_e2e::{Agent, TempDir, Value, is, own_tree, secs, tcp_sink, write_safetensors};
+
+/// What the sink may receive beyond the budget: one send of the sender. `nc` (OpenBSD) writes
+/// what one read of its stdin returned, at most 16 KiB; a pipe holds 64 KiB, the most any
+/// single write out of it can carry, which is the bound asserted.
+const ONE_SEND: u64 = 64 << 10;
+const MIB: u64 = 1 << 20;
+
+fn model(dir: &Path, size: u64) -> std::path::PathBuf {
+    let path = dir.join("model.safetensors");
+    write_safetensors(&path, size as usize);
+    path
+}
+
+fn agent(dir: &Path, yaml: &str) -> Agent {
+    let cfg = dir.join("llmwatch.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let models = dir.join("models");
+    Agent::watching(&[&models], &["--config", cfg.to_str().unwrap()])
+}
+
+fn hook_attached(agent: &Agent, hook: &str) -> bool {
+    agent.ready["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["hook"] == hook && h["attached"] == true)
+}
+
+fn guard_event(port: u16) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["kind"] == "guard" && v["port"] == port
+}
+
+/// Runs `script` in a tree of its own; returns its pid and exit status.
+fn run(script: &str) -> (u32, std::process::ExitStatus) {
+    let mut child = own_tree(script).spawn().unwrap();
+    let pid = child.id();
+    (pid, child.wait().unwrap())
+}
+
+/// Like `tcp_sink`, for a sender that may never connect (a refused connect): 0 bytes when no
+/// connection came within 30 s.
+fn sink_with_deadline() -> (u16, std::thread::JoinHandle<u64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let end = std::time::Instant::now() + secs(30);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if std::time::Instant::now() < end => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(_) => return 0,
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
+    let dir = TempDir::new("guard-enforce");
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    let size = 32 * MIB;
+    let path = model(&dir.path().join("models"), size);
+    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let lsm = hook_attached(&agent, "lsm/socket_sendmsg");
+    eprintln!(
+        "guard: stopping by {}",
+        if lsm {
+            "BPF-LSM socket_sendmsg (refused)"
+        } else {
+            "SIGKILL from the send hook (no BPF-LSM)"
+        }
+    );
+
+    let (port, sink) = tcp_sink();
+    let (port2, sink2) = sink_with_deadline();
+    // The second nc is the obvious way around: the same tree tries again.
+    let script = format!(
+        "cat {p} | nc -N 127.0.0.1 {port}; echo \"first: ${{PIPESTATUS[1]}}\" >&2; cat {p} | nc -N 127.0.0.1 {port2}; echo \"second: ${{PIPESTATUS[1]}}\" >&2",
+        p = path.display()
+    );
+    let (tree, _) = run(&script);
+    let got = sink.join().unwrap();
+    let over = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
+        .expect("the guard reports the tree over its budget");
+    assert_eq!(over["enforced"], true, "{over:#}");
+    let budget = over["budget"].as_u64().unwrap();
+    let read = over["read"].as_u64().unwrap();
+    eprintln!(
+        "guard: sink got {got} of {size} bytes; budget {budget} (read {read}); reported out {}",
+        over["sent"]
+    );
+    assert!(got < size, "the whole model got out");
+    assert!(
+        budget <= (size / 100).max(64 << 10),
+        "budget {budget} is above min(16 MiB, 1% of the file) or the 64 KiB floor"
+    );
+    assert!(
+        got <= budget + ONE_SEND,
+        "sink got {got} > budget {budget} + one send {ONE_SEND}"
+    );
+    // How it was stopped, and that the alert says so with what got out.
+    let stop = if lsm { "send_refused" } else { "killed" };
+    let act = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == stop)
+        .unwrap_or_else(|| panic!("no guard {stop} event for the first nc"));
+    assert_eq!(act["task"]["comm"], "nc", "{act:#}");
+    let alert = agent
+        .wait_for(secs(20), |v| {
+            v["kind"] == "rule_hit"
+                && v["rule"] == "weight.guard"
+                && v["summary"].as_str().unwrap().contains("got out")
+        })
+        .expect("a weight.guard alert");
+    eprintln!("guard alert: {}", alert["summary"]);
+
+    // The second try: connects refused (LSM) or killed at its first send past the budget.
+    let got2 = sink2.join().unwrap();
+    eprintln!("guard: second try's sink got {got2} bytes");
+    assert!(got2 <= ONE_SEND, "the second try got {got2} bytes out");
+    agent
+        .wait_for(secs(20), |v| is(v, "proc_exit", tree))
+        .expect("the tree exits");
+}
+
+#[test]
+fn monitor_blocks_nothing_and_reports_what_it_would_have_blocked() {
+    let dir = TempDir::new("guard-monitor");
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    let size = 8 * MIB;
+    let path = model(&dir.path().join("models"), size);
+    let mut agent = agent(dir.path(), "guard:\n  mode: monitor\n");
+    let (port, sink) = tcp_sink();
+    let (_, status) = run(&format!("cat {} | nc -N 127.0.0.1 {port}", path.display()));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sink.join().unwrap(), size, "monitor mode blocked something");
+    let over = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
+        .expect("monitor mode reports the tree over its budget");
+    assert_eq!(over["enforced"], false, "{over:#}");
+    let alert = agent
+        .wait_for(secs(20), |v| {
+            v["kind"] == "rule_hit" && v["rule"] == "weight.guard"
+        })
+        .expect("a weight.guard alert");
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(summary.contains("monitor, nothing blocked"), "{summary}");
+    assert_eq!(alert["severity"], "high", "{alert:#}");
+}
+
+/// A config with a server pinned by its executable (a copy of python under its own name: an
+/// interpreter's own path pins nothing) and a trusted reader, plus `guard`.
+fn exempt_setup(tag: &str, guard: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf, Agent) {
+    let dir = TempDir::new(tag);
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let path = model(&models, 8 * MIB);
+    let server = dir.path().join("llmserve");
+    std::fs::copy("/usr/bin/python3.11", &server).unwrap();
+    let yaml = format!(
+        "servers:\n  - name: llmserve\n    exe: [{s}]\nreaders:\n  - name: checksum\n    exe: [/usr/bin/sha256sum]\n{guard}",
+        s = server.display()
+    );
+    let agent = agent(dir.path(), &yaml);
+    (dir, path, server, agent)
+}
+
+/// The server reads the whole model and sends it to its client; true when all of it arrived.
+fn server_sends(server: &Path, path: &Path) -> bool {
+    let (port, sink) = tcp_sink();
+    let (_, status) = run(&format!(
+        "{} -c 'import socket,sys; s=socket.create_connection((\"127.0.0.1\",{port})); s.sendall(open(sys.argv[1],\"rb\").read()); s.close()' {}",
+        server.display(),
+        path.display()
+    ));
+    status.success() && sink.join().unwrap() == 8 * MIB
+}
+
+#[test]
+fn servers_trusted_readers_and_header_reads_are_unaffected_by_the_egress_budget() {
+    let (_dir, path, server, mut agent) =
+        exempt_setup("guard-exempt", "guard:\n  egress_budget:\n    mode: enforce\n");
+    assert!(server_sends(&server, &path), "the server was stopped");
+    // A trusted reader reads it and sends its digest.
+    let (dport, dsink) = tcp_sink();
+    let (dtree, status) = run(&format!("sha256sum {} | nc -N 127.0.0.1 {dport}", path.display()));
+    assert!(status.success(), "{status:?}");
+    assert!(dsink.join().unwrap() > 64);
+    // A header read followed by a small send.
+    let (hport, hsink) = tcp_sink();
+    let (htree, _) = run(&format!(
+        "head -c 4096 {} | nc -N 127.0.0.1 {hport}",
+        path.display()
+    ));
+    assert_eq!(hsink.join().unwrap(), 4096);
+    // The trees' exits are the marker that nothing about them is still to come.
+    for tree in [dtree, htree] {
+        let events = agent.collect_until(secs(20), |v| v["kind"] == "guard", |v| is(v, "proc_exit", tree));
+        assert!(
+            events.last().is_some_and(|v| is(v, "proc_exit", tree)),
+            "no exit of tree {tree}: {events:#?}"
+        );
+    }
+    let guard: Vec<Value> = agent.collect_for(secs(0), |v| v["kind"] == "guard");
+    assert!(
+        guard.is_empty(),
+        "the server, the reader or the header read was judged: {guard:#?}"
+    );
+}
+
+#[test]
+fn open_deny_refuses_everyone_but_servers_and_trusted_readers_where_bpf_lsm_loads() {
+    let (_dir, path, server, mut agent) =
+        exempt_setup("guard-open", "guard:\n  open_deny:\n    mode: enforce\n");
+    if !hook_attached(&agent, "lsm/file_open") {
+        eprintln!(
+            "open deny NOT tested on this kernel: BPF-LSM file_open did not attach (the agent says so)"
+        );
+        let degraded = agent.ready["degraded"].to_string();
+        assert!(
+            degraded.contains("open deny needs BPF-LSM"),
+            "agent_ready does not say open deny is off: {degraded}"
+        );
+        return;
+    }
+    let out = Command::new("cat").arg(&path).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "cat opened a protected file in enforce mode"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    let refused = agent
+        .wait_for(secs(20), |v| {
+            v["kind"] == "guard" && v["action"] == "open_refused"
+        })
+        .expect("the refused open is reported");
+    assert_eq!(refused["enforced"], true, "{refused:#}");
+    assert_eq!(refused["task"]["comm"], "cat", "{refused:#}");
+    // The obvious way around: another name for the same file.
+    let link = path.with_file_name("other-name");
+    std::fs::hard_link(&path, &link).unwrap();
+    let out = Command::new("dd")
+        .arg(format!("if={}", link.display()))
+        .arg("of=/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "dd opened the file through another name");
+    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    assert!(out.status.success(), "the trusted reader was refused: {out:?}");
+    assert!(server_sends(&server, &path), "the server was refused");
+}
