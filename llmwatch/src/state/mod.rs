@@ -6,3 +6,4 @@ pub mod gpu;
 pub mod heartbeat;
 pub mod manifest;
 pub mod process;
+pub mod users;
