@@ -35,6 +35,9 @@ pub fn on_exec(task: u64, bprm: u64) {
     if len > ARGS_LEN as u64 {
         len = ARGS_LEN as u64;
     }
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).ppid = ppid;
         (*ev).filename[0] = 0;
@@ -74,6 +77,9 @@ pub fn on_fork(child: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).child_pid = child_pid;
         (*ev)._pad = 0;
@@ -94,6 +100,9 @@ pub fn on_exit(task: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).exit_code = exit_code;
         (*ev)._pad = 0;
@@ -141,6 +150,9 @@ pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).bytes = bytes;
         (*ev).target_pid = target_pid;
@@ -177,6 +189,9 @@ pub fn on_bpf(regs: u64, ret: i64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).prog_type = kernel::read_user::<u32>(attr).unwrap_or(u32::MAX);
         (*ev).fd = ret as i32;
@@ -195,6 +210,9 @@ fn on_bpf_get_fd_by_id(regs: u64, cmd: u32, ret: i64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).cmd = cmd;
         (*ev).id = kernel::read_user::<u32>(attr).unwrap_or(0);

@@ -652,6 +652,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
     let btf = probes::btf::KernelBtf::from_file(btf_path)
         .map_err(|e| e.to_string())
         .and_then(|b| probes::btf::resolve_offsets(&b).map_err(|e| e.to_string()));
+    // SAFETY: geteuid takes no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let caps = probes::probe_capabilities().context("probing program types")?;
     let agent = probes::Probes::load(Default::default(), Default::default(), btf_path);

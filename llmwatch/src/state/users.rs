@@ -35,8 +35,8 @@ impl UserNames {
     /// background and named from then on.
     pub fn get(&mut self, uid: u32) -> Option<&str> {
         self.take_answers();
-        if !self.names.contains_key(&uid) {
-            self.names.insert(uid, None);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.names.entry(uid) {
+            e.insert(None);
             self.look_up(uid);
         }
         self.names.get(&uid).and_then(|n| n.as_deref())
