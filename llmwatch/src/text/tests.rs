@@ -112,3 +112,140 @@ fn colour_only_paints_and_never_changes_the_words() {
 fn no_colour_when_not_a_terminal() {
     assert_eq!(Colour::for_terminal(false), Colour::Never);
 }
+
+#[test]
+fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
+    use crate::probes::{DataPaths, HookStatus, tracefs::TracefsState};
+    let hook = |hook: &'static str, attached: bool| HookStatus {
+        program: "p",
+        hook,
+        purpose: "what it sees",
+        required: true,
+        attached,
+        error: (!attached).then(|| "EPERM".to_string()),
+        instead: None,
+    };
+    let hooks = [
+        hook("raw_tracepoint/sys_exit", true),
+        hook("raw_tracepoint/sock_send_length", false),
+    ];
+    let paths = DataPaths {
+        reads: "syscall exit hook",
+        sends: "syscall exit hook",
+        mmap_touch: "/proc/PID/smaps samples",
+        io_uring: "io_uring completions",
+    };
+    let roots = [std::path::PathBuf::from("/models")];
+    let degraded = ["no sock_send_length: bytes sent are counted at syscall exit".to_string()];
+    let status = Status::AgentReady {
+        hooks: &hooks,
+        missing_offsets: &[],
+        tracefs: &TracefsState::Mounted,
+        watched_files: 3,
+        watched_bytes: 3 << 30,
+        roots: &roots,
+        scan: &Default::default(),
+        processes: 1,
+        metrics_addr: Some("127.0.0.1:9477".parse().unwrap()),
+        syscall_hook_fallback: Some("tp_btf: EPERM"),
+        watch_mode: "inotify",
+        watch_error: None,
+        degraded: &degraded,
+        bpf_objects: &Default::default(),
+        data_paths: &paths,
+        seeded: &Default::default(),
+    };
+    let text = status_text(&status, &["https://hooks.example/x".into()], Colour::Never);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].ends_with("llmwatch ready: watching 3 files (3.0 GiB) under /models; 1 process known"),
+        "{text}"
+    );
+    let has = |want: &str| lines.iter().any(|l| l.contains(want));
+    assert!(
+        has(
+            "hooks:             1 of 2 attached; syscalls through raw_tracepoint/sys_exit (tp_btf refused: tp_btf: EPERM)"
+        ),
+        "{text}"
+    );
+    assert!(has("sends:             syscall exit hook"), "{text}");
+    assert!(has("mmap_touch:        /proc/PID/smaps samples"), "{text}");
+    assert!(has("metrics:           http://127.0.0.1:9477/metrics"), "{text}");
+    assert!(
+        has("alerts:            this output and https://hooks.example/x"),
+        "{text}"
+    );
+    assert!(
+        has("degraded (what this host lacks, and what is lost):"),
+        "{text}"
+    );
+    assert!(
+        has("    - no sock_send_length: bytes sent are counted at syscall exit"),
+        "{text}"
+    );
+    assert!(lines.len() <= 12, "not short: {text}");
+}
+
+#[test]
+fn an_event_is_one_line_naming_kind_process_file_and_its_fields() {
+    use crate::{
+        enrich::{FileView, ProcessView},
+        events::{Event, EventKind, FileKey, ReadReason, Task},
+        state::files::{AssetClass, WeightFormat},
+    };
+    let e = Enriched {
+        time: "2026-11-23T10:00:00Z".parse().unwrap(),
+        event: Event {
+            ts_ns: 1,
+            task: Task {
+                pid: 77,
+                tid: 77,
+                uid: 1000,
+                gid: 1000,
+                comm: "python3".into(),
+                cgroup_id: 1,
+            },
+            kind: EventKind::FileRead {
+                file: FileKey { dev: 8, ino: 1 },
+                fd: 3,
+                bytes: 4096,
+                total: 8192,
+                reason: ReadReason::Progress,
+                syscall: "pread64".into(),
+                instance: 0,
+            },
+        },
+        process: std::sync::Arc::new(ProcessView {
+            pid: 77,
+            ppid: 1,
+            comm: "python3".into(),
+            exe: None,
+            argv: vec![],
+            uid: 1000,
+            user: Some("alice".into()),
+            container_id: None,
+            pod_uid: Some("pod-uid".into()),
+            runtime: None,
+            cgroup: None,
+            ancestry: vec![],
+        }),
+        weight: Some(FileView {
+            path: std::path::Path::new("/models/m.safetensors").into(),
+            dev: 8,
+            ino: 1,
+            size: 1 << 20,
+            format: WeightFormat::Safetensors,
+            class: AssetClass::Weights,
+        }),
+    };
+    let line = event_line(&e);
+    assert!(
+        line.starts_with(
+            "2026-11-23 10:00:00Z event              file_read  process=python3[77] user=alice pod=pod-uid  file=/models/m.safetensors"
+        ),
+        "{line}"
+    );
+    for field in [" fd=3", " bytes=4096", " total=8192", " syscall=pread64"] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}
