@@ -250,29 +250,40 @@ pub fn status_text(s: &Status<'_>, delivery: &[String], colour: Colour) -> Strin
             seeded,
             ..
         } => {
-            let roots: Vec<String> = roots
+            let shown = |p: &std::path::PathBuf| crate::json_path::path_to_json(p).into_owned();
+            let present: Vec<String> = roots
                 .iter()
-                .map(|r| crate::json_path::path_to_json(r).into_owned())
+                .filter(|r| !scan.roots_missing.contains(r))
+                .map(shown)
                 .collect();
+            let missing: Vec<String> = scan.roots_missing.iter().map(shown).collect();
+            let watching = if present.is_empty() && roots.len() == 1 {
+                "watching nothing yet: the model directory does not exist (watched for creation)".to_string()
+            } else if present.is_empty() {
+                format!(
+                    "watching nothing yet: none of the {} model directories exists (each is watched for \
+                     creation)",
+                    roots.len()
+                )
+            } else {
+                format!(
+                    "watching {} ({}) under {}",
+                    count(*watched_files, "file"),
+                    human_bytes(*watched_bytes),
+                    present.join(", ")
+                )
+            };
             let mut out = vec![format!(
-                "{now} {} watching {} ({}) under {}; {} known",
+                "{now} {} {watching}; {} known",
                 colour.paint("1;32", "llmwatch ready:"),
-                count(*watched_files, "file"),
-                human_bytes(*watched_bytes),
-                if roots.is_empty() {
-                    "no directories".to_string()
-                } else {
-                    roots.join(", ")
-                },
                 count(*processes, "process")
             )];
-            if !scan.roots_missing.is_empty() {
-                let missing: Vec<String> = scan
-                    .roots_missing
-                    .iter()
-                    .map(|r| crate::json_path::path_to_json(r).into_owned())
-                    .collect();
-                out.push(format!("  missing directories: {}", missing.join(", ")));
+            if !missing.is_empty() {
+                out.push(format!(
+                    "  {:<18} {} (watched for creation)",
+                    "missing:",
+                    missing.join(", ")
+                ));
             }
             if seeded.processes > 0 {
                 out.push(format!(
@@ -386,10 +397,12 @@ pub fn status_text(s: &Status<'_>, delivery: &[String], colour: Colour) -> Strin
 
 /// `1 file`, `3 files`, `2 processes`.
 fn count(n: usize, noun: &str) -> String {
-    match (n, noun.ends_with('s')) {
-        (1, _) => format!("1 {noun}"),
-        (_, true) => format!("{n} {noun}es"),
-        (_, false) => format!("{n} {noun}s"),
+    if n == 1 {
+        format!("1 {noun}")
+    } else if noun.ends_with('s') {
+        format!("{n} {noun}es")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

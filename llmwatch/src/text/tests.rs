@@ -184,6 +184,43 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
         "{text}"
     );
     assert!(lines.len() <= 12, "not short: {text}");
+
+    // No model directory there yet: said once, not as "0 files under" each missing one.
+    let roots = [std::path::PathBuf::from("/models"), "/opt/models".into()];
+    let scan = crate::state::files::ScanReport {
+        roots_missing: roots.to_vec(),
+        ..Default::default()
+    };
+    let status = Status::AgentReady {
+        hooks: &hooks,
+        missing_offsets: &[],
+        tracefs: &TracefsState::Mounted,
+        watched_files: 0,
+        watched_bytes: 0,
+        roots: &roots,
+        scan: &scan,
+        processes: 2,
+        metrics_addr: None,
+        syscall_hook_fallback: None,
+        watch_mode: "inotify",
+        watch_error: None,
+        degraded: &[],
+        bpf_objects: &Default::default(),
+        data_paths: &paths,
+        seeded: &Default::default(),
+    };
+    let text = status_text(&status, &[], Colour::Never);
+    assert!(
+        text.lines().next().unwrap().ends_with(
+            "llmwatch ready: watching nothing yet: none of the 2 model directories exists (each is \
+             watched for creation); 2 processes known"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  missing:           /models, /opt/models (watched for creation)"),
+        "{text}"
+    );
 }
 
 #[test]
