@@ -35,7 +35,10 @@ fn alerts_reach_the_webhook_signed() {
     let mut agent = Agent::watching(&[dir.path()], &["--config", &cfg]);
     std::fs::read(&model).unwrap();
     let alert = agent
-        .wait_for(secs(10), |v| v["rule"] == "weight.unexpected_reader")
+        // The incident's message (what receivers get), not the rule hit `events` also prints.
+        .wait_for(secs(10), |v| {
+            is_incident(v) && v["rule"] == "weight.unexpected_reader"
+        })
         .expect("alert");
     let id = alert["id"].as_str().expect("the printed message has an id");
     // Other agents starting in parallel tests load BPF programs, which this agent reports too
