@@ -242,6 +242,7 @@ fn burst_of_gpu_processes_raises_spawn_storm() {
     let node = dir.path().join("nvidia0");
     let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
     assert_eq!(
+        // SAFETY: the path is a NUL-terminated C string alive until the call returns.
         unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) },
         0
     );
@@ -550,6 +551,7 @@ fn another_process_loading_bpf_is_reported() {
         "{}",
         a["summary"]
     );
+    // SAFETY: fd was opened by this test and is not used after this.
     unsafe { libc::close(fd) };
     // The agent's own loads (at its start) are not reported (other agents of parallel tests
     // are other processes, and are).

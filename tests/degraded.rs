@@ -64,6 +64,7 @@ fn without_kernel_btf_the_agent_runs_degraded_and_says_what_it_loses() {
     let seen = agent.wait_for(secs(10), |v| {
         v["kind"] == "bpf_load" && v["task"]["pid"] == me && v["prog_name"] == "degraded_bpf"
     });
+    // SAFETY: fd was opened by this test and is not used after this.
     unsafe { libc::close(fd) };
     assert!(seen.is_some(), "bpf() use is not seen without BTF");
 

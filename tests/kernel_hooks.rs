@@ -17,6 +17,7 @@ fn cpath(p: &Path) -> CString {
 }
 
 fn open(p: &Path, flags: i32) -> i32 {
+    // SAFETY: the C string lives until the end of the statement, after the call.
     let fd = unsafe { libc::open(cpath(p).as_ptr(), flags, 0o644) };
     assert!(
         fd >= 0,
@@ -39,6 +40,8 @@ fn sum_bytes(events: &[Value]) -> u64 {
 fn read_all(how: &str, fd: i32, scratch: &Path) -> u64 {
     let mut buf = vec![0u8; 1 << 16];
     let mut total: u64 = 0;
+    // SAFETY: each call is given buf (or iovecs over it, or fd for the copies) with its real
+    // length; buf outlives every call.
     unsafe {
         match how {
             "read" => loop {
@@ -194,6 +197,7 @@ fn read_paths(extra: &[&str]) {
         fds.push(fd);
         let returned = read_all(how, fd, scratch.path());
         assert_eq!(returned, size);
+        // SAFETY: fd was opened by this test and is not used after this.
         unsafe { libc::close(fd) };
         let ours = |v: &Value| is(v, "file_read", me()) && v["fd"] == fd && v["file"]["ino"] == ino;
         let events = agent.collect_until(secs(10), ours, |v| ours(v) && v["reason"] == "close");
@@ -231,6 +235,7 @@ fn read_paths(extra: &[&str]) {
     // the same process are not reported again (their reads are). The marker: this process's
     // first open of another watched file, which must be reported, after those reopens.
     let fd = open(&marker, libc::O_RDONLY);
+    // SAFETY: fd was opened by this test and is not used after this.
     unsafe { libc::close(fd) };
     let opens = agent.collect_until(
         secs(10),
@@ -288,6 +293,8 @@ fn mmap_of_a_watched_file_reports_length_and_prot() {
     let mut agent = Agent::watching(&[dir.path()], &[]);
     let fd = open(&path, libc::O_RDONLY);
     let mut sum: u64 = 0;
+    // SAFETY: the mapping is checked before use, only offsets below its length (the file's
+    // size) are read, and it is unmapped before fd is closed.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -329,6 +336,7 @@ fn unwatched_files_report_nothing() {
     // anything about the unwatched file would have arrived before it.
     for p in [&unwatched, &watched] {
         let fd = open(p, libc::O_RDONLY);
+        // SAFETY: fd was just opened by open() and nothing else owns it; the File closes it.
         let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut v = Vec::new();
         f.read_to_end(&mut v).unwrap();
@@ -461,6 +469,7 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
 
     // Write through a descriptor, then ftruncate it.
     let fd = open(&a, libc::O_WRONLY | libc::O_APPEND);
+    // SAFETY: the buffer is a 10-byte literal, matching the count.
     assert_eq!(unsafe { libc::write(fd, b"0123456789".as_ptr().cast(), 10) }, 10);
     let ev = agent
         .wait_for(secs(10), tamper("write"))
@@ -468,15 +477,18 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
     assert_eq!(ev["file"]["ino"], ino_a);
     assert_eq!(ev["bytes"], 10);
     assert_eq!(ev["weight"]["path"], a.to_str().unwrap());
+    // SAFETY: ftruncate takes no pointers; fd is open for writing.
     assert_eq!(unsafe { libc::ftruncate(fd, 10) }, 0);
     let ev = agent
         .wait_for(secs(10), |v| tamper("truncate")(v) && v["fd"] == fd)
         .expect("ftruncate not reported");
     assert_eq!(ev["file"]["ino"], ino_a);
+    // SAFETY: fd was opened by this test and is not used after this.
     unsafe { libc::close(fd) };
 
     // Rename away, relative to a directory descriptor (resolved through /proc/<pid>/fd).
     let dirf = std::fs::File::open(dir.path()).unwrap();
+    // SAFETY: both names are NUL-terminated C string literals; dirf is open for the whole call.
     let r = unsafe {
         libc::renameat(
             dirf.as_raw_fd(),
@@ -503,6 +515,7 @@ fn writes_truncates_renames_and_unlinks_are_tamper_events() {
 
     // Unlink and path truncate.
     let p = cpath(&c);
+    // SAFETY: the C string lives until the end of the statement, after the call.
     assert_eq!(unsafe { libc::truncate(p.as_ptr(), 0) }, 0);
     let ev = agent
         .wait_for(secs(10), |v| tamper("truncate")(v) && v["fd"] == -1)
@@ -758,11 +771,13 @@ fn gpu_device_opens_are_reported_by_major() {
     let node = dir.path().join("nvidia0");
     let dev = libc::makedev(195, 0);
     assert_eq!(
+        // SAFETY: the C string lives until the end of the statement, after the call.
         unsafe { libc::mknod(cpath(&node).as_ptr(), libc::S_IFCHR | 0o666, dev) },
         0
     );
     // Major 1 (mem) stands in for a GPU whose open succeeds, via the configurable extra major.
     let mut agent = Agent::watching(&[dir.path()], &["--gpu-major", "1"]);
+    // SAFETY: the C string lives until the end of the statement, after the call.
     let fd = unsafe { libc::open(cpath(&node).as_ptr(), libc::O_RDWR) };
     assert!(fd < 0, "fake node opened?");
     let ev = agent
@@ -805,6 +820,7 @@ fn gpu_device_opens_are_reported_by_major() {
         1,
         "a second open of the same device was reported: {opens:?}"
     );
+    // SAFETY: the three descriptors were opened by this test and are not used after this.
     unsafe {
         libc::close(fd);
         libc::close(fd2);
@@ -839,6 +855,8 @@ fn io_uring_reads_of_watched_files_are_reported() {
         )
         .offset(off)
         .build();
+        // SAFETY: the read's buffer (buf) and file outlive the submission: the loop waits for
+        // its completion before either is touched or dropped.
         unsafe { ring.submission().push(&sqe).unwrap() };
         ring.submit_and_wait(1).unwrap();
         let cqe = ring.completion().next().unwrap();

@@ -10,6 +10,8 @@ const BPF_MAP_GET_NEXT_KEY: i64 = 4;
 const BPF_MAP_GET_FD_BY_ID: i64 = 14;
 
 fn bpf(cmd: i64, attr: &mut [u8; 128]) -> i64 {
+    // SAFETY: attr is a bpf_attr-sized buffer borrowed for the whole call; the commands used
+    // here read only integer fields from it.
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
 }
 
@@ -71,6 +73,7 @@ fn a_handle_to_the_agents_map_and_a_change_to_it_are_reported_and_undone() {
         "{}",
         std::io::Error::last_os_error()
     );
+    // SAFETY: fd was opened by this test and is not used after this.
     unsafe { libc::close(fd as i32) };
 
     let changed = agent

@@ -185,6 +185,7 @@ pub fn on_open(regs: u64, sysno: u64, ret: i64) {
 #[inline(always)]
 fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
     let major = inode.rdev >> 20;
+    // SAFETY: a lookup whose value is only tested for presence.
     if unsafe { GPU_MAJORS.get(&major) }.is_none() {
         return;
     }
@@ -193,6 +194,9 @@ fn on_char_open(file: u64, inode: &kernel::InodeInfo, fd: i64) {
         return;
     };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).major = major;
         (*ev).minor = inode.rdev & ((1 << 20) - 1);
@@ -232,6 +236,9 @@ fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
         return;
     };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).ret = ret as i32;
         (*ev).flags = flags;
@@ -242,10 +249,18 @@ fn on_open_denied(regs: u64, sysno: u64, ret: i64) {
     emit::submit(entry, kind::FILE_OPEN_DENIED);
 }
 
+/// Copies the NUL-terminated user string at `src` into `dst` (empty when it cannot be read).
+///
+/// # Safety
+/// `dst` must point at `PATH_LEN` writable bytes.
 #[inline(always)]
 unsafe fn read_path(dst: *mut u8, src: u64) -> i64 {
+    // SAFETY: `dst` is PATH_LEN writable bytes (the caller's contract), and the helper writes
+    // at most that many.
     let n = unsafe { bpf_probe_read_user_str(dst as *mut _, PATH_LEN as u32, src as *const _) };
     if n < 0 {
+        // SAFETY: the read failed, so `dst` (at least one writable byte) is made an empty
+        // string.
         unsafe { *dst = 0 };
     }
     n
@@ -639,11 +654,17 @@ fn tamper_path(path: u64, dirfd: i32, op: u32, sysno: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a FileTamperEvent, whose
+    // `path` is PATH_LEN bytes.
     let n = unsafe { read_path((*ev).path.as_mut_ptr(), path) };
+    // SAFETY: as above; the helper has finished writing `path`.
     if n <= 0 || !basename_watched(unsafe { &(*ev).path }) {
         rec.discard(0);
         return;
     }
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).file = FileId::default();
         (*ev).bytes = 0;
@@ -673,6 +694,7 @@ fn basename_watched(path: &[u8; PATH_LEN]) -> bool {
         }
         i += 1;
     }
+    // SAFETY: a lookup whose value is only tested for presence.
     unsafe { WATCHED_NAMES.get(&h) }.is_some()
 }
 

@@ -11,6 +11,8 @@ use crate::maps::stat_inc;
 
 macro_rules! off {
     ($field:ident) => {
+        // SAFETY: `offsets()` is a reference to the OFFSETS global, valid and aligned for the
+        // program's life; a volatile read of a plain integer field of it.
         unsafe { core::ptr::read_volatile(&$crate::maps::offsets().$field) }
     };
 }

@@ -35,6 +35,9 @@ pub fn on_exec(task: u64, bprm: u64) {
     if len > ARGS_LEN as u64 {
         len = ARGS_LEN as u64;
     }
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).ppid = ppid;
         (*ev).filename[0] = 0;
@@ -75,6 +78,9 @@ pub fn on_fork(child: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).child_pid = child_pid;
         (*ev)._pad = 0;
@@ -96,6 +102,9 @@ pub fn on_exit(task: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).exit_code = exit_code;
         (*ev)._pad = 0;
@@ -143,6 +152,9 @@ pub fn emit_access(op: u32, target_pid: u32, bytes: u64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).bytes = bytes;
         (*ev).target_pid = target_pid;
@@ -179,6 +191,9 @@ pub fn on_bpf(regs: u64, ret: i64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).prog_type = kernel::read_user::<u32>(attr).unwrap_or(u32::MAX);
         (*ev).fd = ret as i32;
@@ -197,6 +212,9 @@ fn on_bpf_get_fd_by_id(regs: u64, cmd: u32, ret: i64) {
         return;
     };
     let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of this event type, live until
+    // it is submitted or discarded below; the helpers write at most the lengths of the fields
+    // they are given.
     unsafe {
         (*ev).cmd = cmd;
         (*ev).id = kernel::read_user::<u32>(attr).unwrap_or(0);

@@ -136,6 +136,11 @@ pub trait Sink {
     fn emit(&mut self, out: Output<'_>);
     /// Called after each batch so buffered sinks can flush.
     fn flush(&mut self) {}
+    /// The sink shows `agent_ready.degraded` to a person itself (`--output text`), so the
+    /// agent need not also log each line of it.
+    fn reports_degraded(&self) -> bool {
+        false
+    }
 }
 
 pub struct Agent {
@@ -469,8 +474,10 @@ impl Agent {
         });
         self.report_gap(sink);
         let degraded = self.degraded();
-        for d in &degraded {
-            log::warn!("degraded: {d}");
+        if !sink.reports_degraded() {
+            for d in &degraded {
+                log::warn!("degraded: {d}");
+            }
         }
         let probes = self.collector.probes();
         let bpf_objects: std::collections::BTreeMap<String, u32> = probes

@@ -5,7 +5,7 @@
 //! `events`, counters reconciled and swept, mappings sampled) →
 //! `state` (watched files, processes, containers) → `enrich` (events with who/what) →
 //! `rules` (correlation into alerts) → `alerts` (the alert contract, dedup) → sinks.
-//! `agent` runs it live; `replay` runs the same rules over a recording.
+//! `agent` runs it live (`text` writes its output for a person); `replay` runs the same rules over a recording.
 pub mod agent;
 pub mod alerts;
 pub mod clock;
@@ -22,3 +22,4 @@ pub mod replay;
 pub mod rules;
 pub mod sinks;
 pub mod state;
+pub mod text;

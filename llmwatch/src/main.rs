@@ -9,6 +9,7 @@ use llmwatch::{
     config::{self, Config},
     metrics::{Health, Metrics},
     probes,
+    text::{Colour, TextLines},
 };
 
 #[derive(Parser)]
@@ -24,13 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (the default when no command is given): alerts as JSON lines on stdout.
+    /// Run the agent (the default when no command is given): alerts on stdout, one line each.
     Run {
         #[command(flatten)]
         opts: RunOpts,
-        /// Also print every enriched event as one JSON line on stdout.
+        /// Also print every enriched event on stdout.
         #[arg(long)]
         events: bool,
+        /// `text`: one line per alert a person reads, and a short start-up summary; `json`: one
+        /// JSON object per line (what receivers and scripts read). Default: text when stdout
+        /// is a terminal, json otherwise.
+        #[arg(long, value_name = "text|json", value_enum)]
+        output: Option<OutputFormat>,
     },
     /// Run the agent and print every enriched event (and alert) as one JSON line.
     Events {
@@ -70,6 +76,25 @@ enum Command {
         #[command(flatten)]
         host: HostPaths,
     },
+}
+
+/// How `run` writes what it sees.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+impl OutputFormat {
+    /// `--output`, else text for a person at a terminal and JSON for a pipe or file.
+    fn resolve(chosen: Option<OutputFormat>) -> OutputFormat {
+        use std::io::IsTerminal as _;
+        chosen.unwrap_or(if std::io::stdout().is_terminal() {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -225,13 +250,26 @@ impl RunOpts {
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run {
+    let command = cli.command.unwrap_or(Command::Run {
         opts: RunOpts::default(),
         events: false,
-    }) {
-        Command::Run { opts, events } => run(&opts, if events { Mode::Events } else { Mode::Alerts }),
+        output: None,
+    });
+    // Text output says what the info lines would (hooks, watched files, where metrics are):
+    // only warnings and errors go to the log then, unless RUST_LOG asks for more.
+    let text = matches!(&command, Command::Run { output, .. } if OutputFormat::resolve(*output) == OutputFormat::Text);
+    let default_log = if text { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
+    match command {
+        Command::Run { opts, events, output } => run(
+            &opts,
+            match (OutputFormat::resolve(output), events) {
+                (OutputFormat::Text, events) => Mode::Text { events },
+                (OutputFormat::Json, true) => Mode::Events,
+                (OutputFormat::Json, false) => Mode::Alerts,
+            },
+        ),
         Command::Events { opts } => run(&opts, Mode::Events),
         Command::Record { file, opts } => run(&opts, Mode::Record(file)),
         Command::Replay { file, config } => replay(&file, config.as_deref()),
@@ -372,8 +410,14 @@ fn bench_floor() -> anyhow::Result<()> {
 }
 
 enum Mode {
+    /// Incidents as JSON lines.
     Alerts,
+    /// Events and incidents as JSON lines.
     Events,
+    /// Incidents (and events) as lines a person reads.
+    Text {
+        events: bool,
+    },
     Record(PathBuf),
 }
 
@@ -419,6 +463,7 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
             bound = Some(b);
         }
         let delivery = start_delivery(&cfg, bound, metrics.clone()).await?;
+        let delivered_to = delivery.as_ref().map(|d| d.targets()).unwrap_or_default();
         let mut agent = Agent::start(cfg, config_path, clock, metrics, health)?;
         agent.set_overrides(overrides);
         if let Some(d) = delivery {
@@ -438,6 +483,12 @@ fn run(opts: &RunOpts, mode: Mode) -> anyhow::Result<()> {
                 agent
                     .run(&mut AlertsOnly::new(std::io::BufWriter::new(stdout.lock())))
                     .await
+            }
+            Mode::Text { events } => {
+                use std::io::IsTerminal as _;
+                let colour = Colour::for_terminal(stdout.is_terminal());
+                let sink = TextLines::new(std::io::BufWriter::new(stdout.lock()), colour, events);
+                agent.run(&mut sink.with_delivery(delivered_to)).await
             }
             Mode::Record(path) => {
                 let file =
@@ -602,6 +653,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
     let btf = probes::btf::KernelBtf::from_file(btf_path)
         .map_err(|e| e.to_string())
         .and_then(|b| probes::btf::resolve_offsets(&b).map_err(|e| e.to_string()));
+    // SAFETY: geteuid takes no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let caps = probes::probe_capabilities().context("probing program types")?;
     let agent = probes::Probes::load(Default::default(), Default::default(), btf_path);

@@ -41,6 +41,8 @@ fn track(delta: isize) {
 // const-initialized thread locals without destructors, so touching them never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for alloc (a valid, non-zero layout) is passed on
+        // unchanged.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
@@ -49,6 +51,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for alloc_zeroed is passed on unchanged.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
@@ -57,11 +60,15 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr was allocated by System with this layout (every allocation goes through
+        // it), as the caller guarantees for dealloc.
         unsafe { System.dealloc(ptr, layout) };
         track(-(layout.size() as isize));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: ptr was allocated by System with layout, and the caller's contract for
+        // realloc is passed on unchanged.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             track(new_size as isize - layout.size() as isize);

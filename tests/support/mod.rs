@@ -30,6 +30,7 @@ pub fn agent_binary() -> PathBuf {
 /// The scenarios load kernel programs; without the privilege they cannot test anything, and
 /// they say so by failing rather than passing vacuously.
 pub fn require_root() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
@@ -208,6 +209,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // SAFETY: kill takes no pointers; the pid is our child's, not yet waited for, so it
+        // cannot have been reused.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + secs(5);
         while Instant::now() < deadline {
@@ -355,6 +358,8 @@ pub fn load_socket_filter(name: &[u8]) -> i32 {
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     attr[48..48 + name.len()].copy_from_slice(name);
+    // SAFETY: attr is a bpf_attr-sized buffer that outlives the call, and the instruction and
+    // license pointers it holds point at locals alive until it returns.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
     assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
     fd as i32

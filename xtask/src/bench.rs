@@ -56,6 +56,8 @@ impl Running {
     fn stop(&mut self) -> Vec<String> {
         let mut log = Vec::new();
         if let Some(child) = &mut self.child {
+            // SAFETY: kill takes no pointers; the pid is our child's, not yet waited for, so it
+            // cannot have been reused.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
         }
@@ -168,6 +170,7 @@ fn cpath(p: &Path) -> std::ffi::CString {
 const SLICES: u64 = 20;
 
 fn unrelated_syscalls(iters: u64) -> f64 {
+    // SAFETY: the path is a NUL-terminated C string literal.
     let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY) };
     let mut buf = [0u8; 64];
     let per_slice = (iters / SLICES).max(1);
@@ -175,10 +178,13 @@ fn unrelated_syscalls(iters: u64) -> f64 {
     for _ in 0..SLICES {
         let t = Instant::now();
         for _ in 0..per_slice {
+            // SAFETY: buf is valid for writes of 64 bytes (its length is at least that) for the
+            // call.
             unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 64) };
         }
         best = best.min(t.elapsed().as_nanos() as f64 / per_slice as f64);
     }
+    // SAFETY: fd was opened above and is not used after this.
     unsafe { libc::close(fd) };
     best
 }
@@ -186,6 +192,7 @@ fn unrelated_syscalls(iters: u64) -> f64 {
 /// Workload 2: GB/s reading the page-cached file in `chunk` reads.
 fn weight_reads(path: &Path, chunk: usize) -> f64 {
     let mut buf = vec![0u8; chunk];
+    // SAFETY: the C string lives until the end of the statement, after the call.
     let fd = unsafe { libc::open(cpath(path).as_ptr(), libc::O_RDONLY) };
     // The file in SLICES consecutive pieces, the fastest counting (see SLICES).
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -196,6 +203,8 @@ fn weight_reads(path: &Path, chunk: usize) -> f64 {
         let t = Instant::now();
         let mut total = 0u64;
         while total < slice {
+            // SAFETY: buf is valid for writes of chunk bytes: it was allocated with that
+            // length.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), chunk) };
             if n <= 0 {
                 done = true;
@@ -207,6 +216,7 @@ fn weight_reads(path: &Path, chunk: usize) -> f64 {
             best = best.max(total as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
     }
+    // SAFETY: fd was opened above and is not used after this.
     unsafe { libc::close(fd) };
     best
 }
@@ -219,9 +229,12 @@ fn mmap_load(path: &Path) -> f64 {
 
 fn mmap_pass(path: &Path) -> f64 {
     let len = std::fs::metadata(path).unwrap().len() as usize;
+    // SAFETY: the C string lives until the end of the statement, after the call.
     let fd = unsafe { libc::open(cpath(path).as_ptr(), libc::O_RDONLY) };
     let t = Instant::now();
     let mut sum = 0u64;
+    // SAFETY: the mapping is checked before use, and only offsets below its length (the file's
+    // size) are read; it is unmapped and fd closed after the last read.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -230,7 +243,9 @@ fn mmap_pass(path: &Path) -> f64 {
             libc::MAP_PRIVATE,
             fd,
             0,
-        ) as *const u8;
+        );
+        assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let p = p as *const u8;
         for off in (0..len).step_by(4096) {
             sum = sum.wrapping_add(*p.add(off) as u64);
         }
@@ -260,7 +275,10 @@ pub fn worker(dir: &Path, secs: f64, rate: Option<f64>) {
             }
         }
         for f in &files {
+            // SAFETY: the path is a NUL-terminated C string kept in files for the whole loop.
             let fd = unsafe { libc::open(f.as_ptr(), libc::O_RDONLY) };
+            // SAFETY: buf is valid for writes of its length; fd was just opened and is not used
+            // after close.
             unsafe {
                 libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
                 libc::close(fd);
@@ -365,6 +383,7 @@ fn best(a: Option<Sample>, b: Sample) -> Sample {
 }
 
 pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark attaches kernel programs: run it as root");
     }
@@ -466,6 +485,7 @@ fn footprint(agent: &Path, models: &Path, pipe_dir: &Path, opts: &Opts) -> anyho
     let idle_secs = if opts.quick { 5 } else { 30 };
     let (rss0, cpu0, t0) = (rss_kib(pid), cpu_ticks(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(idle_secs));
+    // SAFETY: sysconf takes no pointers.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let idle_cpu = (cpu_ticks(pid) - cpu0) as f64 / hz / t0.elapsed().as_secs_f64();
     let idle_rss = rss_kib(pid).max(rss0);
@@ -662,6 +682,7 @@ fn print_table(t: &serde_json::Value) {
 /// `cargo xtask soak`: the agent under a steady event load for a long time; its resident memory
 /// sampled every 10 s must stay flat (issue: 100k events/s for 10 minutes).
 pub fn soak(root: &Path, minutes: f64, rate: f64) -> anyhow::Result<()> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the soak attaches kernel programs: run it as root");
     }

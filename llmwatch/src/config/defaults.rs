@@ -130,32 +130,19 @@ pub fn hostname() -> String {
     }
 }
 
-/// The host's time zone: `$TZ`, else `/etc/timezone`, else the `/etc/localtime` link target,
-/// else UTC. Values that are not IANA names (POSIX rules like `CET-1CEST`) are skipped.
+/// The host's time zone: `$TZ` (how a container is usually told; iana-time-zone reads only
+/// the host's files), else what iana-time-zone finds (`/etc/localtime`'s link target,
+/// `/etc/timezone`), else UTC. Values that are not IANA names (POSIX rules like `CET-1CEST`)
+/// are skipped.
 pub fn local_timezone() -> chrono_tz::Tz {
-    local_timezone_from(
-        std::env::var("TZ").ok(),
-        std::fs::read_to_string("/etc/timezone").ok(),
-        std::fs::read_link("/etc/localtime")
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-    )
+    local_timezone_from(std::env::var("TZ").ok(), iana_time_zone::get_timezone().ok())
 }
 
-pub(crate) fn local_timezone_from(
-    env: Option<String>,
-    etc_timezone: Option<String>,
-    localtime_link: Option<String>,
-) -> chrono_tz::Tz {
-    let name = |s: &str| {
-        let s = s.trim().trim_start_matches(':');
-        // `/usr/share/zoneinfo/Europe/Berlin`, `../usr/share/zoneinfo/UTC`
-        let s = s.rsplit_once("zoneinfo/").map_or(s, |(_, n)| n);
-        s.parse::<chrono_tz::Tz>().ok()
-    };
+pub(crate) fn local_timezone_from(env: Option<String>, host: Option<String>) -> chrono_tz::Tz {
+    // `:Europe/Paris` (glibc's form of TZ naming a file under zoneinfo).
+    let name = |s: &str| s.trim().trim_start_matches(':').parse::<chrono_tz::Tz>().ok();
     env.as_deref()
         .and_then(name)
-        .or_else(|| etc_timezone.as_deref().and_then(name))
-        .or_else(|| localtime_link.as_deref().and_then(name))
+        .or_else(|| host.as_deref().and_then(name))
         .unwrap_or(chrono_tz::UTC)
 }

@@ -1,9 +1,12 @@
-//! A minimal HTTP/1.1 endpoint: `GET /metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, served by hyper (HTTP/1.1).
 //!
-//! Each connection is served by its own task and answered once (`Connection: close`). The
-//! request head is read with a deadline and a size cap, so slow or garbage clients cost one
-//! small task each for a few seconds and never hold up a scrape.
+//! Each connection is served by its own task and answered once (`Connection: close`). hyper
+//! parses the request (a head too large is 431, garbage 400) and drops a client that has not
+//! sent its head within the read timeout; a whole connection is given the read and write
+//! timeouts together, so slow or garbage clients cost one small task each for a few seconds
+//! and never hold up a scrape. At most `max_connections` are served at once.
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc,
@@ -12,12 +15,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    task::JoinHandle,
-};
+use http_body_util::Full;
+use hyper::{Method, Request, StatusCode, body::Bytes, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 
 use super::{CONTENT_TYPE, Metrics};
 
@@ -65,7 +66,7 @@ impl Default for Health {
 /// Limits on what one client may cost.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
-    /// Largest request head (request line and headers) read.
+    /// Largest request head (request line and headers) read; hyper's buffer, at least 8 KiB.
     pub max_request: usize,
     /// Time allowed to send the request head.
     pub read_timeout: Duration,
@@ -135,87 +136,32 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<H
     }
 }
 
-/// How reading a request head ended.
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    /// The client closed the connection before the end of the head.
-    Closed,
-}
-
-async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let room = (max - buf.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..room]).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf[from..]) {
-            buf.truncate(from + end);
-            return Ok(Head::Complete(buf));
-        }
-        if buf.len() >= max {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-/// Where the blank line that ends a request head ends (CRLF CRLF, or bare LF LF).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 async fn connection(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    health: &Health,
+    stream: tokio::net::TcpStream,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     limits: Limits,
-) -> std::io::Result<()> {
-    let head = tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_request)).await;
-    let (response, unread_input) = match head {
-        Err(_) => (Response::text(408, "request timeout"), true),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Head::Closed)) => return Ok(()),
-        Ok(Ok(Head::TooLarge)) => (Response::text(431, "request head too large"), true),
-        Ok(Ok(Head::Complete(head))) => (respond(&head, metrics, health), false),
-    };
-    let bytes = response.to_bytes();
-    let send = async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await?;
-        if unread_input {
-            drain(&mut stream).await;
-        }
-        Ok(())
-    };
-    tokio::time::timeout(limits.write_timeout, send)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not take the response"))?
-}
-
-/// Takes (and discards) some of what a client is still sending after its answer: closing a
-/// socket with unread input resets the connection, and the client may lose the answer.
-async fn drain(stream: &mut TcpStream) {
-    let mut sink = [0u8; 4096];
-    let mut left = 64 * 1024usize;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
+) -> Result<(), String> {
+    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+        // Origin form (`/metrics`) or absolute form (`http://host/metrics`); a bare name
+        // (`GET metrics`) is hyper's authority form, which only CONNECT may use.
+        let response = match req.uri().path_and_query() {
+            None => Response::text(400, "bad request: the target must be a path"),
+            Some(_) => respond(req.method(), req.uri().path(), metrics, health),
+        };
+        async move { Ok::<_, Infallible>(response.into_hyper()) }
+    });
+    let serve = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(limits.max_request.max(8192))
+        .keep_alive(false)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(limits.read_timeout + limits.write_timeout, serve).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("client did not take the response in time".into()),
+    }
 }
 
 #[derive(Debug)]
@@ -223,8 +169,6 @@ pub(super) struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
-    /// HEAD: headers as for GET, no body.
-    pub head_only: bool,
 }
 
 impl Response {
@@ -233,78 +177,40 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.as_bytes().to_vec(),
-            head_only: false,
         }
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            408 => "Request Timeout",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            505 => "HTTP Version Not Supported",
-            _ => "",
-        };
-        let allow = if self.status == 405 {
-            "Allow: GET, HEAD\r\n"
-        } else {
-            ""
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(&self.body);
+    /// With its headers; hyper leaves the body out for HEAD and keeps Content-Length.
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = hyper::Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, self.content_type)
+            .header(header::CONTENT_LENGTH, self.body.len())
+            .header(header::CACHE_CONTROL, "no-store");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            r = r.header(header::ALLOW, "GET, HEAD");
         }
-        out
+        r.body(Full::new(Bytes::from(self.body)))
+            .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
     }
 }
 
-/// The response to one request head.
-pub(super) fn respond(head: &[u8], metrics: &Metrics, health: &Health) -> Response {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Response::text(400, "bad request");
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Response::text(400, "bad request");
-    };
-    if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/") {
-        return Response::text(400, "bad request");
-    }
-    if !version.starts_with("HTTP/1.") {
-        return Response::text(505, "HTTP/1.x only");
-    }
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
+/// The response to a request for `path` (the query already left out by the URI parser).
+pub(super) fn respond(method: &Method, path: &str, metrics: &Metrics, health: &Health) -> Response {
+    if method != Method::GET && method != Method::HEAD {
         return Response::text(405, "method not allowed");
     }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    let mut response = match path {
+    match path {
         "/metrics" => Response {
             status: 200,
             content_type: CONTENT_TYPE,
             body: metrics.render().into_bytes(),
-            head_only: false,
         },
         "/healthz" if health.is_live() => Response::text(200, "ok"),
         "/healthz" => Response::text(503, "not live"),
         "/readyz" if health.is_ready() => Response::text(200, "ready"),
         "/readyz" => Response::text(503, "not ready"),
         _ => Response::text(404, "not found: try /metrics, /healthz or /readyz"),
-    };
-    response.head_only = head_only;
-    response
+    }
 }

@@ -758,8 +758,10 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no head end in {raw:?}"));
+    // An HTTP/1.0 request is answered in HTTP/1.0.
     let status = head
         .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r[..3].parse().ok())
         .unwrap_or_else(|| panic!("bad status line in {head:?}"));
     let length: usize = head
@@ -840,7 +842,8 @@ async fn garbage_and_oversized_requests() {
     assert_eq!(exchange(addr, b"GET\r\n\r\n").await.0, 400);
     assert_eq!(exchange(addr, b"GET /metrics\r\n\r\n").await.0, 400);
     assert_eq!(exchange(addr, b"GET metrics HTTP/1.1\r\n\r\n").await.0, 400);
-    assert_eq!(exchange(addr, b"GET /metrics HTTP/2.0\r\n\r\n").await.0, 505);
+    // HTTP/1.x only: hyper's parser refuses any other version.
+    assert_eq!(exchange(addr, b"GET /metrics HTTP/2.0\r\n\r\n").await.0, 400);
     assert_eq!(exchange(addr, b"\xff\xfe /metrics HTTP/1.1\r\n\r\n").await.0, 400);
     // 8 KiB of header and no end: refused without waiting for more.
     let mut big = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
@@ -877,17 +880,13 @@ async fn slow_clients_do_not_block_others() {
         "scrape waited {:?} behind slow clients",
         t.elapsed()
     );
-    // The stalled ones are answered 408 and closed once their time is up.
+    // The stalled ones are closed once their time is up (hyper answers nothing then).
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stalled[0].read_to_end(&mut raw))
         .await
         .expect("closed after the read timeout")
         .unwrap();
-    assert!(
-        raw.starts_with(b"HTTP/1.1 408 "),
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert!(raw.is_empty(), "{}", String::from_utf8_lossy(&raw));
 }
 
 #[tokio::test]
@@ -903,13 +902,12 @@ async fn bind_error_is_returned() {
 
 #[test]
 fn respond_routes_without_a_socket() {
+    use hyper::Method;
     let (m, h) = (Metrics::new(), Health::new());
-    assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &m, &h).status, 200);
-    assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n\r\n", &m, &h).status, 503);
-    assert_eq!(respond(b"GET /readyz#x HTTP/1.1\r\n\r\n", &m, &h).status, 503);
-    assert_eq!(respond(b"PUT /healthz HTTP/1.1\r\n\r\n", &m, &h).status, 405);
-    assert_eq!(respond(b"GET  /healthz HTTP/1.1\r\n\r\n", &m, &h).status, 400);
-    assert_eq!(respond(b"", &m, &h).status, 400);
-    let r = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &m, &h);
-    assert!(r.head_only && !r.body.is_empty());
+    assert_eq!(respond(&Method::GET, "/healthz", &m, &h).status, 200);
+    assert_eq!(respond(&Method::GET, "/readyz", &m, &h).status, 503);
+    assert_eq!(respond(&Method::PUT, "/healthz", &m, &h).status, 405);
+    assert_eq!(respond(&Method::GET, "/healthz/", &m, &h).status, 404);
+    let r = respond(&Method::HEAD, "/metrics", &m, &h);
+    assert!(r.status == 200 && !r.body.is_empty());
 }

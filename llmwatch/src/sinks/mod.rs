@@ -551,7 +551,7 @@ enum Step {
 impl TargetTask {
     async fn run(mut self) {
         let mut synced = self.spool.subscribe();
-        let mut jitter = webhook::Jitter::new(self.index as u64);
+        let mut jitter = webhook::Jitter::new();
         let refresh = self.sender.refresh();
         let mut next_refresh = refresh.map(|r| tokio::time::Instant::now() + r);
         loop {

@@ -1350,7 +1350,7 @@ fn retry_after_and_backoff() {
     );
     assert_eq!(webhook::parse_retry_after("soon", now), None);
 
-    let mut j = webhook::Jitter::new(1);
+    let mut j = webhook::Jitter::new();
     let (init, max) = (Duration::from_millis(100), Duration::from_secs(5));
     for attempt in 0..40 {
         let cap = init.saturating_mul(1 << attempt.min(31)).min(max);

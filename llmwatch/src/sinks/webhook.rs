@@ -305,39 +305,20 @@ pub(crate) fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration>
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
-/// A small PRNG for jitter (xorshift64*): no need for a crypto RNG to spread retries.
-pub(crate) struct Jitter(u64);
+/// Randomness for retry jitter: fastrand's generator (wyrand), seeded per target from the
+/// process's random state, so targets retrying at once spread apart. Spreading retries needs
+/// no cryptographic randomness.
+pub(crate) struct Jitter(fastrand::Rng);
 
 impl Jitter {
-    pub(crate) fn new(salt: u64) -> Jitter {
-        let mut b = [0u8; 8];
-        let seed = match std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        {
-            Ok(()) => u64::from_le_bytes(b),
-            Err(_) => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1),
-        };
-        Jitter((seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    pub(crate) fn new() -> Jitter {
+        Jitter(fastrand::Rng::new())
     }
 
     /// Uniform in [0, d].
     pub(crate) fn upto(&mut self, d: Duration) -> Duration {
         let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        if n == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.next() % n.saturating_add(1))
-        }
+        Duration::from_nanos(self.0.u64(0..=n))
     }
 }
 

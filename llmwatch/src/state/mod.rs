@@ -7,3 +7,4 @@ pub mod heartbeat;
 pub mod manifest;
 pub mod pods;
 pub mod process;
+pub mod users;

@@ -5,7 +5,7 @@
 //! is still attributed; /proc is only read for processes older than the agent.
 use std::time::{Duration, Instant};
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +43,7 @@ pub struct ProcessTable {
     procs: HashMap<u32, ProcessInfo>,
     /// cgroup id -> (cgroup path, container identity).
     containers: HashMap<u64, (String, ContainerInfo)>,
-    users: HashMap<u32, String>,
+    users: super::users::UserNames,
     cgroups: CgroupIndex,
 }
 
@@ -164,7 +164,7 @@ fn cgroup2_mount(mountinfo: &str) -> Option<std::path::PathBuf> {
 impl ProcessTable {
     pub fn new() -> Self {
         ProcessTable {
-            users: read_passwd(),
+            users: super::users::UserNames::from_host(),
             ..Default::default()
         }
     }
@@ -339,8 +339,9 @@ impl ProcessTable {
             .and_then(|(_, c)| c.container_id.as_deref())
     }
 
-    pub fn user_name(&self, uid: u32) -> Option<&str> {
-        self.users.get(&uid).map(String::as_str)
+    /// Through NSS, never blocking: see `state::users`.
+    pub fn user_name(&mut self, uid: u32) -> Option<&str> {
+        self.users.get(uid)
     }
 
     /// Forgets processes that exited more than `EXITED_GRACE` ago.
@@ -407,24 +408,6 @@ fn from_proc(pid: u32) -> Option<ProcessInfo> {
         cgroup_id: 0,
         exited_at: None,
     })
-}
-
-fn read_passwd() -> HashMap<u32, String> {
-    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
-        return HashMap::new();
-    };
-    parse_passwd(&text)
-}
-
-fn parse_passwd(text: &str) -> HashMap<u32, String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let uid = f.nth(1)?.parse().ok()?;
-            Some((uid, name.to_string()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -577,15 +560,5 @@ mod tests {
         // And by the kernel's file handle, without the index (a cgroup created since).
         assert_eq!(cgroup_path_by_id(&root, ino).as_deref(), Some(own.as_str()));
         assert_eq!(cgroup_path_by_id(&root, u64::MAX), None);
-    }
-
-    #[test]
-    fn passwd_parsing() {
-        let m = parse_passwd(
-            "root:x:0:0:root:/root:/bin/bash\nbad line\nollama:x:999:999::/usr/share/ollama:/bin/false\n",
-        );
-        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(m.get(&999).map(String::as_str), Some("ollama"));
-        assert_eq!(m.len(), 2);
     }
 }
