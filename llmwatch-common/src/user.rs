@@ -25,7 +25,11 @@ unsafe impl aya::Pod for SendStats {}
 unsafe impl aya::Pod for Settings {}
 // SAFETY: Offsets is #[repr(C)] integers and byte arrays with explicit padding (above).
 unsafe impl aya::Pod for Offsets {}
+// SAFETY: GuardSettings is #[repr(C)] integers and byte arrays with no implicit padding (above).
 unsafe impl aya::Pod for crate::guard::GuardSettings {}
+// SAFETY: GuardTree is #[repr(C)] integers and byte arrays with no implicit padding (above).
 unsafe impl aya::Pod for crate::guard::GuardTree {}
+// SAFETY: NetKey is #[repr(C)] integers and byte arrays with no implicit padding (above).
 unsafe impl aya::Pod for crate::guard::NetKey {}
+// SAFETY: PortNetKey is #[repr(C)] integers and byte arrays with no implicit padding (above).
 unsafe impl aya::Pod for crate::guard::PortNetKey {}
