@@ -179,7 +179,8 @@ pub(crate) struct Flows {
     pub flows: HashMap<FlowKey, Flow>,
     pub scope_reads: HashMap<Scope, ScopeReads>,
     /// Bytes each process read per file (unexpected_reader judges a process, not a tree).
-    pub per_process: HashMap<(u32, FileKey), u64>,
+    /// By pid, then file: an exit drops one entry instead of scanning every process's.
+    per_process: HashMap<u32, HashMap<FileKey, u64>>,
     /// Clients each inference server identity accepted (any of its processes answers them).
     clients: HashMap<Arc<str>, Clients>,
 }
@@ -219,7 +220,7 @@ impl Flows {
                     dev: w.dev,
                     ino: w.ino,
                 };
-                *self.per_process.entry((pid, key)).or_default() += bytes;
+                *self.per_process.entry(pid).or_default().entry(key).or_default() += bytes;
                 // Every read counts toward what a flow has in hand, a server's start-up load
                 // and a trusted reader's included: what they send is judged against it.
                 for g in ctx.groups {
@@ -308,7 +309,16 @@ impl Flows {
     }
 
     pub fn on_exit(&mut self, pid: u32) {
-        self.per_process.retain(|(p, _), _| *p != pid);
+        self.per_process.remove(&pid);
+    }
+
+    /// Bytes `pid` read of `file` (while it runs).
+    pub fn read_by(&self, pid: u32, file: FileKey) -> u64 {
+        self.per_process
+            .get(&pid)
+            .and_then(|files| files.get(&file))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn expire(&mut self, now: DateTime<Utc>, keep: TimeDelta) {

@@ -70,7 +70,14 @@ enum Stage {
 pub(crate) struct State {
     /// Each stage is judged once per process and file: later reads would only be suppressed
     /// repeats, not worth formatting an alert for.
-    reached: HashMap<(u32, FileKey), Stage>,
+    /// By pid, then file: an exit drops one entry instead of scanning every process's.
+    reached: HashMap<u32, HashMap<FileKey, Stage>>,
+    /// When a small access was last logged at info, and how many came after it unlogged: one
+    /// line a minute at most, so a loop of new processes opening a weight file floods neither
+    /// the log nor the event loop (formatting a line per access cost two thirds of the
+    /// engine's throughput). Every access is an event in `events`/`record` all the same.
+    access_logged: Option<chrono::DateTime<chrono::Utc>>,
+    accesses_unlogged: u64,
 }
 
 impl Rule for State {
@@ -87,7 +94,7 @@ impl Rule for State {
         }
         let pid = ctx.ev.process.pid;
         let file = FileKey { dev: w.dev, ino: w.ino };
-        let read = flows.per_process.get(&(pid, file)).copied().unwrap_or(0);
+        let read = flows.read_by(pid, file);
         let s = &sink.cfg().rules.unexpected_reader;
         let stage = if read > 0 && fraction(read, w.size) >= s.high_fraction {
             Stage::High
@@ -96,7 +103,7 @@ impl Rule for State {
         } else {
             Stage::Access
         };
-        match self.reached.entry((pid, file)) {
+        match self.reached.entry(pid).or_default().entry(file) {
             Entry::Occupied(mut seen) => {
                 if *seen.get() >= stage {
                     return;
@@ -114,12 +121,31 @@ impl Rule for State {
             None => ", not an inference server,".into(),
         };
         if stage == Stage::Access {
-            log::info!(
-                "{who} (pid {pid}){server} opened {} ({} read so far; below {} is an access, not an alert)",
-                w.path.display(),
-                human(read),
-                human(s.min_bytes)
-            );
+            let due = self
+                .access_logged
+                .is_none_or(|last| ctx.t - last >= chrono::TimeDelta::seconds(60));
+            if due {
+                let more = std::mem::take(&mut self.accesses_unlogged);
+                log::info!(
+                    "{who} (pid {pid}){server} opened {} ({} read so far; below {} is an access, not an alert){}",
+                    w.path.display(),
+                    human(read),
+                    human(s.min_bytes),
+                    if more > 0 {
+                        format!("; {more} more such accesses in the minute before, at debug level")
+                    } else {
+                        String::new()
+                    }
+                );
+                self.access_logged = Some(ctx.t);
+            } else {
+                self.accesses_unlogged += 1;
+                log::debug!(
+                    "{who} (pid {pid}){server} opened {} ({} read so far): an access, not an alert",
+                    w.path.display(),
+                    human(read)
+                );
+            }
             return;
         }
         let (severity, tag) = match stage {
@@ -150,7 +176,7 @@ impl Rule for State {
     }
 
     fn on_exit(&mut self, pid: u32) {
-        self.reached.retain(|(p, _), _| *p != pid);
+        self.reached.remove(&pid);
     }
 }
 
