@@ -8,9 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use llmwatch::{
-    alerts::incidents::{Change, IncidentMessage, IncidentStatus},
-};
+use llmwatch::alerts::incidents::{Change, IncidentMessage, IncidentStatus};
 
 const UNEXPECTED_READER: &str = llmwatch::rules::unexpected_reader::ID.as_str();
 const EXFILTRATION: &str = llmwatch::rules::exfiltration::ID.as_str();

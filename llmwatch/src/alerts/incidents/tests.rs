@@ -3,10 +3,13 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use super::*;
 use crate::{
     alerts::AlertProcess,
-    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
     enrich::{FileView, ProcessView},
     events::{Event, FileKey, ReadReason, Task},
-    state::{files::{AssetClass, WeightFormat}, process::Ancestor},
+    rules::{bulk_read, exfiltration, gpu_spawn_storm, unexpected_reader},
+    state::{
+        files::{AssetClass, WeightFormat},
+        process::Ancestor,
+    },
 };
 
 const UNEXPECTED_READER: &str = unexpected_reader::ID.as_str();
