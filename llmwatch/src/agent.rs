@@ -80,10 +80,10 @@ pub enum Status<'a> {
         metrics_addr: Option<std::net::SocketAddr>,
         /// Why the faster tp_btf syscall hook was not used (the raw tracepoint was), if it was not.
         syscall_hook_fallback: Option<&'a str>,
-        /// "fentry" (per-syscall fexit programs) or "tracepoint" (`sys_exit`).
-        hook_path: probes::fast::HookPath,
-        /// Why the per-syscall fexit programs were not used, when they were not.
-        hook_path_fallback: Option<&'a str>,
+        /// `hook_path`: "fentry" (per-syscall fexit programs) or "tracepoint" (`sys_exit`);
+        /// `hook_path_fallback`: why the per-syscall fexit programs were not used, if not.
+        #[serde(flatten)]
+        hook: &'a probes::fast::HookChoice,
         /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
         watch_mode: &'static str,
         watch_error: Option<&'a str>,
@@ -436,8 +436,7 @@ impl Agent {
                 Some(Err(e)) => Some(e.as_str()),
                 _ => None,
             },
-            hook_path: probes.hook_path,
-            hook_path_fallback: probes.hook_path_fallback.as_deref(),
+            hook: &probes.hook,
             watch_mode: if watch_error.is_some() {
                 "periodic_rescan"
             } else {
@@ -456,7 +455,7 @@ impl Agent {
         for (what, path) in probes.paths.pairs() {
             self.metrics.set_data_path(what, path);
         }
-        self.metrics.set_hook_path(probes.hook_path.as_str());
+        self.metrics.set_hook_path(probes.hook.hook_path.as_str());
         self.metrics
             .set_capability("kernel_btf", probes.btf_error.is_none());
         self.metrics.set_capability(
@@ -673,7 +672,7 @@ impl Agent {
                 "{why}: after a crash or kill, the next start cannot say how long nothing was watched (agent.gap)"
             ));
         }
-        if let Some(why) = &probes.hook_path_fallback
+        if let Some(why) = &probes.hook.hook_path_fallback
             && !why.starts_with("not tried")
         {
             out.push(format!(

@@ -629,8 +629,8 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             "program_types": caps,
             "hooks": hooks,
             "data_paths": paths,
-            "hook_path": agent.as_ref().ok().map(|p| p.hook_path),
-            "hook_path_fallback": agent.as_ref().ok().and_then(|p| p.hook_path_fallback.clone()),
+            "hook_path": agent.as_ref().ok().map(|p| p.hook.hook_path),
+            "hook_path_fallback": agent.as_ref().ok().and_then(|p| p.hook.hook_path_fallback.clone()),
             "agent_error": agent.as_ref().err().map(|e| format!("{e:#}")),
             "minimum_ok": minimum_ok,
         });
@@ -693,14 +693,14 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             println!("  agent probes failed to load: {e:#}");
         }
         if let Ok(p) = &agent {
-            match &p.hook_path_fallback {
+            match &p.hook.hook_path_fallback {
                 None => println!(
                     "syscall hooks:     {} (per-syscall fexit programs: unrelated syscalls run none)",
-                    p.hook_path.as_str()
+                    p.hook.hook_path.as_str()
                 ),
                 Some(why) => println!(
                     "syscall hooks:     {} (per-syscall fexit not used: {why})",
-                    p.hook_path.as_str()
+                    p.hook.hook_path.as_str()
                 ),
             }
         }

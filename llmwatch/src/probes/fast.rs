@@ -33,6 +33,14 @@ impl HookPath {
     }
 }
 
+/// The path chosen at start-up (`agent_ready.hook_path`, `llmwatch check --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookChoice {
+    pub hook_path: HookPath,
+    /// Why the per-syscall fexit programs are not used, when they are not.
+    pub hook_path_fallback: Option<String>,
+}
+
 /// The name shown for the fast path's hooks (one `HookStatus` for the whole set).
 pub const HOOK_NAME: &str = "fexit/__x64_sys_* (per syscall)";
 

@@ -230,10 +230,9 @@ pub struct Probes {
     /// Which syscall hook was chosen: Ok(the faster tp_btf hook) or Err(why it was refused and
     /// the raw tracepoint used instead).
     pub fast_path: Option<Result<&'static str, String>>,
-    /// Per-syscall fexit programs, or the `sys_exit` tracepoint (`fast_path` says which kind).
-    pub hook_path: fast::HookPath,
-    /// Why the per-syscall fexit programs are not used, when they are not.
-    pub hook_path_fallback: Option<String>,
+    /// Per-syscall fexit programs, or the `sys_exit` tracepoint (`fast_path` says which kind),
+    /// and why not the former when not.
+    pub hook: fast::HookChoice,
     /// Syscall functions the fast path found missing from this kernel's BTF (their syscalls do
     /// not exist here); empty on the tracepoint path.
     pub fast_absent: Vec<&'static str>,
@@ -296,8 +295,10 @@ impl Probes {
             hooks: Vec::new(),
             missing_offsets,
             fast_path: None,
-            hook_path: fast::HookPath::Tracepoint,
-            hook_path_fallback: None,
+            hook: fast::HookChoice {
+                hook_path: fast::HookPath::Tracepoint,
+                hook_path_fallback: None,
+            },
             fast_absent: Vec::new(),
             own_objects: Default::default(),
             btf_error,
@@ -343,7 +344,7 @@ impl Probes {
                 .iter()
                 .find(|(name, _)| *name == tp)
                 .map(|(_, why)| why.as_str());
-            let result = if program == "llmwatch_sys_exit" && self.hook_path == fast::HookPath::Fentry {
+            let result = if program == "llmwatch_sys_exit" && self.hook.hook_path == fast::HookPath::Fentry {
                 // The per-syscall programs carry what `sys_exit` would (`attach_fast`).
                 hook = fast::HOOK_NAME;
                 program = "llmwatch_fx_*";
@@ -393,7 +394,7 @@ impl Probes {
     }
 
     /// The fast path: per-syscall fexit programs instead of `sys_exit`, all or none; on any
-    /// refusal the tracepoint path, with why in `hook_path_fallback`.
+    /// refusal the tracepoint path, with why in `hook.hook_path_fallback`.
     fn attach_fast(&mut self, prefer_fentry: bool, btf_path: &std::path::Path) {
         let tried = if !prefer_fentry {
             Err("not tried (--syscall-hook tracepoint|raw)".to_string())
@@ -419,7 +420,7 @@ impl Probes {
                         )
                     }
                 );
-                self.hook_path = fast::HookPath::Fentry;
+                self.hook.hook_path = fast::HookPath::Fentry;
                 self.fast_absent = done.absent;
                 self.paths.reads =
                     "per-syscall fexit (descriptors followed by struct file) + io_uring completions";
@@ -433,7 +434,7 @@ impl Probes {
             }
             Err(why) => {
                 log::info!("per-syscall fexit hooks not used ({why}); using the sys_exit tracepoint");
-                self.hook_path_fallback = Some(why);
+                self.hook.hook_path_fallback = Some(why);
             }
         }
     }
