@@ -711,7 +711,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             }
         }
         println!(
-            "minimum (BTF + syscall exit + process hooks): {}",
+            "minimum (BTF + syscall hooks + process hooks): {}",
             if minimum_ok { "ok" } else { "MISSING" }
         );
     }
