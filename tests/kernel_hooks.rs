@@ -168,19 +168,25 @@ fn read_paths(extra: &[&str]) {
     let marker_ino = write_safetensors(&marker, 4096);
     let mut agent = Agent::watching(&[dir.path()], extra);
     assert_eq!(agent.ready["watched_files"], 2, "{}", agent.ready);
-    let sys_exit: Vec<&str> = agent.ready["hooks"]
+    // The syscall-level hook: `sys_exit` (tp_btf or raw) or the fast path's fexit set.
+    let syscall_hooks: Vec<&str> = agent.ready["hooks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|h| h["attached"] == true)
         .filter_map(|h| h["hook"].as_str())
-        .filter(|h| h.ends_with("/sys_exit"))
+        .filter(|h| h.ends_with("/sys_exit") || h.starts_with("fexit/"))
         .collect();
+    eprintln!(
+        "read paths through hook path {} ({syscall_hooks:?})",
+        agent.ready["hook_path"]
+    );
     if extra.contains(&"raw") {
-        assert_eq!(sys_exit, ["raw_tracepoint/sys_exit"], "{}", agent.ready);
+        assert_eq!(syscall_hooks, ["raw_tracepoint/sys_exit"], "{}", agent.ready);
+        assert_eq!(agent.ready["hook_path"], "tracepoint", "{}", agent.ready);
         assert!(agent.ready["syscall_hook_fallback"].is_string());
     } else {
-        assert_eq!(sys_exit.len(), 1, "{}", agent.ready);
+        assert_eq!(syscall_hooks.len(), 1, "{}", agent.ready);
     }
 
     let mut fds = Vec::new();
@@ -931,6 +937,75 @@ fn fio_io_uring_whole_file_read_is_counted() {
             .filter(|v| v["kind"] == "file_read")
             .all(|v| v["task"]["comm"].as_str().unwrap().starts_with("fio")),
         "{reads:#?}"
+    );
+}
+
+/// `llmwatch check` tries fentry for real; where it loads, the agent must take the fast path
+/// (per-syscall fexit programs, no `sys_exit` hook), and where it is refused, the tracepoint
+/// path with the refusal said. Which one ran is printed, so a run's log shows it.
+#[test]
+fn the_fast_path_is_chosen_exactly_where_fentry_loads() {
+    let out = Command::new(llmwatch_e2e::agent_binary())
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fentry_ok = report["program_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["program_type"] == "fentry" && t["ok"] == true);
+    let dir = TempDir::new("hook-path");
+    write_safetensors(&dir.path().join("m.safetensors"), 4096);
+    let agent = Agent::watching(&[dir.path()], &[]);
+    let ready = &agent.ready;
+    eprintln!(
+        "hook path: {} (fentry loads here: {fentry_ok}; fallback: {})",
+        ready["hook_path"], ready["hook_path_fallback"]
+    );
+    let attached: Vec<&str> = ready["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["attached"] == true)
+        .filter_map(|h| h["hook"].as_str())
+        .collect();
+    // check and the agent agree.
+    assert_eq!(report["hook_path"], ready["hook_path"], "{report:#}");
+    if fentry_ok {
+        assert_eq!(ready["hook_path"], "fentry", "{ready:#}");
+        assert!(ready["hook_path_fallback"].is_null(), "{ready:#}");
+        assert!(attached.iter().any(|h| h.starts_with("fexit/")), "{attached:?}");
+        assert!(!attached.iter().any(|h| h.ends_with("/sys_exit")), "{attached:?}");
+        assert!(
+            ready["data_paths"]["reads"]
+                .as_str()
+                .unwrap()
+                .starts_with("per-syscall fexit"),
+            "{ready:#}"
+        );
+    } else {
+        assert_eq!(ready["hook_path"], "tracepoint", "{ready:#}");
+        let why = ready["hook_path_fallback"].as_str().unwrap_or("");
+        assert!(why.contains("EPERM") || why.contains("BTF"), "{ready:#}");
+        assert!(attached.iter().any(|h| h.ends_with("/sys_exit")), "{attached:?}");
+        assert!(
+            ready["degraded"].as_array().unwrap().iter().any(|l| l
+                .as_str()
+                .unwrap()
+                .starts_with("per-syscall fexit hooks not used")),
+            "{ready:#}"
+        );
+    }
+    // Forcing the tracepoint path works on either kernel.
+    let forced = Agent::watching(&[dir.path()], &["--syscall-hook", "tracepoint"]);
+    assert_eq!(forced.ready["hook_path"], "tracepoint", "{}", forced.ready);
+    assert!(
+        forced.ready["hook_path_fallback"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("not tried")),
+        "{}",
+        forced.ready
     );
 }
 

@@ -34,17 +34,27 @@ fn agent_exports_metrics_health_and_readiness() {
     assert_eq!(get(&addr, "/readyz").0, 200);
     assert_eq!(get(&addr, "/nope").0, 404);
     let (_, before) = get(&addr, "/metrics");
-    // The syscall hook is tp_btf/sys_exit where the kernel allows it, else the raw tracepoint;
-    // agent_ready says which.
+    // The syscall hook is the per-syscall fexit set where fentry loads, else tp_btf/sys_exit
+    // where the kernel allows it, else the raw tracepoint; agent_ready says which.
     let sys_exit = agent.ready["hooks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|h| h["hook"].as_str().is_some_and(|n| n.ends_with("/sys_exit")))
+        .find(|h| {
+            h["hook"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/sys_exit") || n.starts_with("fexit/"))
+        })
         .map(|h| h["hook"].as_str().unwrap().to_string())
         .unwrap();
     assert_eq!(
         value(&before, &format!("llmwatch_hook_attached{{hook=\"{sys_exit}\"}}")),
+        Some(1.0),
+        "{before}"
+    );
+    let path = agent.ready["hook_path"].as_str().unwrap();
+    assert_eq!(
+        value(&before, &format!("llmwatch_hook_path{{path=\"{path}\"}}")),
         Some(1.0),
         "{before}"
     );

@@ -9,7 +9,8 @@
 //!
 //! Module per concern: `kernel` (reading kernel memory with BTF-resolved offsets), `emit`
 //! (ring-buffer records), `holders` (which processes are looked at), `files`, `touch`, `net`,
-//! `uring`, `process`.
+//! `uring`, `process`; `fast` holds the per-syscall fexit programs that replace the `sys_exit`
+//! hook where the kernel allows fentry/fexit.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -19,6 +20,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
+mod fast;
 #[cfg(target_arch = "bpf")]
 mod feature_probes;
 #[cfg(target_arch = "bpf")]
@@ -80,8 +83,9 @@ mod programs {
         dispatch(regs, sysno, ret)
     }
 
+    /// Also the body of every fast-path program (`fast`), with `sysno` a constant there.
     #[inline(always)]
-    fn dispatch(regs: u64, sysno: u64, ret: i64) -> i32 {
+    pub(crate) fn dispatch(regs: u64, sysno: u64, ret: i64) -> i32 {
         if sysno > nr::MAX_INTERESTING {
             return 0;
         }

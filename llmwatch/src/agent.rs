@@ -81,6 +81,10 @@ pub enum Status<'a> {
         metrics_addr: Option<std::net::SocketAddr>,
         /// Why the faster tp_btf syscall hook was not used (the raw tracepoint was), if it was not.
         syscall_hook_fallback: Option<&'a str>,
+        /// `hook_path`: "fentry" (per-syscall fexit programs) or "tracepoint" (`sys_exit`);
+        /// `hook_path_fallback`: why the per-syscall fexit programs were not used, if not.
+        #[serde(flatten)]
+        hook: &'a probes::fast::HookChoice,
         /// "inotify", or "periodic_rescan" when inotify could not be used (see watch_error).
         watch_mode: &'static str,
         watch_error: Option<&'a str>,
@@ -234,6 +238,7 @@ impl Agent {
         let collector = Collector::start(
             settings,
             probes::ProbeOptions {
+                prefer_fentry: !cfg.force_tracepoint_hooks && !cfg.force_raw_syscall_hook,
                 prefer_tp_btf: !cfg.force_raw_syscall_hook,
                 syscall_sends: cfg.force_syscall_sends,
                 smaps_touch_only: cfg.force_smaps_touch,
@@ -499,6 +504,7 @@ impl Agent {
                 Some(Err(e)) => Some(e.as_str()),
                 _ => None,
             },
+            hook: &probes.hook,
             watch_mode: if watch_error.is_some() {
                 "periodic_rescan"
             } else {
@@ -517,6 +523,7 @@ impl Agent {
         for (what, path) in probes.paths.pairs() {
             self.metrics.set_data_path(what, path);
         }
+        self.metrics.set_hook_path(probes.hook.hook_path.as_str());
         self.metrics
             .set_capability("kernel_btf", probes.btf_error.is_none());
         self.metrics.set_capability(
@@ -852,6 +859,13 @@ impl Agent {
         if let Some(why) = &self.heartbeat_error {
             out.push(format!(
                 "{why}: after a crash or kill, the next start cannot say how long nothing was watched (agent.gap)"
+            ));
+        }
+        if let Some(why) = &probes.hook.hook_path_fallback
+            && !why.starts_with("not tried")
+        {
+            out.push(format!(
+                "per-syscall fexit hooks not used ({why}): every syscall on the host pays the sys_exit tracepoint"
             ));
         }
         if let Some(Err(why)) = &probes.fast_path {

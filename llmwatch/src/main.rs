@@ -64,7 +64,11 @@ enum Command {
     },
     /// Benchmark floor: attach empty programs to the agent's hooks and wait (cargo xtask bench).
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor {
+        /// Empty programs on the fast path's per-syscall fexit functions, or on `sys_exit`.
+        #[arg(long, value_name = "fentry|tracepoint", default_value = "tracepoint", value_parser = ["fentry", "tracepoint"])]
+        hook_path: String,
+    },
     /// Engine throughput on synthetic events, one core (cargo xtask bench).
     #[command(hide = true)]
     BenchEngine { events: u64 },
@@ -130,9 +134,10 @@ struct RunOpts {
     /// testing time-dependent rules such as business hours.
     #[arg(long, value_name = "TIME")]
     clock_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// Syscall hook: `auto` uses the faster BTF tracepoint where the kernel allows it and falls
-    /// back to the raw tracepoint; `raw` always uses the raw tracepoint.
-    #[arg(long, value_name = "auto|raw", default_value = "auto", value_parser = ["auto", "raw"])]
+    /// Syscall hooks: `auto` uses per-syscall fexit programs where the kernel allows fentry
+    /// (unrelated syscalls then run no program), else the `sys_exit` BTF tracepoint, else the
+    /// raw tracepoint; `tracepoint` skips the fexit programs; `raw` uses the raw tracepoint.
+    #[arg(long, value_name = "auto|tracepoint|raw", default_value = "auto", value_parser = ["auto", "tracepoint", "raw"])]
     syscall_hook: String,
     /// Where bytes sent are counted: `auto` uses the `sock_send_length` tracepoint where the
     /// kernel has it; `syscalls` counts at syscall exit and io_uring completion as on kernels
@@ -206,6 +211,7 @@ impl RunOpts {
         let (read, send) = (self.read_report_bytes, self.send_report_bytes);
         let gpu_majors = self.gpu_majors.clone();
         let force_raw = self.syscall_hook == "raw";
+        let force_tracepoint = self.syscall_hook != "auto";
         let syscall_sends = self.send_path == "syscalls";
         let smaps_touch = self.mmap_touch == "smaps";
         let host = self.host.clone();
@@ -233,6 +239,7 @@ impl RunOpts {
             }
             cfg.extra_gpu_majors.extend(&gpu_majors);
             cfg.force_raw_syscall_hook = force_raw;
+            cfg.force_tracepoint_hooks = force_tracepoint;
             cfg.force_syscall_sends = syscall_sends;
             cfg.force_smaps_touch = smaps_touch;
             if let Some(a) = metrics_addr {
@@ -277,7 +284,11 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Validate { file },
         } => validate(&file),
         Command::Check { json, host } => check(json, &host),
-        Command::BenchFloor => bench_floor(),
+        Command::BenchFloor { hook_path } => bench_floor(if hook_path == "fentry" {
+            probes::fast::HookPath::Fentry
+        } else {
+            probes::fast::HookPath::Tracepoint
+        }),
         Command::BenchEngine { events } => bench_engine(events),
     }
 }
@@ -390,11 +401,11 @@ fn bench_engine(n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_floor() -> anyhow::Result<()> {
-    let (_ebpf, hooks) = probes::attach_floor()?;
+fn bench_floor(path: probes::fast::HookPath) -> anyhow::Result<()> {
+    let (_ebpf, hooks) = probes::attach_floor(path)?;
     println!(
         "{}",
-        serde_json::json!({"kind": "agent_ready", "floor": true, "hooks": hooks})
+        serde_json::json!({"kind": "agent_ready", "floor": true, "hook_path": path, "hooks": hooks})
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -671,6 +682,8 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             "program_types": caps,
             "hooks": hooks,
             "data_paths": paths,
+            "hook_path": agent.as_ref().ok().map(|p| p.hook.hook_path),
+            "hook_path_fallback": agent.as_ref().ok().and_then(|p| p.hook.hook_path_fallback.clone()),
             "agent_error": agent.as_ref().err().map(|e| format!("{e:#}")),
             "minimum_ok": minimum_ok,
         });
@@ -732,6 +745,18 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
         if let Err(e) = &agent {
             println!("  agent probes failed to load: {e:#}");
         }
+        if let Ok(p) = &agent {
+            match &p.hook.hook_path_fallback {
+                None => println!(
+                    "syscall hooks:     {} (per-syscall fexit programs: unrelated syscalls run none)",
+                    p.hook.hook_path.as_str()
+                ),
+                Some(why) => println!(
+                    "syscall hooks:     {} (per-syscall fexit not used: {why})",
+                    p.hook.hook_path.as_str()
+                ),
+            }
+        }
         if let Some(paths) = &paths {
             println!("data paths on this kernel:");
             for (what, path) in paths.pairs() {
@@ -739,7 +764,7 @@ fn check(json: bool, host: &HostPaths) -> anyhow::Result<()> {
             }
         }
         println!(
-            "minimum (BTF + syscall exit + process hooks): {}",
+            "minimum (BTF + syscall hooks + process hooks): {}",
             if minimum_ok { "ok" } else { "MISSING" }
         );
     }

@@ -262,6 +262,7 @@ pub fn status_text(s: &Status<'_>, delivery: &[String], colour: Colour) -> Strin
             degraded,
             data_paths,
             seeded,
+            hook,
             ..
         } => {
             let shown = |p: &std::path::PathBuf| crate::json_path::path_to_json(p).into_owned();
@@ -306,15 +307,22 @@ pub fn status_text(s: &Status<'_>, delivery: &[String], colour: Colour) -> Strin
                 ));
             }
             let attached = hooks.iter().filter(|h| h.attached).count();
-            let syscalls = hooks
-                .iter()
-                .find(|h| h.attached && h.hook.ends_with("/sys_exit"))
-                .map_or("none attached", |h| h.hook);
+            let syscalls = match hook.hook_path {
+                crate::probes::fast::HookPath::Fentry => crate::probes::fast::HOOK_NAME,
+                crate::probes::fast::HookPath::Tracepoint => hooks
+                    .iter()
+                    .find(|h| h.attached && h.hook.ends_with("/sys_exit"))
+                    .map_or("none attached", |h| h.hook),
+            };
             let mut hook_line = format!(
-                "  {:<18} {attached} of {} attached; syscalls through {syscalls}",
+                "  {:<18} {attached} of {} attached; {} path: syscalls through {syscalls}",
                 "hooks:",
-                hooks.len()
+                hooks.len(),
+                hook.hook_path.as_str()
             );
+            if let Some(why) = &hook.hook_path_fallback {
+                hook_line.push_str(&format!(" (fexit refused: {why})"));
+            }
             if let Some(why) = syscall_hook_fallback {
                 hook_line.push_str(&format!(" (tp_btf refused: {why})"));
             }

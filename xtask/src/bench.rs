@@ -18,7 +18,7 @@ use serde_json::json;
 
 mod redis;
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Setup {
@@ -46,14 +46,14 @@ pub struct Opts {
 }
 
 /// A running setup; dropping it stops it.
-struct Running {
-    child: Option<Child>,
-    stderr: Option<mpsc::Receiver<String>>,
-    stdout: Option<mpsc::Receiver<String>>,
+pub(crate) struct Running {
+    pub(crate) child: Option<Child>,
+    pub(crate) stderr: Option<mpsc::Receiver<String>>,
+    pub(crate) stdout: Option<mpsc::Receiver<String>>,
 }
 
 impl Running {
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         let mut log = Vec::new();
         if let Some(child) = &mut self.child {
             // SAFETY: kill takes no pointers; the pid is our child's, not yet waited for, so it
@@ -77,7 +77,7 @@ impl Drop for Running {
     }
 }
 
-fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(r).lines().map_while(Result::ok) {
@@ -167,9 +167,9 @@ fn cpath(p: &Path) -> std::ffi::CString {
 /// Workload 1: ns per 64-byte read of /dev/zero.
 /// Timed in 20 slices, the fastest counting: an interrupt or the other core's work lands in
 /// some slices, not in the hook's cost (the same for every setup).
-const SLICES: u64 = 20;
+pub(crate) const SLICES: u64 = 20;
 
-fn unrelated_syscalls(iters: u64) -> f64 {
+pub(crate) fn unrelated_syscalls(iters: u64) -> f64 {
     // SAFETY: the path is a NUL-terminated C string literal.
     let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY) };
     let mut buf = [0u8; 64];
@@ -190,7 +190,7 @@ fn unrelated_syscalls(iters: u64) -> f64 {
 }
 
 /// Workload 2: GB/s reading the page-cached file in `chunk` reads.
-fn weight_reads(path: &Path, chunk: usize) -> f64 {
+pub(crate) fn weight_reads(path: &Path, chunk: usize) -> f64 {
     let mut buf = vec![0u8; chunk];
     // SAFETY: the C string lives until the end of the statement, after the call.
     let fd = unsafe { libc::open(cpath(path).as_ptr(), libc::O_RDONLY) };
@@ -343,7 +343,7 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn make_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
+pub(crate) fn make_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).map(|m| m.len() == bytes).unwrap_or(false) {
         return Ok(());
     }
@@ -586,7 +586,7 @@ fn exfil_latency(running: &mut Running, file: &Path, trials: usize) -> anyhow::R
     Ok(out)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -10,6 +10,7 @@ use std::{
 mod bench;
 mod fuzz;
 mod vm;
+mod vmbench;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,10 @@ enum Task {
         /// Limit for each suite inside the guest, in minutes.
         #[arg(long, default_value_t = 30)]
         suite_timeout_min: u64,
+        /// After the suites, run the in-VM bench (as `bench --vm`) in the same boot, this many
+        /// rounds.
+        #[arg(long, value_name = "ROUNDS")]
+        bench: Option<usize>,
         /// Arguments for each test executable (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -84,6 +89,10 @@ enum Task {
         /// Shorter runs (a smoke test of the harness, not numbers to report).
         #[arg(long)]
         quick: bool,
+        /// Instead: both hook paths side by side inside the 6.1 guest kernel (emulated; ratios
+        /// only), where fentry loads. One VM at a time: wrap in `flock /work/vm.lock` if shared.
+        #[arg(long)]
+        vm: bool,
     },
     /// The agent under a steady event load; prints its RSS every 10 s (must stay flat).
     Soak {
@@ -100,6 +109,21 @@ enum Task {
         secs: u64,
         /// Targets to run (default: all: config_parse, event_decode, replay_reader).
         targets: Vec<String>,
+    },
+    /// The in-guest half of `bench --vm` (runs inside the VM).
+    #[command(hide = true)]
+    BenchGuest {
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        rounds: usize,
+        #[arg(long)]
+        file_mib: u64,
+        /// Only the no-agent and tracepoint setups (a harness smoke test where fentry is refused).
+        #[arg(long)]
+        tracepoint_only: bool,
     },
     #[command(hide = true)]
     BenchWorker {
@@ -138,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             cpus,
             memory,
             suite_timeout_min,
+            bench,
             args,
         } => {
             setup()?;
@@ -156,13 +181,40 @@ fn main() -> anyhow::Result<()> {
                     memory,
                     suite_timeout_min,
                     test_args: args,
+                    bench_rounds: bench,
                 },
             )
         }
         Task::Bench {
             rounds,
             file_mib,
+            quick: _,
+            vm: true,
+        } => {
+            setup()?;
+            build(true)?;
+            vmbench::run(
+                &root,
+                vmbench::Opts {
+                    rounds,
+                    file_mib: file_mib.min(vmbench::GUEST_FILE_MIB),
+                    cpus: 2,
+                    memory: "4G".into(),
+                },
+            )
+        }
+        Task::BenchGuest {
+            agent,
+            out,
+            rounds,
+            file_mib,
+            tracepoint_only,
+        } => vmbench::guest(&agent, &out, rounds, file_mib, tracepoint_only),
+        Task::Bench {
+            rounds,
+            file_mib,
             quick,
+            vm: false,
         } => {
             setup()?;
             build(true)?;

@@ -62,6 +62,9 @@ pub struct Opts {
     pub suite_timeout_min: u64,
     /// Passed to every test executable (a name filter, `--exact`, ...).
     pub test_args: Vec<String>,
+    /// After the suites, the in-VM bench (`cargo xtask bench --vm`) in the same boot, with this
+    /// many rounds: one boot and one turn of the shared VM lock for both.
+    pub bench_rounds: Option<usize>,
 }
 
 /// Seconds each phase took, in the order they ran.
@@ -122,6 +125,9 @@ pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
 
     let started = Instant::now();
     crate::build(false)?;
+    if opts.bench_rounds.is_some() {
+        crate::build(true)?;
+    }
     let agent = root.join("target/debug/llmwatch");
     let executables = test_executables(&opts.suites)?;
     timings.add("build", started);
@@ -177,6 +183,9 @@ pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
 
     print_summary(&results, &timings);
     println!("vm-test: results in {}", results_path.display());
+    if opts.bench_rounds.is_some() {
+        crate::vmbench::report(root, &guest_dir)?;
+    }
     let problems = problems(&results["guest"]);
     if !problems.is_empty() {
         bail!(
@@ -188,6 +197,78 @@ pub fn run(root: &Path, opts: Opts) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Boots the guest kernel (as `run` does) with `body` as the script after the common header (a
+/// tmpfs /tmp, the host's PATH, `$out` the shared directory), for `limit_min` minutes at most;
+/// returns the shared directory (target/<name>/guest) with what the script wrote there.
+/// `cargo xtask bench --vm` runs its in-guest half this way.
+pub fn boot_with_script(
+    root: &Path,
+    name: &str,
+    body: &str,
+    cpus: u32,
+    memory: &str,
+    limit_min: u64,
+) -> anyhow::Result<PathBuf> {
+    if crate::effective_uid() != 0 {
+        bail!("{name}: run it as root (it installs Debian packages and boots the guest)");
+    }
+    let cache = cache_dir()?;
+    let mut timings = Timings::default();
+    let vng = ensure_vm_tools(&cache, &mut timings)?;
+    let kernel = ensure_kernel(&cache.join("kernels"), None)?;
+    println!(
+        "{name}: guest kernel {} {} ({})",
+        kernel.package, kernel.package_version, kernel.choice
+    );
+    let out_dir = root.join("target").join(name);
+    let guest_dir = out_dir.join("guest");
+    if guest_dir.exists() {
+        fs::remove_dir_all(&guest_dir).with_context(|| format!("clearing {}", guest_dir.display()))?;
+    }
+    fs::create_dir_all(&guest_dir).with_context(|| format!("creating {}", guest_dir.display()))?;
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let script = guest_dir.join("guest.sh");
+    fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+# Written by `cargo xtask {name}`; the guest kernel runs it as its only command.
+out={out}
+say() {{ echo "{GUEST_LINE}{name}: $*"; }}
+echo "{GUEST_LINE}{GUEST_UP}: $(uname -r)"
+uname -r > "$out/uname-r"
+export PATH={path}
+mount -t tmpfs -o mode=1777 vm-test-tmp /tmp || say "could not mount a tmpfs on /tmp"
+export TMPDIR=/tmp
+{{ {body} ; echo $? > "$out/exit"; }} 2>&1 | sed -u 's/^/{GUEST_LINE}/'
+say done
+"#,
+            out = sh_quote(path_str(&guest_dir)?),
+            path = sh_quote(&path),
+        ),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    let opts = Opts {
+        suites: vec![name.to_string()],
+        kernel: None,
+        time_scale: 1.0,
+        cpus,
+        memory: memory.to_string(),
+        suite_timeout_min: limit_min,
+        test_args: Vec::new(),
+        bench_rounds: None,
+    };
+    boot_guest(
+        &vng,
+        &kernel,
+        &guest_dir,
+        &script,
+        &out_dir.join("console.log"),
+        &opts,
+    )?;
+    Ok(guest_dir)
 }
 
 /// Where downloads are kept between runs: `LLMWATCH_CACHE_DIR`, else the XDG cache directory.
@@ -591,6 +672,19 @@ say "suite {suite}: exit $(cat "$out/{suite}.exit")"
             threads = opts.cpus.max(1),
         );
     }
+    if let Some(rounds) = opts.bench_rounds {
+        let xtask = std::env::current_exe().context("finding this xtask binary")?;
+        s += &format!(
+            r#"say "bench: starting"
+{{ {xtask} bench-guest --agent {agent} --out "$out" --rounds {rounds} --file-mib {mib} 2>&1; echo $? > "$out/exit"; }} \
+  | sed -u 's/^/{GUEST_LINE}/'
+say "bench: exit $(cat "$out/exit")"
+"#,
+            xtask = sh_quote(path_str(&xtask)?),
+            agent = sh_quote(path_str(&root.join("target/release/llmwatch"))?),
+            mib = crate::vmbench::GUEST_FILE_MIB,
+        );
+    }
     s += "say done\n";
     Ok(s)
 }
@@ -962,7 +1056,15 @@ fn print_summary(results: &Value, timings: &Timings) {
         None => "?",
     };
     println!("  {:<36} {:<28} {}", "minimum", minimum(host), minimum(guest));
-    println!("tests in the {guest_name}:");
+    // The syscall-level hooks the agent chooses (and so the path the suites below ran on).
+    let hook_path = |side: &Value| side["check"]["hook_path"].as_str().unwrap_or("?").to_string();
+    println!(
+        "  {:<36} {:<28} {}",
+        "hook path (agent's choice)",
+        hook_path(host),
+        hook_path(guest)
+    );
+    println!("tests in the {guest_name} (hook path {}):", hook_path(guest));
     for suite in guest["suites"].as_array().into_iter().flatten() {
         println!(
             "  {}: {} passed, {} failed, {} ignored, {} unfinished ({}, exit {})",

@@ -89,6 +89,10 @@ pub struct Config {
     /// Use the raw tracepoint for the syscall hook even where tp_btf is allowed (command line
     /// `--syscall-hook raw`; for comparing the two and for testing the fallback).
     pub force_raw_syscall_hook: bool,
+    /// Use the `sys_exit` tracepoint even where the per-syscall fexit programs load (command
+    /// line `--syscall-hook tracepoint`, implied by `raw`): to compare the paths and to test
+    /// the fallback on a kernel that has the faster one.
+    pub force_tracepoint_hooks: bool,
     /// Count bytes sent at syscall exit even where `sock_send_length` exists (command line
     /// `--send-path syscalls`: the 6.1 path, testable on newer kernels).
     pub force_syscall_sends: bool,
@@ -230,6 +234,7 @@ impl Default for Config {
             containers: ContainersConfig::default(),
             warnings: Vec::new(),
             force_raw_syscall_hook: false,
+            force_tracepoint_hooks: false,
             force_syscall_sends: false,
             force_smaps_touch: false,
             kernel_btf: crate::probes::btf::KernelBtf::SYSFS_PATH.into(),

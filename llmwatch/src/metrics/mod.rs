@@ -96,6 +96,9 @@ pub struct Metrics {
     /// `llmwatch_data_path{what, path}`: 1 for the path chosen for reads, sends, mmap touches
     /// and io_uring on this kernel (see `probes::DataPaths`).
     pub data_path: IntGaugeVec,
+    /// `llmwatch_hook_path{path}`: 1 for the syscall-level hooks in use, "fentry" (per-syscall
+    /// fexit programs) or "tracepoint" (`sys_exit`).
+    pub hook_path: IntGaugeVec,
     /// `llmwatch_watched_files`.
     pub watched_files: IntGauge,
     /// `llmwatch_watched_bytes`.
@@ -204,6 +207,15 @@ impl Metrics {
         )
         .expect("valid gauge");
         r.register(Box::new(data_path.clone())).expect("unique metric");
+        let hook_path = IntGaugeVec::new(
+            Opts::new(
+                "llmwatch_hook_path",
+                "The syscall-level hooks in use (1): fentry (per-syscall fexit programs) or tracepoint (sys_exit).",
+            ),
+            &["path"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(hook_path.clone())).expect("unique metric");
         let watched_files = gauge(
             &r,
             "llmwatch_watched_files",
@@ -351,6 +363,7 @@ impl Metrics {
             hook_attached,
             capability,
             data_path,
+            hook_path,
             watched_files,
             watched_bytes,
             weight_read_bytes,
@@ -426,6 +439,10 @@ impl Metrics {
 
     pub fn set_data_path(&self, what: &str, path: &str) {
         self.data_path.with_label_values(&[what, path]).set(1);
+    }
+
+    pub fn set_hook_path(&self, path: &str) {
+        self.hook_path.with_label_values(&[path]).set(1);
     }
 
     pub fn set_hook(&self, hook: &str, attached: bool) {

@@ -36,6 +36,7 @@ const EXPORTED: &[(&str, &str)] = &[
     ("llmwatch_spool_write_errors_total", "counter"),
     ("llmwatch_capability", "gauge"),
     ("llmwatch_data_path", "gauge"),
+    ("llmwatch_hook_path", "gauge"),
     ("llmwatch_event_to_alert_seconds", "histogram"),
     ("llmwatch_config_reloads_total", "counter"),
     ("llmwatch_decode_errors_total", "counter"),
@@ -60,6 +61,7 @@ fn touched() -> Metrics {
     m.set_capability("kernel_btf", true);
     m.set_capability("tracefs", false);
     m.set_data_path("sends", "sock_send_length tracepoint");
+    m.set_hook_path("fentry");
     m.set_watched(3, 3 << 30);
     m.weight_read("inference_server", None, 4096);
     m.weight_read("other", Some("0123456789abcdef0123"), 1 << 20);

@@ -2,6 +2,7 @@
 //! hook and say which attached, and hand out the maps the rest of the agent uses.
 pub mod btf;
 pub mod capabilities;
+pub mod fast;
 pub mod tracefs;
 
 use std::{collections::HashSet, os::fd::AsFd};
@@ -199,6 +200,8 @@ const FILEMAP_TRACEPOINTS: [&str; 2] = ["mm_filemap_map_pages", "mm_filemap_faul
 /// that has the better ones.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeOptions {
+    /// The per-syscall fexit programs where the kernel allows them (else the tracepoint path).
+    pub prefer_fentry: bool,
     /// tp_btf for the syscall hook where allowed (else the raw tracepoint).
     pub prefer_tp_btf: bool,
     /// Count bytes sent at syscall exit even where `sock_send_length` exists.
@@ -212,6 +215,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
+            prefer_fentry: true,
             prefer_tp_btf: true,
             syscall_sends: false,
             smaps_touch_only: false,
@@ -229,6 +233,12 @@ pub struct Probes {
     /// Which syscall hook was chosen: Ok(the faster tp_btf hook) or Err(why it was refused and
     /// the raw tracepoint used instead).
     pub fast_path: Option<Result<&'static str, String>>,
+    /// Per-syscall fexit programs, or the `sys_exit` tracepoint (`fast_path` says which kind),
+    /// and why not the former when not.
+    pub hook: fast::HookChoice,
+    /// Syscall functions the fast path found missing from this kernel's BTF (their syscalls do
+    /// not exist here); empty on the tracepoint path.
+    pub fast_absent: Vec<&'static str>,
     /// This agent's own BPF objects, ("prog" | "map" | "link", id) -> name: another process
     /// taking a handle to one of them is how its maps get changed or its ring buffer read.
     pub own_objects: std::collections::HashMap<(&'static str, u32), String>,
@@ -288,6 +298,11 @@ impl Probes {
             hooks: Vec::new(),
             missing_offsets,
             fast_path: None,
+            hook: fast::HookChoice {
+                hook_path: fast::HookPath::Tracepoint,
+                hook_path_fallback: None,
+            },
+            fast_absent: Vec::new(),
             own_objects: Default::default(),
             btf_error,
             paths,
@@ -296,6 +311,7 @@ impl Probes {
         if probes.btf_error.is_some() && prefer_tp_btf {
             probes.fast_path = Some(Err("no kernel BTF (tp_btf needs it)".into()));
         }
+        probes.attach_fast(opts.prefer_fentry, btf_path);
         probes.attach_all(prefer_tp_btf && probes.btf_error.is_none(), btf_path);
         if !opts.smaps_touch_only {
             probes.attach_fault_kprobes();
@@ -331,7 +347,12 @@ impl Probes {
                 .iter()
                 .find(|(name, _)| *name == tp)
                 .map(|(_, why)| why.as_str());
-            let result = if let Some(why) = absent {
+            let result = if program == "llmwatch_sys_exit" && self.hook.hook_path == fast::HookPath::Fentry {
+                // The per-syscall programs carry what `sys_exit` would (`attach_fast`).
+                hook = fast::HOOK_NAME;
+                program = "llmwatch_fx_*";
+                Ok(())
+            } else if let Some(why) = absent {
                 Err(why.to_string())
             } else if skip {
                 Err("io_uring request layout not in this kernel's BTF".to_string())
@@ -373,6 +394,52 @@ impl Probes {
             });
         }
         self.note_fallbacks();
+    }
+
+    /// The fast path: per-syscall fexit programs instead of `sys_exit`, all or none; on any
+    /// refusal the tracepoint path, with why in `hook.hook_path_fallback`.
+    fn attach_fast(&mut self, prefer_fentry: bool, btf_path: &std::path::Path) {
+        let tried = if !prefer_fentry {
+            Err("not tried (--syscall-hook tracepoint|raw)".to_string())
+        } else if self.btf_error.is_some() {
+            Err("no kernel BTF (fentry needs it)".to_string())
+        } else {
+            aya::Btf::parse_file(btf_path, aya::Endianness::default())
+                .map_err(|e| format!("kernel BTF {}: {e}", btf_path.display()))
+                .and_then(|btf| fast::attach(&mut self.ebpf, &btf, "llmwatch"))
+        };
+        match tried {
+            Ok(done) => {
+                log::info!(
+                    "fast path: fexit on {} syscall functions{}",
+                    done.functions.len(),
+                    if done.absent.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} not in this kernel: {})",
+                            done.absent.len(),
+                            done.absent.join(", ")
+                        )
+                    }
+                );
+                self.hook.hook_path = fast::HookPath::Fentry;
+                self.fast_absent = done.absent;
+                self.paths.reads =
+                    "per-syscall fexit (descriptors followed by struct file) + io_uring completions";
+                if self.paths.sends.starts_with("syscall exit hook") {
+                    self.paths.sends = if self.paths.sends.ends_with("(forced)") {
+                        "per-syscall fexit + io_uring completions (forced)"
+                    } else {
+                        "per-syscall fexit + io_uring completions"
+                    };
+                }
+            }
+            Err(why) => {
+                log::info!("per-syscall fexit hooks not used ({why}); using the sys_exit tracepoint");
+                self.hook.hook_path_fallback = Some(why);
+            }
+        }
     }
 
     /// Hooks that are missing but whose data another path brings: say which.
@@ -525,7 +592,7 @@ fn choose_paths(
             SOCK_SEND_LENGTH,
             not_in_kernel(
                 SOCK_SEND_LENGTH,
-                "bytes sent are counted at syscall exit (write/send*/sendfile/splice) and io_uring completions",
+                "bytes sent are counted where write/send*/sendfile/splice return (the syscall hooks) and at io_uring completions",
             ),
         ));
         "syscall exit hook + io_uring completions"
@@ -858,7 +925,9 @@ impl KernelMaps {
 }
 
 /// The benchmark floor: empty programs attached to the agent's hooks, held until dropped.
-pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
+/// `path`: the fast path's per-syscall fexit functions (an error where the kernel refuses
+/// them) or the `sys_exit` tracepoint.
+pub fn attach_floor(path: fast::HookPath) -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
     if OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
@@ -870,6 +939,24 @@ pub fn attach_floor() -> Result<(Ebpf, Vec<HookStatus>), ProbeError> {
     let mut hooks = Vec::new();
     for &(program, tp, purpose, required) in HOOKS {
         let floor = program.replacen("llmwatch_", "floor_", 1);
+        if tp == "sys_exit" && path == fast::HookPath::Fentry {
+            let r = aya::Btf::from_sys_fs()
+                .map_err(|e| format!("kernel BTF: {e}"))
+                .and_then(|btf| fast::attach(&mut ebpf, &btf, "floor"));
+            if let Err(e) = r {
+                return Err(ProbeError::NothingAttached(format!("floor fexit programs: {e}")));
+            }
+            hooks.push(HookStatus {
+                program: "floor_fx_*",
+                hook: fast::HOOK_NAME,
+                purpose,
+                required,
+                attached: true,
+                error: None,
+                instead: None,
+            });
+            continue;
+        }
         // The same hook type the agent chooses: tp_btf for the syscall hook when allowed.
         let r = if tp == "sys_exit"
             && attach_btf_tracepoint(

@@ -148,6 +148,10 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
         processes: 1,
         metrics_addr: Some("127.0.0.1:9477".parse().unwrap()),
         syscall_hook_fallback: Some("tp_btf: EPERM"),
+        hook: &crate::probes::fast::HookChoice {
+            hook_path: crate::probes::fast::HookPath::Tracepoint,
+            hook_path_fallback: Some("fexit: EPERM".into()),
+        },
         watch_mode: "inotify",
         watch_error: None,
         degraded: &degraded,
@@ -164,7 +168,7 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
     let has = |want: &str| lines.iter().any(|l| l.contains(want));
     assert!(
         has(
-            "hooks:             1 of 2 attached; syscalls through raw_tracepoint/sys_exit (tp_btf refused: tp_btf: EPERM)"
+            "hooks:             1 of 2 attached; tracepoint path: syscalls through raw_tracepoint/sys_exit (fexit refused: fexit: EPERM) (tp_btf refused: tp_btf: EPERM)"
         ),
         "{text}"
     );
@@ -202,6 +206,10 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
         processes: 2,
         metrics_addr: None,
         syscall_hook_fallback: None,
+        hook: &crate::probes::fast::HookChoice {
+            hook_path: crate::probes::fast::HookPath::Fentry,
+            hook_path_fallback: None,
+        },
         watch_mode: "inotify",
         watch_error: None,
         degraded: &[],
@@ -210,6 +218,10 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
         seeded: &Default::default(),
     };
     let text = status_text(&status, &[], Colour::Never);
+    assert!(
+        text.contains("fentry path: syscalls through fexit/__x64_sys_* (per syscall)"),
+        "{text}"
+    );
     assert!(
         text.lines().next().unwrap().ends_with(
             "llmwatch ready: watching nothing yet: none of the 2 model directories exists (each is \
