@@ -207,20 +207,26 @@ impl Agent {
     }
 }
 
+/// Stops an agent `child` the way a service manager would: SIGTERM, 5 s (scaled) to exit in
+/// order, then SIGKILL.
+pub fn terminate(child: &mut std::process::Child) {
+    // SAFETY: kill takes no pointers; the pid is our child's, not yet waited for, so it
+    // cannot have been reused.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: kill takes no pointers; the pid is our child's, not yet waited for, so it
-        // cannot have been reused.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
