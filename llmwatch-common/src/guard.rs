@@ -83,6 +83,18 @@ pub struct GuardTree {
     pub _pad: u32,
 }
 
+impl GuardTree {
+    /// A tree that read, sent and was refused nothing (`Default`, usable in a `static`).
+    pub const EMPTY: GuardTree = GuardTree {
+        read: 0,
+        sent: 0,
+        enforce: 0,
+        tripped: 0,
+        refused: 0,
+        _pad: 0,
+    };
+}
+
 /// Key of the `GUARD_NETS` LPM trie: the address as IPv6 (IPv4 mapped, `::ffff:a.b.c.d`).
 /// `GUARD_NETS_PORT` keys put the port (big-endian) in front so an entry can pin it.
 #[repr(C)]

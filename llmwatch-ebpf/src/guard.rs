@@ -46,6 +46,8 @@ const REFUSED_BATCH: u32 = 64;
 #[unsafe(no_mangle)]
 pub static GUARD: GuardSettings = GuardSettings::off();
 
+static EMPTY_TREE: GuardTree = GuardTree::EMPTY;
+
 /// Process (tgid) -> root tgid of the tree it is accounted in.
 #[map(name = "GUARD_TREE_OF")]
 static GUARD_TREE_OF: HashMap<u32, u32> = HashMap::with_max_entries(g::TREE_OF_MAX, 0);
@@ -222,7 +224,9 @@ fn track(id: &FileId) {
             root
         }
     };
-    let _ = GUARD_TREES.insert(&root, &GuardTree::default(), BPF_NOEXIST as u64);
+    // The new value from read-only global data: one on the stack would be zeroed by a call to
+    // the object's memset, a frame more in a chain 6.1 keeps to 512 bytes (see `on_sent`).
+    let _ = GUARD_TREES.insert(&root, &EMPTY_TREE, BPF_NOEXIST as u64);
     // SAFETY: a 4-byte copy out of a live map value.
     let file_bits = unsafe { GUARD_FILES.get(id) }.copied().unwrap_or(0);
     if file_bits & bits::EGRESS != 0
@@ -282,157 +286,55 @@ pub fn on_exit(tgid: u32) {
     }
 }
 
-/// The 16-byte IPv6 form of a destination (IPv4 mapped), as `GUARD_NETS` keys it.
-#[inline(always)]
-fn mapped(addr: &[u8; 16], family: u16) -> [u8; 16] {
-    if family != AF_INET {
-        return *addr;
-    }
-    let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12] = addr[0];
-    a[13] = addr[1];
-    a[14] = addr[2];
-    a[15] = addr[3];
-    a
-}
-
-/// Whether the allowlist exempts transfers to (addr, port).
-#[inline(always)]
-fn dest_exempt(addr: &[u8; 16], family: u16, port: u16) -> bool {
-    let a = mapped(addr, family);
-    let any = Key::new(128, NetKey { addr: a });
-    if GUARD_NETS.get(&any).is_some() {
-        return true;
-    }
-    let pinned = Key::new(
-        144,
-        PortNetKey {
-            port_be: port.to_be_bytes(),
-            addr: a,
-        },
-    );
-    GUARD_NETS_PORT.get(&pinned).is_some()
-}
-
-/// What one record says, besides the header.
-struct Report<'a> {
-    action: u32,
-    hook: u32,
-    enforced: bool,
-    root: u32,
-    tree: Option<&'a GuardTree>,
-    addr: [u8; 16],
+/// A destination as the guard's global functions take it: the 16-byte address (IPv4 in its
+/// first four bytes) as two native-endian words, the family and the port. Words rather than
+/// byte arrays keep the callers' frames small: on 6.1 a global function's frame counts in its
+/// callers' 512-byte stack limit, and the syscall-exit program already uses two thirds of it.
+#[derive(Clone, Copy)]
+struct Dest {
+    hi: u64,
+    lo: u64,
     family: u16,
     port: u16,
-    file: FileId,
-    count: u32,
 }
 
-#[inline(always)]
-fn report(r: &Report) {
-    let Some(mut rec) = emit::reserve::<GuardEvent>(g::KIND) else {
-        return;
-    };
-    let ev = rec.as_mut_ptr();
-    let (read, sent) = match r.tree {
-        Some(t) => (t.read, t.sent),
-        None => (0, 0),
-    };
-    // SAFETY: `ev` points into our own ring-buffer reservation of a GuardEvent.
-    unsafe {
-        (*ev).addr = r.addr;
-        (*ev).file = r.file;
-        (*ev).read = read;
-        (*ev).sent = sent;
-        (*ev).budget = if r.tree.is_some() { budget(read) } else { 0 };
-        (*ev).root = r.root;
-        (*ev).action = r.action;
-        (*ev).hook = r.hook;
-        (*ev).enforced = r.enforced as u32;
-        (*ev).count = r.count;
-        (*ev).family = r.family;
-        (*ev).port = r.port;
+impl Dest {
+    #[inline(always)]
+    fn new(addr: &[u8; 16], family: u16, port: u16) -> Dest {
+        let (hi, lo) = split(addr);
+        Dest { hi, lo, family, port }
     }
-    emit::submit(rec, g::KIND);
+
+    /// Family and port in one argument word.
+    #[inline(always)]
+    fn family_port(&self) -> u32 {
+        self.family as u32 | (self.port as u32) << 16
+    }
+
+    #[inline(always)]
+    fn from_args(hi: u64, lo: u64, family_port: u32) -> Dest {
+        Dest {
+            hi,
+            lo,
+            family: family_port as u16,
+            port: (family_port >> 16) as u16,
+        }
+    }
+
+    /// The 16-byte IPv6 form (IPv4 mapped, `::ffff:a.b.c.d`) as `GUARD_NETS` keys it, as two
+    /// words: the IPv4 address is the low four bytes of `hi`.
+    #[inline(always)]
+    fn mapped(&self) -> (u64, u64) {
+        if self.family != AF_INET {
+            return (self.hi, self.lo);
+        }
+        let v4 = self.hi & 0xffff_ffff;
+        (0, u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]) | v4 << 32)
+    }
 }
 
-/// The tree of the current process, when the guard judges its egress to (addr, port).
-#[inline(always)]
-fn judged_tree(addr: &[u8; 16], family: u16, port: u16) -> Option<(u32, *mut GuardTree)> {
-    if !enabled(bits::EGRESS) || (family != AF_INET && family != AF_INET6) {
-        return None;
-    }
-    let root = current_tree()?;
-    if exempt(kernel::current_pid_tgid().0) || dest_exempt(addr, family, port) {
-        return None;
-    }
-    GUARD_TREES.get_ptr_mut(&root).map(|t| (root, t))
-}
-
-/// First time over budget: mark the tree and say so.
-#[inline(always)]
-fn trip(root: u32, t: *mut GuardTree, hook_id: u32, addr: &[u8; 16], family: u16, port: u16) {
-    // SAFETY: `t` points at a live GUARD_TREES value (for this whole program run).
-    let tree = unsafe { &mut *t };
-    if tree.tripped != 0 {
-        return;
-    }
-    tree.tripped = 1;
-    report(&Report {
-        action: action::EGRESS_OVER_BUDGET,
-        hook: hook_id,
-        enforced: tree.enforce & bits::EGRESS != 0,
-        root,
-        tree: Some(tree),
-        addr: *addr,
-        family,
-        port,
-        file: FileId::default(),
-        count: 0,
-    });
-}
-
-/// A refusal by a hook that can refuse: counted, reported on the first and then in batches.
-#[inline(always)]
-fn refused(root: u32, t: *mut GuardTree, act: u32, hook_id: u32, addr: &[u8; 16], family: u16, port: u16) {
-    // SAFETY: as in `trip`.
-    let tree = unsafe { &mut *t };
-    tree.refused += 1;
-    let n = tree.refused;
-    if n != 1 && n % REFUSED_BATCH != 0 {
-        return;
-    }
-    report(&Report {
-        action: act,
-        hook: hook_id,
-        enforced: true,
-        root,
-        tree: Some(tree),
-        addr: *addr,
-        family,
-        port,
-        file: FileId::default(),
-        count: if n == 1 { 1 } else { REFUSED_BATCH },
-    });
-}
-
-/// `bytes` went out of the current process to (addr, port): the send hook, after the fact.
-/// Past the budget in enforce mode the sender is killed. Where the LSM hook runs it refuses
-/// the send that would cross, so only bytes through a path it does not see get here.
-#[inline(always)]
-pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32) {
-    if !enabled(bits::EGRESS) {
-        return;
-    }
-    let (hi, lo) = split(addr);
-    llmwatch_guard_sent(hi, lo, family as u32 | (port as u32) << 16, bytes, hook_id);
-}
-
-/// The 16-byte address as two words, for a global function's scalar arguments. Read in
-/// place: copies into byte arrays here cost the caller (the syscall-exit program, inlined)
-/// 16 bytes of stack, which on 6.1 put its call chain past the verifier's 512-byte limit.
+/// The 16-byte address as two words. Read in place: copies into byte arrays here cost the
+/// caller (the syscall-exit program, inlined) stack it does not have on 6.1.
 #[inline(always)]
 fn split(a: &[u8; 16]) -> (u64, u64) {
     let p = a.as_ptr() as *const u64;
@@ -440,65 +342,213 @@ fn split(a: &[u8; 16]) -> (u64, u64) {
     unsafe { (core::ptr::read_unaligned(p), core::ptr::read_unaligned(p.add(1))) }
 }
 
+/// Two words as the 16 bytes they were split from, written at `dst`.
 #[inline(always)]
-fn join(hi: u64, lo: u64) -> [u8; 16] {
-    let h = hi.to_ne_bytes();
-    let l = lo.to_ne_bytes();
-    let mut a = [0u8; 16];
-    let mut i = 0;
-    while i < 8 {
-        a[i] = h[i];
-        a[i + 8] = l[i];
-        i += 1;
+fn put_words(dst: *mut [u8; 16], hi: u64, lo: u64) {
+    let p = dst as *mut u64;
+    // SAFETY: `dst` is 16 writable bytes; both unaligned 8-byte writes stay inside it.
+    unsafe {
+        core::ptr::write_unaligned(p, hi);
+        core::ptr::write_unaligned(p.add(1), lo);
     }
-    a
 }
 
+/// Whether the allowlist exempts transfers to the destination. Both LPM keys are built in
+/// one buffer, one after the other: two keys would take 24 more bytes of a frame that has to
+/// stay small (see [`on_sent`]).
+#[inline(always)]
+fn dest_exempt(d: &Dest) -> bool {
+    // Big enough and aligned for either key: Key<NetKey> is 20 bytes, Key<PortNetKey> 22.
+    let mut buf = [0u32; 6];
+    let (mhi, mlo) = d.mapped();
+    let any = buf.as_mut_ptr() as *mut Key<NetKey>;
+    // SAFETY: `buf` is 24 writable bytes, 4-aligned, enough for a Key<NetKey> (repr(C):
+    // prefix_len, then 16 address bytes); `&raw mut` takes the field's place without a read.
+    unsafe {
+        (*any).prefix_len = 128;
+        put_words(&raw mut (*any).data.addr, mhi, mlo);
+    }
+    // SAFETY: `any` was fully written above.
+    if GUARD_NETS.get(unsafe { &*any }).is_some() {
+        return true;
+    }
+    let pinned = buf.as_mut_ptr() as *mut Key<PortNetKey>;
+    // SAFETY: as above, for a Key<PortNetKey> (prefix_len, 2 port bytes, 16 address bytes).
+    unsafe {
+        (*pinned).prefix_len = 144;
+        (*pinned).data.port_be = d.port.to_be_bytes();
+        put_words(&raw mut (*pinned).data.addr, mhi, mlo);
+    }
+    // SAFETY: `pinned` was fully written above.
+    GUARD_NETS_PORT.get(unsafe { &*pinned }).is_some()
+}
+
+/// Writes an egress record: `what` packs the action (bits 0-7), the hook (8-15), whether it
+/// was enforced (bit 16) and the count (32-63); the tree's read, sent and budget come from
+/// `GUARD_TREES` by `root`. A global function (five scalar arguments, its own small frame):
+/// inlined, each report's fields were built on the sender's stack.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn llmwatch_guard_sent(hi: u64, lo: u64, family_port: u32, bytes: u64, hook_id: u32) -> i32 {
-    let addr = join(hi, lo);
-    sent(
-        &addr,
-        family_port as u16,
-        (family_port >> 16) as u16,
-        bytes,
-        hook_id,
-    );
+pub extern "C" fn llmwatch_guard_report(root: u32, what: u64, hi: u64, lo: u64, family_port: u32) -> i32 {
+    let Some(mut rec) = emit::reserve::<GuardEvent>(g::KIND) else {
+        return 0;
+    };
+    let ev = rec.as_mut_ptr();
+    // SAFETY: a copy of two fields out of a live map value (absent: zeros).
+    let (read, sent) = match unsafe { GUARD_TREES.get(&root) } {
+        Some(t) => (t.read, t.sent),
+        None => (0, 0),
+    };
+    // SAFETY: `ev` points into our own ring-buffer reservation of a GuardEvent.
+    unsafe {
+        put_words(&raw mut (*ev).addr, hi, lo);
+        // Field by field and volatile: a plain zeroing becomes a call to the object's memset
+        // (a byte loop, and one more frame in the chain).
+        core::ptr::write_volatile(&raw mut (*ev).file.dev, 0);
+        core::ptr::write_volatile(&raw mut (*ev).file._pad, 0);
+        core::ptr::write_volatile(&raw mut (*ev).file.ino, 0);
+        (*ev).read = read;
+        (*ev).sent = sent;
+        (*ev).budget = budget(read);
+        (*ev).root = root;
+        (*ev).action = (what & 0xff) as u32;
+        (*ev).hook = ((what >> 8) & 0xff) as u32;
+        (*ev).enforced = ((what >> 16) & 1) as u32;
+        (*ev).count = (what >> 32) as u32;
+        (*ev).family = family_port as u16;
+        (*ev).port = (family_port >> 16) as u16;
+    }
+    emit::submit(rec, g::KIND);
     0
 }
 
 #[inline(always)]
-fn sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32) {
-    let Some((root, t)) = judged_tree(addr, family, port) else {
+fn report_egress(root: u32, act: u32, hook_id: u32, enforced: bool, count: u32, d: &Dest) {
+    let what = act as u64 & 0xff | (hook_id as u64 & 0xff) << 8 | (enforced as u64) << 16 | (count as u64) << 32;
+    llmwatch_guard_report(root, what, d.hi, d.lo, d.family_port());
+}
+
+/// The tree of the current process, when the guard judges its egress to `d`.
+#[inline(always)]
+fn judged_tree(d: &Dest) -> Option<(u32, *mut GuardTree)> {
+    let root = llmwatch_guard_judged(d.hi, d.lo, d.family_port());
+    if root <= 0 {
+        return None;
+    }
+    let root = root as u32;
+    GUARD_TREES.get_ptr_mut(&root).map(|t| (root, t))
+}
+
+/// The root of the current process's tree (a tgid) when the guard judges its egress to the
+/// destination, else 0: not enabled, not IP, no tree, a server or reader, or an exempt
+/// destination. A leaf global function, like the others the send path calls: see
+/// [`on_sent`] for why none of them calls another.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn llmwatch_guard_judged(hi: u64, lo: u64, family_port: u32) -> i32 {
+    let d = Dest::from_args(hi, lo, family_port);
+    if !enabled(bits::EGRESS) || (d.family != AF_INET && d.family != AF_INET6) {
+        return 0;
+    }
+    let Some(root) = current_tree() else {
+        return 0;
+    };
+    if exempt(kernel::current_pid_tgid().0) || dest_exempt(&d) {
+        return 0;
+    }
+    root as i32
+}
+
+/// First time over budget: mark the tree and say so.
+#[inline(always)]
+fn trip(root: u32, t: *mut GuardTree, hook_id: u32, d: &Dest) {
+    // SAFETY: `t` points at a live GUARD_TREES value (for this whole program run).
+    let tree = unsafe { &mut *t };
+    if tree.tripped != 0 {
         return;
+    }
+    tree.tripped = 1;
+    let enforced = tree.enforce & bits::EGRESS != 0;
+    report_egress(root, action::EGRESS_OVER_BUDGET, hook_id, enforced, 0, d);
+}
+
+/// A refusal by a hook that can refuse: counted, reported on the first and then in batches.
+#[inline(always)]
+fn refused(root: u32, t: *mut GuardTree, act: u32, hook_id: u32, d: &Dest) {
+    // SAFETY: as in `trip`.
+    let tree = unsafe { &mut *t };
+    tree.refused += 1;
+    let n = tree.refused;
+    if n != 1 && n % REFUSED_BATCH != 0 {
+        return;
+    }
+    let count = if n == 1 { 1 } else { REFUSED_BATCH };
+    report_egress(root, act, hook_id, true, count, d);
+}
+
+/// `bytes` went out of the current process to (addr, port): the send hook, after the fact.
+/// Past the budget in enforce mode the sender is killed. Where the LSM hook runs it refuses
+/// the send that would cross, so only bytes through a path it does not see get here.
+///
+/// Called from the syscall-exit dispatch, whose own frame (about 330 bytes) leaves 6.1's
+/// verifier, which counts global functions' frames in the 512-byte limit of the chain
+/// (each rounded up to 32, an empty one as 32), under 128 bytes for what the guard calls.
+/// So the work is split into leaf functions called one after another from here, never one
+/// from another: the deepest chain is the dispatch plus the largest of them.
+#[inline(always)]
+pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32) {
+    if !enabled(bits::EGRESS) {
+        return;
+    }
+    let d = Dest::new(addr, family, port);
+    let root = llmwatch_guard_judged(d.hi, d.lo, d.family_port());
+    if root <= 0 {
+        return;
+    }
+    let root = root as u32;
+    let r = llmwatch_guard_account(root, bytes);
+    if r & SENT_TRIPPED != 0 {
+        let enforced = r & SENT_ENFORCED != 0;
+        report_egress(root, action::EGRESS_OVER_BUDGET, hook_id, enforced, 0, &d);
+    }
+    if r & SENT_KILLED != 0 {
+        report_egress(root, action::KILLED, hook_id, true, 1, &d);
+    }
+}
+
+/// What [`llmwatch_guard_account`] did: the tree went over budget with this send,
+/// it is enforced on, the sender was killed.
+const SENT_TRIPPED: i32 = 1;
+const SENT_ENFORCED: i32 = 2;
+const SENT_KILLED: i32 = 4;
+
+/// Adds `bytes` to tree `root`'s sends; past its budget, marks it over budget (the first
+/// time) and, in enforce mode, kills the sender. Returns the `SENT_*` bits.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn llmwatch_guard_account(root: u32, bytes: u64) -> i32 {
+    let Some(t) = GUARD_TREES.get_ptr_mut(&root) else {
+        return 0;
     };
     // SAFETY: `t` points at a live GUARD_TREES value.
     kernel::atomic_add(unsafe { &raw mut (*t).sent }, bytes);
     // SAFETY: as above.
-    let (read, sent, enforce) = unsafe { ((*t).read, (*t).sent, (*t).enforce & bits::EGRESS != 0) };
-    if sent <= budget(read) {
-        return;
+    let tree = unsafe { &mut *t };
+    let enforce = tree.enforce & bits::EGRESS != 0;
+    if tree.sent <= budget(tree.read) {
+        return 0;
     }
-    trip(root, t, hook_id, addr, family, port);
+    let mut r = if enforce { SENT_ENFORCED } else { 0 };
+    if tree.tripped == 0 {
+        tree.tripped = 1;
+        r |= SENT_TRIPPED;
+    }
     if enforce {
         // SAFETY: a helper taking a signal number; it signals the current process.
         unsafe { bpf_send_signal(SIGKILL) };
-        // SAFETY: as in `trip`.
-        let tree = unsafe { &*t };
-        report(&Report {
-            action: action::KILLED,
-            hook: hook_id,
-            enforced: true,
-            root,
-            tree: Some(tree),
-            addr: *addr,
-            family,
-            port,
-            file: FileId::default(),
-            count: 1,
-        });
+        r |= SENT_KILLED;
     }
+    r
 }
 
 /// Where a socket sends: its connected peer, else the address the caller passed (a kernel
@@ -560,7 +610,8 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
     let Some((addr, family, port)) = sock_dest(sk, name) else {
         return 0;
     };
-    let Some((root, t)) = judged_tree(&addr, family, port) else {
+    let d = Dest::new(&addr, family, port);
+    let Some((root, t)) = judged_tree(&d) else {
         return 0;
     };
     // SAFETY: `t` points at a live GUARD_TREES value.
@@ -576,19 +627,11 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
     if tripped == 0 && sent + size <= budget(read_b) {
         return 0;
     }
-    trip(root, t, hook::LSM_SOCKET_SENDMSG, &addr, family, port);
+    trip(root, t, hook::LSM_SOCKET_SENDMSG, &d);
     if !enforce {
         return 0;
     }
-    refused(
-        root,
-        t,
-        action::SEND_REFUSED,
-        hook::LSM_SOCKET_SENDMSG,
-        &addr,
-        family,
-        port,
-    );
+    refused(root, t, action::SEND_REFUSED, hook::LSM_SOCKET_SENDMSG, &d);
     -EPERM
 }
 
@@ -596,7 +639,8 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
 /// over-budget tree connects nowhere outside the allowlist.
 #[inline(always)]
 pub fn connect_refused(addr: &[u8; 16], family: u16, port: u16, hook_id: u32) -> bool {
-    let Some((root, t)) = judged_tree(addr, family, port) else {
+    let d = Dest::new(addr, family, port);
+    let Some((root, t)) = judged_tree(&d) else {
         return false;
     };
     // SAFETY: `t` points at a live GUARD_TREES value.
@@ -604,7 +648,7 @@ pub fn connect_refused(addr: &[u8; 16], family: u16, port: u16, hook_id: u32) ->
     if tripped == 0 || !enforce {
         return false;
     }
-    refused(root, t, action::CONNECT_REFUSED, hook_id, addr, family, port);
+    refused(root, t, action::CONNECT_REFUSED, hook_id, &d);
     true
 }
 
@@ -618,6 +662,31 @@ pub fn lsm_connect(address: u64) -> i32 {
     } else {
         0
     }
+}
+
+/// A refused (or, in monitor mode, would-be refused) open of protected file `id`.
+#[inline(always)]
+fn report_open(id: &FileId, enforce: bool) {
+    let Some(mut rec) = emit::reserve::<GuardEvent>(g::KIND) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    // SAFETY: `ev` points into our own ring-buffer reservation of a GuardEvent.
+    unsafe {
+        (*ev).addr = [0; 16];
+        (*ev).file = *id;
+        (*ev).read = 0;
+        (*ev).sent = 0;
+        (*ev).budget = 0;
+        (*ev).root = 0;
+        (*ev).action = action::OPEN_REFUSED;
+        (*ev).hook = hook::LSM_FILE_OPEN;
+        (*ev).enforced = enforce as u32;
+        (*ev).count = 1;
+        (*ev).family = 0;
+        (*ev).port = 0;
+    }
+    emit::submit(rec, g::KIND);
 }
 
 /// BPF-LSM `file_open(file)`: a protected file opened by a process that is neither a server
@@ -657,18 +726,7 @@ pub fn lsm_file_open(file: u64) -> i32 {
     // SAFETY: a lookup whose value is only tested for presence.
     if unsafe { GUARD_OPENS_SEEN.get(&seen) }.is_none() {
         let _ = GUARD_OPENS_SEEN.insert(&seen, &1, 0);
-        report(&Report {
-            action: action::OPEN_REFUSED,
-            hook: hook::LSM_FILE_OPEN,
-            enforced: enforce,
-            root: 0,
-            tree: None,
-            addr: [0; 16],
-            family: 0,
-            port: 0,
-            file: id,
-            count: 1,
-        });
+        report_open(&id, enforce);
     }
     if enforce { -EPERM } else { 0 }
 }
