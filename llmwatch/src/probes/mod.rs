@@ -24,6 +24,9 @@ use llmwatch_common::{
 };
 
 pub mod slots;
+/// Only a test: the embedded object against 6.1's combined stack limit.
+#[cfg(test)]
+mod stack_depth;
 
 /// The kernel object built by build.rs from `llmwatch-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmwatch"));
