@@ -654,15 +654,20 @@ fn daemonset_has_the_privileges_the_agent_needs() {
         );
     }
 
-    let env = list(&c, "env", "daemonset.yaml");
-    let host = env
-        .iter()
-        .find(|e| e["name"].as_str() == Some("LLMWATCH_HOST"))
-        .expect("env LLMWATCH_HOST (the node name on alerts)");
     assert_eq!(
-        at(host, "valueFrom.fieldRef.fieldPath").as_str(),
-        Some("spec.nodeName")
+        env_field_ref(&c, "LLMWATCH_HOST", "daemonset.yaml"),
+        Some("spec.nodeName"),
+        "env LLMWATCH_HOST: the node name on alerts"
     );
+}
+
+/// The downward-API field the container's env variable `name` is set from.
+fn env_field_ref<'y>(container: &'y Yaml, name: &str, what: &str) -> Option<&'y str> {
+    let var = list(container, "env", what)
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{what}: no env {name}"));
+    at(var, "valueFrom.fieldRef.fieldPath").as_str()
 }
 
 #[test]
@@ -1098,13 +1103,8 @@ fn kubelet_component_grants_only_what_the_kubelet_checks() {
         "kubelet/daemonset-patch.yaml",
     )[0];
     assert_eq!(c["name"], agent_container(&ds)["name"]);
-    let env = list(c, "env", "kubelet/daemonset-patch.yaml");
-    let node_ip = env
-        .iter()
-        .find(|e| e["name"].as_str() == Some("NODE_IP"))
-        .expect("env NODE_IP");
     assert_eq!(
-        at(node_ip, "valueFrom.fieldRef.fieldPath").as_str(),
+        env_field_ref(c, "NODE_IP", "kubelet/daemonset-patch.yaml"),
         Some("status.hostIP")
     );
     let doc = read(&root().join("docs/configuration.md"));

@@ -103,6 +103,14 @@ impl Containerd {
         c
     }
 
+    /// `containers.runtime` and `runtime_socket` for this containerd (indented by two).
+    fn config(&self) -> String {
+        format!(
+            "  runtime: containerd\n  runtime_socket: {}\n",
+            self.socket.display()
+        )
+    }
+
     /// `ctr` on our socket, in the kubelet's containerd namespace.
     fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
@@ -495,6 +503,16 @@ impl Kubelet {
         }));
     }
 
+    /// Lists `pod` as a pod of StatefulSet model-shard with `SHARD_LABELS`, container `shard`.
+    fn list_shard(&self, pod: &Pod) {
+        self.list(
+            pod,
+            SHARD_LABELS,
+            Some(("StatefulSet", "model-shard")),
+            &["shard"],
+        );
+    }
+
     /// `containers.kubelet` for this kubelet, with the token read from `token_file`.
     fn config(&self, token_file: &Path) -> String {
         format!(
@@ -520,6 +538,25 @@ fn write_token(path: &Path, token: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, format!("{token}\n")).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The stand-in kubelet accepting the token `accepted`, and a token file holding `sent`.
+fn kubelet_and_token(cfgdir: &Path, accepted: &str, sent: &str) -> (Kubelet, PathBuf) {
+    let token = cfgdir.join("token");
+    write_token(&token, sent);
+    (Kubelet::start(accepted), token)
+}
+
+/// The agent watching `models`, its `containers:` section `containers` (lines indented by two),
+/// `app` the pod label kept, in business hours all day.
+fn agent_with(models: &Path, cfgdir: &Path, containers: &str) -> Agent {
+    let cfg = cfgdir.join("llmwatch.yaml");
+    std::fs::write(
+        &cfg,
+        format!("containers:\n  pod_labels: [app]\n{containers}{ALWAYS_BUSINESS_HOURS}"),
+    )
+    .unwrap();
+    Agent::watching(&[models], &["--config", cfg.to_str().unwrap()])
 }
 
 /// The tools, containerd and a watched model; `None` (the test said why) without the tools.
@@ -578,28 +615,18 @@ fn the_kubelet_names_the_owner_and_a_rotated_token_is_used() {
     let Some((containerd, models, cfgdir)) = pods_setup() else {
         return;
     };
-    let kubelet = Kubelet::start("token-1");
-    let token = cfgdir.path().join("token");
-    write_token(&token, "token-1");
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
     let shard = Pod::create(&containerd, "ml-serving", "model-shard-2", SHARD_LABELS);
-    kubelet.list(
-        &shard,
-        SHARD_LABELS,
-        Some(("StatefulSet", "model-shard")),
-        &["shard"],
-    );
-    let cfg = cfgdir.path().join("llmwatch.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "containers:\n  runtime: containerd\n  runtime_socket: {}\n  pod_labels: [app]\n  \
-             lookup_timeout: 6s\n{}{ALWAYS_BUSINESS_HOURS}",
-            containerd.socket.display(),
+    kubelet.list_shard(&shard);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!(
+            "{}  lookup_timeout: 6s\n{}",
+            containerd.config(),
             kubelet.config(&token)
         ),
-    )
-    .unwrap();
-    let mut agent = Agent::watching(&[models.path()], &["--config", cfg.to_str().unwrap()]);
+    );
     let degraded = agent.ready["degraded"].to_string();
     assert!(!degraded.contains("kubelet"), "{degraded}");
 
@@ -650,27 +677,14 @@ fn a_refused_token_is_reported_and_owners_are_inferred() {
     let Some((containerd, models, cfgdir)) = pods_setup() else {
         return;
     };
-    let kubelet = Kubelet::start("the-right-token");
-    let token = cfgdir.path().join("token");
-    write_token(&token, "a-wrong-token");
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "the-right-token", "a-wrong-token");
     let shard = Pod::create(&containerd, "ml-research", "model-shard-2", SHARD_LABELS);
-    kubelet.list(
-        &shard,
-        SHARD_LABELS,
-        Some(("StatefulSet", "model-shard")),
-        &["shard"],
+    kubelet.list_shard(&shard);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("{}{}", containerd.config(), kubelet.config(&token)),
     );
-    let cfg = cfgdir.path().join("llmwatch.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "containers:\n  runtime: containerd\n  runtime_socket: {}\n  pod_labels: [app]\n{}{ALWAYS_BUSINESS_HOURS}",
-            containerd.socket.display(),
-            kubelet.config(&token)
-        ),
-    )
-    .unwrap();
-    let mut agent = Agent::watching(&[models.path()], &["--config", cfg.to_str().unwrap()]);
     let degraded: Vec<String> = agent.ready["degraded"]
         .as_array()
         .expect("agent_ready.degraded")
@@ -718,9 +732,7 @@ fn without_a_runtime_the_kubelet_names_the_pod() {
     let Some((containerd, models, cfgdir)) = pods_setup() else {
         return;
     };
-    let kubelet = Kubelet::start("token-1");
-    let token = cfgdir.path().join("token");
-    write_token(&token, "token-1");
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
     let labels = [
         "app=trainer",
         "batch.kubernetes.io/job-name=finetune",
@@ -728,16 +740,11 @@ fn without_a_runtime_the_kubelet_names_the_pod() {
     ];
     let trainer = Pod::create(&containerd, "training", "finetune-qx7vd", &labels);
     kubelet.list(&trainer, &labels, Some(("Job", "finetune")), &["train"]);
-    let cfg = cfgdir.path().join("llmwatch.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "containers:\n  runtime: off\n  pod_labels: [app]\n  lookup_timeout: 6s\n{}{ALWAYS_BUSINESS_HOURS}",
-            kubelet.config(&token)
-        ),
-    )
-    .unwrap();
-    let mut agent = Agent::watching(&[models.path()], &["--config", cfg.to_str().unwrap()]);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("  runtime: off\n  lookup_timeout: 6s\n{}", kubelet.config(&token)),
+    );
     let hit = read_in(&mut agent, &trainer, "train", models.path());
     let k = &hit["process"]["kubernetes"];
     assert_eq!(k["source"], "kubelet", "{k}");

@@ -202,6 +202,22 @@ async fn offline_kubelet(dir: &std::path::Path) -> Arc<Kubelet> {
     Arc::new(k)
 }
 
+/// What the runtime (naming every container as `from_runtime`) and `kubelet` say together of a
+/// container the kubelet's list does not have, in `from_runtime`'s pod.
+async fn with_runtime(kubelet: &Arc<Kubelet>, from_runtime: RuntimePod, budget: Duration) -> RuntimePod {
+    let uid = from_runtime.pod_uid.clone();
+    let merged = WithKubelet {
+        runtime: Some(Arc::new(FixedRuntime(from_runtime))),
+        kubelet: kubelet.clone(),
+        budget,
+    };
+    merged
+        .lookup("not-in-the-list".into(), Some(uid))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_runtime_names_the_pod_and_the_kubelet_its_owner() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,16 +227,7 @@ async fn the_runtime_names_the_pod_and_the_kubelet_its_owner() {
     let mut from_runtime = runtime_pod(shard);
     // The runtime's names stay, even where the kubelet's differ.
     from_runtime.container = "shard-from-runtime".into();
-    let merged = WithKubelet {
-        runtime: Some(Arc::new(FixedRuntime(from_runtime))),
-        kubelet: kubelet.clone(),
-        budget: Duration::from_secs(1),
-    };
-    let p = merged
-        .lookup("not-in-the-list".into(), Some(shard.into()))
-        .await
-        .unwrap()
-        .unwrap();
+    let p = with_runtime(&kubelet, from_runtime, Duration::from_secs(1)).await;
     assert_eq!(p.source, "containerd+kubelet");
     assert_eq!(p.container, "shard-from-runtime");
     let id = p.identity(&BTreeSet::new());
@@ -233,16 +240,7 @@ async fn the_runtime_names_the_pod_and_the_kubelet_its_owner() {
     // A pod the kubelet does not list: the runtime's names, the owner inferred. The miss asked
     // for a fetch, which failed: the lookup says nothing of it but the kubelet's status does.
     let unknown = "00000000-0000-4000-8000-000000000000";
-    let merged = WithKubelet {
-        runtime: Some(Arc::new(FixedRuntime(runtime_pod(unknown)))),
-        kubelet: kubelet.clone(),
-        budget: Duration::from_secs(5),
-    };
-    let p = merged
-        .lookup("not-in-the-list".into(), Some(unknown.into()))
-        .await
-        .unwrap()
-        .unwrap();
+    let p = with_runtime(&kubelet, runtime_pod(unknown), Duration::from_secs(5)).await;
     assert_eq!(p.source, "containerd");
     let w = p.identity(&BTreeSet::new()).workload.unwrap();
     assert_eq!(w.kind, "Job", "inferred from the labels, and says so: {w:?}");
