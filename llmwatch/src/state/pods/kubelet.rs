@@ -268,6 +268,9 @@ struct State {
     /// have been asked before the pod existed).
     in_flight: bool,
     last_attempt: Option<Instant>,
+    /// The agent waits for the first fetch for its start-up report, which then says how it
+    /// went: the log need not say it too.
+    startup_waiting: bool,
 }
 
 struct Shared {
@@ -341,6 +344,7 @@ impl Kubelet {
                 status: KubeletStatus::default(),
                 in_flight: false,
                 last_attempt: None,
+                startup_waiting: false,
             }),
             wake: tokio::sync::Notify::new(),
             fetched,
@@ -358,11 +362,15 @@ impl Kubelet {
         self.shared.lock().status.clone()
     }
 
-    /// Waits (at most `within`) for the first fetch to finish; its status.
+    /// Waits (at most `within`) for the first fetch to finish; its status. A first fetch that
+    /// fails meanwhile is not logged: the caller reports it.
     pub async fn first_fetch(&self, within: Duration) -> KubeletStatus {
         let mut rx = self.shared.fetched.subscribe();
+        self.shared.lock().startup_waiting = true;
         let _ = tokio::time::timeout(within, rx.wait_for(|n| *n > 0)).await;
-        self.status()
+        let mut s = self.shared.lock();
+        s.startup_waiting = false;
+        s.status.clone()
     }
 
     /// The pod of `container_id` (else of `pod_uid`). A miss asks the background task for a
@@ -545,9 +553,10 @@ async fn refresher(shared: Arc<Shared>, refresh: Duration) {
                 Err(e) => {
                     s.status.failures += 1;
                     let why = e.to_string();
-                    if s.status.error.is_none() {
+                    let reported_at_start = s.status.attempts == 1 && s.startup_waiting;
+                    if s.status.error.is_none() && !reported_at_start {
                         log::warn!(
-                            "kubelet pod list at {} unavailable ({why}): owners are inferred from pod labels until it answers",
+                            "kubelet pod list at {} unavailable ({why}): until it answers, pods it has not listed get no owner from it",
                             shared.url
                         );
                     }
