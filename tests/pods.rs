@@ -725,6 +725,35 @@ fn a_refused_token_is_reported_and_owners_are_inferred() {
     assert_eq!(value("llmwatch_capability{capability=\"kubelet_pods\"}"), 0.0);
 }
 
+/// A kubelet whose certificate does not chain to `ca_file` gets no request, so no token: the
+/// TLS handshake fails first, and the start-up report says so.
+#[test]
+fn a_kubelet_certificate_from_another_ca_gets_no_token() {
+    let Some((containerd, models, cfgdir)) = pods_setup() else {
+        return;
+    };
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
+    let other = TempDir::new("other-ca");
+    let (other_ca, _, _) = test_certificates(other.path());
+    let config = kubelet
+        .config(&token)
+        .replace(kubelet.ca.to_str().unwrap(), other_ca.to_str().unwrap());
+    let agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("{}{config}", containerd.config()),
+    );
+    let degraded = agent.ready["degraded"].to_string();
+    assert!(
+        degraded.contains("kubelet pod list at") && degraded.contains("certificate"),
+        "{degraded}"
+    );
+    assert!(
+        kubelet.tokens_seen().is_empty(),
+        "a request reached a kubelet the agent could not verify"
+    );
+}
+
 /// Without a container runtime the kubelet's list names the pod, by the container id of the
 /// reading process's cgroup.
 #[test]

@@ -149,6 +149,34 @@ fn the_url_names_its_variable_and_its_fault() {
     assert!(e.contains("user"), "{e}");
 }
 
+#[tokio::test]
+async fn a_missing_or_bad_ca_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |ca: &std::path::Path| {
+        Kubelet::start(
+            &KubeletConfig {
+                url: "https://127.0.0.1:10250".into(),
+                ca_file: ca.to_path_buf(),
+                ..KubeletConfig::default()
+            },
+            |_| None,
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    };
+    let missing = dir.path().join("missing.crt");
+    let e = start(&missing);
+    assert!(
+        e.contains("containers.kubelet.ca_file") && e.contains("missing.crt"),
+        "{e}"
+    );
+    let not_pem = dir.path().join("token");
+    std::fs::write(&not_pem, "eyJhbGciOiJSUzI1NiJ9.not-a-certificate").unwrap();
+    let e = start(&not_pem);
+    assert!(e.contains("token") && e.contains("no PEM certificate"), "{e}");
+}
+
 fn runtime_pod(uid: &str) -> RuntimePod {
     RuntimePod {
         namespace: "ml-serving".into(),
