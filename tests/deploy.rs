@@ -654,15 +654,20 @@ fn daemonset_has_the_privileges_the_agent_needs() {
         );
     }
 
-    let env = list(&c, "env", "daemonset.yaml");
-    let host = env
-        .iter()
-        .find(|e| e["name"].as_str() == Some("LLMWATCH_HOST"))
-        .expect("env LLMWATCH_HOST (the node name on alerts)");
     assert_eq!(
-        at(host, "valueFrom.fieldRef.fieldPath").as_str(),
-        Some("spec.nodeName")
+        env_field_ref(&c, "LLMWATCH_HOST", "daemonset.yaml"),
+        Some("spec.nodeName"),
+        "env LLMWATCH_HOST: the node name on alerts"
     );
+}
+
+/// The downward-API field the container's env variable `name` is set from.
+fn env_field_ref<'y>(container: &'y Yaml, name: &str, what: &str) -> Option<&'y str> {
+    let var = list(container, "env", what)
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{what}: no env {name}"));
+    at(var, "valueFrom.fieldRef.fieldPath").as_str()
 }
 
 #[test]
@@ -947,8 +952,9 @@ fn dockerfile_passes_hadolint_when_installed() {
     );
 }
 
-/// The ConfigMap's file is one the agent accepts (`llmwatch config validate`). Needs the
-/// agent binary: runs when LLMWATCH_BIN is set (`cargo xtask test` sets it).
+/// The ConfigMap's file is one the agent accepts (`llmwatch config validate`), as shipped and
+/// with its commented `containers.kubelet` block uncommented. Needs the agent binary: runs
+/// when LLMWATCH_BIN is set (`cargo xtask test` sets it).
 #[test]
 fn configmap_config_is_accepted_by_the_agent() {
     let Some(bin) = std::env::var_os("LLMWATCH_BIN") else {
@@ -962,24 +968,40 @@ fn configmap_config_is_accepted_by_the_agent() {
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("webhook");
     std::fs::write(&secret, "test-secret").unwrap();
-    let file = dir.join("llmwatch.yaml");
-    std::fs::write(
-        &file,
-        text.replace("/etc/llmwatch/secrets/webhook", secret.to_str().unwrap()),
-    )
-    .unwrap();
-    let out = Command::new(&bin)
-        .args(["config", "validate"])
-        .arg(&file)
-        .output()
-        .expect("running the agent");
-    let _ = std::fs::remove_dir_all(&dir);
+    let shipped = text.replace("/etc/llmwatch/secrets/webhook", secret.to_str().unwrap());
+    // `# containers:` and the `#   ` lines under it, uncommented.
+    let mut in_block = false;
+    let with_kubelet: String = shipped
+        .lines()
+        .map(|l| {
+            in_block = l == "# containers:" || (in_block && l.starts_with("#   "));
+            let l = if in_block { &l[2..] } else { l };
+            format!("{l}\n")
+        })
+        .collect();
     assert!(
-        out.status.success(),
-        "the agent refuses deploy/kubernetes/configmap.yaml's llmwatch.yaml:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        with_kubelet.contains("\ncontainers:\n  kubelet:\n"),
+        "configmap.yaml: no commented containers.kubelet block"
     );
+    for (what, yaml) in [
+        ("as shipped", shipped.as_str()),
+        ("with containers.kubelet", &with_kubelet),
+    ] {
+        let file = dir.join("llmwatch.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(&bin)
+            .args(["config", "validate"])
+            .arg(&file)
+            .output()
+            .expect("running the agent");
+        assert!(
+            out.status.success(),
+            "the agent refuses deploy/kubernetes/configmap.yaml's llmwatch.yaml {what}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -992,4 +1014,160 @@ fn deploy_doc_covers_build_and_apply() {
     ] {
         assert!(doc.contains(needed), "docs/deploy.md: missing {needed:?}");
     }
+}
+
+/// The opt-in `kubelet` component (deploy/kubernetes/kubelet/): the RBAC grant is `get` on
+/// `nodes/pods` and nothing else (the kubelet checks it for /pods from Kubernetes 1.33;
+/// `nodes/proxy` stays a commented alternative), bound to the agent's ServiceAccount; the
+/// DaemonSet patch mounts the token and sets the variable the default URL names. With kubectl
+/// installed, the base with the component is rendered and the result checked too.
+#[test]
+fn kubelet_component_grants_only_what_the_kubelet_checks() {
+    let dir = deploy_dir().join("kubelet");
+    let k = parse(
+        &read(&dir.join("kustomization.yaml")),
+        "kubelet/kustomization.yaml",
+    )
+    .remove(0);
+    assert_eq!(
+        str_at(&k, "apiVersion", "kubelet/kustomization.yaml"),
+        "kustomize.config.k8s.io/v1alpha1"
+    );
+    assert_eq!(str_at(&k, "kind", "kubelet/kustomization.yaml"), "Component");
+    let resources: Vec<&str> = list(&k, "resources", "kubelet/kustomization.yaml")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(resources, ["rbac.yaml"]);
+    let patches: Vec<&str> = list(&k, "patches", "kubelet/kustomization.yaml")
+        .iter()
+        .map(|p| str_at(p, "path", "kubelet/kustomization.yaml"))
+        .collect();
+    assert_eq!(patches, ["daemonset-patch.yaml"]);
+
+    let rbac = parse(&read(&dir.join("rbac.yaml")), "kubelet/rbac.yaml");
+    let role = rbac
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ClusterRole"))
+        .expect("a ClusterRole");
+    let rules = list(role, "rules", "kubelet/rbac.yaml");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let strings = |path: &str| -> Vec<&str> {
+        list(&rules[0], path, "kubelet/rbac.yaml")
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect()
+    };
+    assert_eq!(strings("apiGroups"), [""]);
+    assert_eq!(
+        strings("resources"),
+        ["nodes/pods"],
+        "least privilege: not nodes/proxy"
+    );
+    assert_eq!(strings("verbs"), ["get"]);
+    let binding = rbac
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ClusterRoleBinding"))
+        .expect("a ClusterRoleBinding");
+    assert_eq!(
+        str_at(binding, "roleRef.name", "kubelet/rbac.yaml"),
+        str_at(role, "metadata.name", "kubelet/rbac.yaml")
+    );
+    let sa = manifest("serviceaccount.yaml");
+    let subjects = list(binding, "subjects", "kubelet/rbac.yaml");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"));
+    assert_eq!(subjects[0]["name"].as_str(), sa["metadata"]["name"].as_str());
+    assert_eq!(subjects[0]["namespace"].as_str(), Some(NAMESPACE));
+
+    let ds = manifest("daemonset.yaml");
+    let patch = parse(
+        &read(&dir.join("daemonset-patch.yaml")),
+        "kubelet/daemonset-patch.yaml",
+    )
+    .remove(0);
+    for path in ["kind", "metadata.name", "metadata.namespace"] {
+        assert_eq!(
+            at(&patch, path),
+            at(&ds, path),
+            "the patch targets the DaemonSet: {path}"
+        );
+    }
+    assert_eq!(
+        at(&patch, "spec.template.spec.automountServiceAccountToken").as_bool(),
+        Some(true)
+    );
+    let c = &list(
+        &patch,
+        "spec.template.spec.containers",
+        "kubelet/daemonset-patch.yaml",
+    )[0];
+    assert_eq!(c["name"], agent_container(&ds)["name"]);
+    assert_eq!(
+        env_field_ref(c, "NODE_IP", "kubelet/daemonset-patch.yaml"),
+        Some("status.hostIP")
+    );
+    let doc = read(&root().join("docs/configuration.md"));
+    assert!(
+        doc.contains("`https://${NODE_IP}:10250`"),
+        "the default containers.kubelet.url names the variable the component sets"
+    );
+    // Off by default: the base applies no component and keeps the token out of the pod.
+    assert!(at(&manifest("kustomization.yaml"), "components").is_badvalue());
+
+    if !succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        eprintln!("skipped: rendering with the component (kubectl not installed)");
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("llmwatch-kubelet-component-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("kubelet")).unwrap();
+    for entry in std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .chain(std::fs::read_dir(&dir).unwrap())
+    {
+        let e = entry.unwrap();
+        if e.file_type().unwrap().is_file() {
+            let rel = e.path().strip_prefix(deploy_dir()).unwrap().to_path_buf();
+            std::fs::copy(e.path(), tmp.join(rel)).unwrap();
+        }
+    }
+    let base = read(&tmp.join("kustomization.yaml"));
+    std::fs::write(
+        tmp.join("kustomization.yaml"),
+        format!("{base}\ncomponents:\n  - kubelet\n"),
+    )
+    .unwrap();
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&tmp)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl kustomize with the kubelet component: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = parse(&rendered, "rendered");
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .unwrap();
+    let pod = at(ds, "spec.template.spec");
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
+    let agent = agent_container(ds);
+    let names: Vec<&str> = list(&agent, "env", "rendered")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"NODE_IP") && names.contains(&"LLMWATCH_HOST"),
+        "the patch adds to the env, not replaces it: {names:?}"
+    );
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"].as_str() == Some("ClusterRoleBinding"))
+    );
 }

@@ -7,10 +7,15 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc::Receiver},
     time::{Duration, Instant},
 };
 
-use llmwatch_e2e::{Agent, TempDir, Value, is_incident, secs, write_safetensors};
+use llmwatch_e2e::{
+    Agent, Request, TempDir, Value, http_get, https_server, is_incident, secs, test_certificates,
+    write_safetensors,
+};
+use serde_json::json;
 
 /// A Debian program the test needs: required in CI (`cargo xtask test` installs the package and
 /// sets LLMWATCH_REQUIRE_PROMTOOL=1), else the test says it is skipped.
@@ -98,6 +103,14 @@ impl Containerd {
         c
     }
 
+    /// `containers.runtime` and `runtime_socket` for this containerd (indented by two).
+    fn config(&self) -> String {
+        format!(
+            "  runtime: containerd\n  runtime_socket: {}\n",
+            self.socket.display()
+        )
+    }
+
     /// `ctr` on our socket, in the kubelet's containerd namespace.
     fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
@@ -130,10 +143,15 @@ struct Pod<'a> {
 
 fn hex_id(seed: &str) -> String {
     // 64 hex characters, as runtimes' ids are (the cgroup parser counts nothing shorter).
-    let mut out = String::new();
+    // FNV-1a over the whole seed first, so ids of seeds with a common prefix differ from the
+    // first character on.
     let mut x: u64 = 0xcbf2_9ce4_8422_2325 ^ std::process::id() as u64;
-    for b in seed.bytes().cycle().take(64) {
+    for b in seed.bytes() {
         x = (x ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut out = String::new();
+    for i in 0..64u64 {
+        x = (x ^ i).wrapping_mul(0x100_0000_01b3);
         out.push(char::from_digit((x >> 60) as u32 & 0xf, 16).unwrap());
     }
     out
@@ -141,7 +159,9 @@ fn hex_id(seed: &str) -> String {
 
 impl<'a> Pod<'a> {
     fn create(containerd: &'a Containerd, namespace: &'a str, name: &'a str, labels: &[&str]) -> Pod<'a> {
-        let id = hex_id(name);
+        // Ids (and so cgroups, which are the host's) differ between pods of the same name in
+        // two namespaces: the tests run side by side.
+        let id = hex_id(&format!("{namespace}/{name}"));
         let uid = format!(
             "{}-{}-4{}-8{}-{}",
             &id[..8],
@@ -188,9 +208,14 @@ impl<'a> Pod<'a> {
         l
     }
 
+    /// The id `run` gives the pod's container `container`.
+    fn container_id(&self, container: &str) -> String {
+        hex_id(&format!("{}/{}/{container}", self.namespace, self.name))
+    }
+
     /// Runs `command` in a new container of the pod (the models directory at /models) to its end.
     fn run(&self, container: &str, models: &Path, command: &[&str]) {
-        let id = hex_id(&format!("{}/{container}", self.name));
+        let id = self.container_id(container);
         let cgroup = format!("/kubepods/besteffort/pod{}/{id}", self.uid);
         let mount = format!("type=bind,src={},dst=/models,options=rbind:ro", models.display());
         let labels = self.kubelet_labels(Some(container));
@@ -368,4 +393,399 @@ fn what_a_container_reads_names_its_pod_and_a_host_process_cannot_claim_one() {
         .unwrap_or_else(|| panic!("the impostor was exempted: {:#?}", agent.seen));
     assert!(hit["process"].get("kubernetes").is_none(), "{hit}");
     assert!(hit["process"]["pod"].is_null(), "{hit}");
+}
+
+// The kubelet's pod list. There is no kubelet on this machine: it is simulated by an HTTPS
+// server answering `GET /pods` with a document in the shape of the kubelet's v1 PodList (the
+// fields a kubelet returns for a running pod: metadata with labels and ownerReferences, spec,
+// status.containerStatuses with `containerd://<id>`), written after that shape, not captured
+// from a kubelet. What is real: containerd, the containers and their cgroups, the agent's TLS
+// client against a CA it was given, and the bearer token it reads from a file.
+
+/// The stand-in kubelet: HTTPS on 127.0.0.1 with a certificate from a test CA; `/pods` answers
+/// only the bearer token it currently accepts (401 otherwise, as a kubelet with webhook
+/// authentication does for a token the API server rejects).
+struct Kubelet {
+    url: String,
+    ca: PathBuf,
+    accepted: Arc<Mutex<String>>,
+    pods: Arc<Mutex<Vec<Value>>>,
+    requests: Receiver<Request>,
+    _dir: TempDir,
+}
+
+impl Kubelet {
+    fn start(accepted: &str) -> Kubelet {
+        let dir = TempDir::new("kubelet");
+        let (ca, cert, key) = test_certificates(dir.path());
+        let accepted = Arc::new(Mutex::new(accepted.to_string()));
+        let pods: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (token, list) = (accepted.clone(), pods.clone());
+        let (addr, requests) = https_server(&cert, &key, move |req| {
+            let want = format!("Bearer {}", token.lock().unwrap());
+            if req.header("authorization") != Some(want.as_str()) {
+                return (401, b"Unauthorized".to_vec());
+            }
+            if req.target != "/pods" {
+                return (404, b"404 page not found".to_vec());
+            }
+            let doc = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": *list.lock().unwrap()});
+            (200, serde_json::to_vec(&doc).unwrap())
+        });
+        Kubelet {
+            url: format!("https://{addr}"),
+            ca,
+            accepted,
+            pods,
+            requests,
+            _dir: dir,
+        }
+    }
+
+    /// Lists `pod` (its containers run by `Pod::run`), owned by `owner` (kind, name) if any.
+    fn list(&self, pod: &Pod, labels: &[&str], owner: Option<(&str, &str)>, containers: &[&str]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), Value::from(v))
+            })
+            .collect();
+        let mut metadata = json!({
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": pod.uid,
+            "resourceVersion": "418273",
+            "creationTimestamp": "2026-03-02T09:14:07Z",
+            "labels": labels,
+            "annotations": {"kubernetes.io/config.source": "api"},
+        });
+        if let Some((kind, name)) = owner {
+            metadata["ownerReferences"] = json!([{
+                "apiVersion": if kind == "Job" { "batch/v1" } else { "apps/v1" },
+                "kind": kind,
+                "name": name,
+                "uid": "0b7e6c1d-2a3f-4b5c-9d8e-7f6a5b4c3d2e",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }]);
+        }
+        let statuses: Vec<Value> = containers
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c,
+                    "state": {"running": {"startedAt": "2026-03-02T09:14:41Z"}},
+                    "lastState": {},
+                    "ready": true,
+                    "restartCount": 0,
+                    "image": "docker.io/library/busybox:1.36",
+                    "imageID": "",
+                    "containerID": format!("containerd://{}", pod.container_id(c)),
+                    "started": true,
+                })
+            })
+            .collect();
+        self.pods.lock().unwrap().push(json!({
+            "metadata": metadata,
+            "spec": {
+                "containers": containers.iter().map(|c| json!({"name": c, "image": "busybox:1.36"})).collect::<Vec<_>>(),
+                "nodeName": "test-node",
+                "restartPolicy": "Always",
+            },
+            "status": {
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "podIP": "10.244.3.41",
+                "containerStatuses": statuses,
+                "qosClass": "BestEffort",
+            },
+        }));
+    }
+
+    /// Lists `pod` as a pod of StatefulSet model-shard with `SHARD_LABELS`, container `shard`.
+    fn list_shard(&self, pod: &Pod) {
+        self.list(
+            pod,
+            SHARD_LABELS,
+            Some(("StatefulSet", "model-shard")),
+            &["shard"],
+        );
+    }
+
+    /// `containers.kubelet` for this kubelet, with the token read from `token_file`.
+    fn config(&self, token_file: &Path) -> String {
+        format!(
+            "  kubelet:\n    url: {}\n    token_file: {}\n    ca_file: {}\n    refresh: 1h\n",
+            self.url,
+            token_file.display(),
+            self.ca.display()
+        )
+    }
+
+    /// The Authorization headers of the requests so far.
+    fn tokens_seen(&self) -> Vec<String> {
+        self.requests
+            .try_iter()
+            .map(|r| r.header("authorization").unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Replaces the token file the way the kubelet rotates a projected token: a new file renamed
+/// over the old one.
+fn write_token(path: &Path, token: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("{token}\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The stand-in kubelet accepting the token `accepted`, and a token file holding `sent`.
+fn kubelet_and_token(cfgdir: &Path, accepted: &str, sent: &str) -> (Kubelet, PathBuf) {
+    let token = cfgdir.join("token");
+    write_token(&token, sent);
+    (Kubelet::start(accepted), token)
+}
+
+/// The agent watching `models`, its `containers:` section `containers` (lines indented by two),
+/// `app` the pod label kept, in business hours all day.
+fn agent_with(models: &Path, cfgdir: &Path, containers: &str) -> Agent {
+    let cfg = cfgdir.join("llmwatch.yaml");
+    std::fs::write(
+        &cfg,
+        format!("containers:\n  pod_labels: [app]\n{containers}{ALWAYS_BUSINESS_HOURS}"),
+    )
+    .unwrap();
+    Agent::watching(&[models], &["--config", cfg.to_str().unwrap()])
+}
+
+/// The tools, containerd and a watched model; `None` (the test said why) without the tools.
+fn pods_setup() -> Option<(Containerd, TempDir, TempDir)> {
+    llmwatch_e2e::require_root();
+    let (Some(_), Some(_), Some(_), Some(_), Some(busybox)) = (
+        tool("/usr/bin/containerd", "containerd"),
+        tool("/usr/bin/ctr", "containerd"),
+        tool("/usr/sbin/runc", "runc"),
+        tool("/usr/bin/openssl", "openssl"),
+        tool("/bin/busybox", "busybox-static"),
+    ) else {
+        return None;
+    };
+    let containerd = Containerd::start(&busybox);
+    let models = TempDir::new("pods-models");
+    write_safetensors(&models.path().join("model.safetensors"), 256 * 1024);
+    Some((containerd, models, TempDir::new("pods-cfg")))
+}
+
+/// `cat`s the model in a new container of `pod`, and the alert that raises.
+fn read_in(agent: &mut Agent, pod: &Pod, container: &str, models: &Path) -> Value {
+    pod.run(
+        container,
+        models,
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/cat /models/model.safetensors; /bin/sleep 1",
+        ],
+    );
+    agent
+        .wait_for(secs(20), |v| {
+            v["rule"] == "weight.unexpected_reader" && v["process"]["kubernetes"]["pod"] == pod.name
+        })
+        .unwrap_or_else(|| panic!("no alert naming pod {}: {:#?}", pod.name, agent.seen))
+}
+
+const ALWAYS_BUSINESS_HOURS: &str = "business_hours: {timezone: UTC, days: [mon, tue, wed, thu, fri, sat, sun], start: '00:00', end: '24:00'}\n";
+
+/// Labels of a StatefulSet's pod that also carries a `job-name` label (a templating tool's
+/// copy): inference from labels calls it a Job.
+const SHARD_LABELS: &[&str] = &[
+    "app=model-shard",
+    "controller-revision-hash=model-shard-5c7d9f8b6",
+    "statefulset.kubernetes.io/pod-name=model-shard-2",
+    "job-name=warmup",
+];
+
+/// With the kubelet's pod list, the alert of a container that reads a watched file names the
+/// owner from ownerReferences (a StatefulSet inference would call a Job; a bare pod labelled
+/// like a Deployment's has none), the runtime still names the pod; the token file is read
+/// again, so a rotated token is used for the next fetch.
+#[test]
+fn the_kubelet_names_the_owner_and_a_rotated_token_is_used() {
+    let Some((containerd, models, cfgdir)) = pods_setup() else {
+        return;
+    };
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
+    let shard = Pod::create(&containerd, "ml-serving", "model-shard-2", SHARD_LABELS);
+    kubelet.list_shard(&shard);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!(
+            "{}  lookup_timeout: 6s\n{}",
+            containerd.config(),
+            kubelet.config(&token)
+        ),
+    );
+    let degraded = agent.ready["degraded"].to_string();
+    assert!(!degraded.contains("kubelet"), "{degraded}");
+
+    let hit = read_in(&mut agent, &shard, "shard", models.path());
+    let k = &hit["process"]["kubernetes"];
+    assert_eq!(
+        k["workload"],
+        json!({"kind": "StatefulSet", "name": "model-shard", "from": "kubelet"}),
+        "{k}"
+    );
+    assert_eq!(k["source"], "containerd+kubelet", "{k}");
+    assert_eq!(k["namespace"], "ml-serving", "{k}");
+    assert_eq!(k["container"], "shard", "{k}");
+    assert_eq!(k["labels"], json!({"app": "model-shard"}), "{k}");
+    let seen = kubelet.tokens_seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|t| t == "Bearer token-1"),
+        "{seen:?}"
+    );
+
+    // The token rotates; a pod created since is a miss, which fetches the list again (the
+    // periodic refresh is an hour away) with the new token.
+    *kubelet.accepted.lock().unwrap() = "token-2".into();
+    write_token(&token, "token-2");
+    let impostor_labels = ["app=vllm", "pod-template-hash=7d4b9c8f6"];
+    let impostor = Pod::create(
+        &containerd,
+        "ml-serving",
+        "vllm-7d4b9c8f6-x2k9q",
+        &impostor_labels,
+    );
+    kubelet.list(&impostor, &impostor_labels, None, &["shell"]);
+    let hit = read_in(&mut agent, &impostor, "shell", models.path());
+    let k = &hit["process"]["kubernetes"];
+    assert_eq!(k["source"], "containerd+kubelet", "the kubelet answered: {k}");
+    assert!(
+        k.get("workload").is_none(),
+        "a bare pod has no owner, whatever its labels claim (inference says Deployment vllm): {k}"
+    );
+    let seen = kubelet.tokens_seen();
+    assert_eq!(seen, vec!["Bearer token-2"], "one fetch, with the new token");
+}
+
+/// A token the kubelet refuses is said in `agent_ready.degraded` and counted; owners are then
+/// inferred, and the alert says they were.
+#[test]
+fn a_refused_token_is_reported_and_owners_are_inferred() {
+    let Some((containerd, models, cfgdir)) = pods_setup() else {
+        return;
+    };
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "the-right-token", "a-wrong-token");
+    let shard = Pod::create(&containerd, "ml-research", "model-shard-2", SHARD_LABELS);
+    kubelet.list_shard(&shard);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("{}{}", containerd.config(), kubelet.config(&token)),
+    );
+    let degraded: Vec<String> = agent.ready["degraded"]
+        .as_array()
+        .expect("agent_ready.degraded")
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .filter(|d| d.contains("kubelet"))
+        .collect();
+    assert_eq!(degraded.len(), 1, "{:#?}", agent.ready["degraded"]);
+    let line = &degraded[0];
+    assert!(
+        line.contains(&kubelet.url) && line.contains("HTTP 401") && line.contains("refused the token"),
+        "{line}"
+    );
+    assert!(line.contains("inferred from pod labels"), "{line}");
+    assert!(
+        kubelet.tokens_seen().iter().all(|t| t == "Bearer a-wrong-token"),
+        "the token file's token was sent"
+    );
+
+    let hit = read_in(&mut agent, &shard, "shard", models.path());
+    let k = &hit["process"]["kubernetes"];
+    assert_eq!(k["source"], "containerd", "{k}");
+    assert_eq!(k["workload"]["kind"], "Job", "inferred, and wrongly: {k}");
+    assert!(
+        k["workload"]["from"].as_str().unwrap().starts_with("label "),
+        "the alert says it was inferred: {k}"
+    );
+    let addr = agent.ready["metrics_addr"].as_str().expect("metrics served");
+    let (code, metrics) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+    };
+    assert!(value("llmwatch_kubelet_fetch_failures_total") >= 1.0);
+    assert_eq!(value("llmwatch_capability{capability=\"kubelet_pods\"}"), 0.0);
+}
+
+/// A kubelet whose certificate does not chain to `ca_file` gets no request, so no token: the
+/// TLS handshake fails first, and the start-up report says so.
+#[test]
+fn a_kubelet_certificate_from_another_ca_gets_no_token() {
+    let Some((containerd, models, cfgdir)) = pods_setup() else {
+        return;
+    };
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
+    let other = TempDir::new("other-ca");
+    let (other_ca, _, _) = test_certificates(other.path());
+    let config = kubelet
+        .config(&token)
+        .replace(kubelet.ca.to_str().unwrap(), other_ca.to_str().unwrap());
+    let agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("{}{config}", containerd.config()),
+    );
+    let degraded = agent.ready["degraded"].to_string();
+    assert!(
+        degraded.contains("kubelet pod list at") && degraded.contains("certificate"),
+        "{degraded}"
+    );
+    assert!(
+        kubelet.tokens_seen().is_empty(),
+        "a request reached a kubelet the agent could not verify"
+    );
+}
+
+/// Without a container runtime the kubelet's list names the pod, by the container id of the
+/// reading process's cgroup.
+#[test]
+fn without_a_runtime_the_kubelet_names_the_pod() {
+    let Some((containerd, models, cfgdir)) = pods_setup() else {
+        return;
+    };
+    let (kubelet, token) = kubelet_and_token(cfgdir.path(), "token-1", "token-1");
+    let labels = [
+        "app=trainer",
+        "batch.kubernetes.io/job-name=finetune",
+        "job-name=finetune",
+    ];
+    let trainer = Pod::create(&containerd, "training", "finetune-qx7vd", &labels);
+    kubelet.list(&trainer, &labels, Some(("Job", "finetune")), &["train"]);
+    let mut agent = agent_with(
+        models.path(),
+        cfgdir.path(),
+        &format!("  runtime: off\n  lookup_timeout: 6s\n{}", kubelet.config(&token)),
+    );
+    let hit = read_in(&mut agent, &trainer, "train", models.path());
+    let k = &hit["process"]["kubernetes"];
+    assert_eq!(k["source"], "kubelet", "{k}");
+    assert_eq!(
+        (&k["namespace"], &k["container"], &k["pod_uid"]),
+        (&json!("training"), &json!("train"), &json!(trainer.uid)),
+        "{k}"
+    );
+    assert_eq!(
+        k["workload"],
+        json!({"kind": "Job", "name": "finetune", "from": "kubelet"}),
+        "{k}"
+    );
+    assert_eq!(k["labels"], json!({"app": "trainer"}), "{k}");
 }

@@ -28,7 +28,11 @@ use crate::{
     state::{
         files::{RootWatcher, ScanReport, WatchedSet},
         gpu::GpuDevices,
-        pods::{self, Admit, PodDirectory, RuntimePod, runtime::PodSource},
+        pods::{
+            self, Admit, PodDirectory, RuntimePod,
+            kubelet::{Kubelet, WithKubelet},
+            runtime::PodSource,
+        },
         process::ProcessTable,
     },
 };
@@ -198,6 +202,14 @@ pub struct Agent {
     /// Lookups answer here (they run as tasks: the event loop never waits on the runtime).
     pod_tx: tokio::sync::mpsc::UnboundedSender<PodAnswer>,
     pod_rx: Option<tokio::sync::mpsc::UnboundedReceiver<PodAnswer>>,
+    /// The kubelet's pod list (owners), when `containers.kubelet` asks for it and it started.
+    kubelet: Option<Arc<Kubelet>>,
+    /// Why `containers.kubelet` is set but not used (its URL or CA), for the start-up report.
+    kubelet_error: Option<String>,
+    /// A container runtime names pods (else only the kubelet can).
+    runtime_names_pods: bool,
+    /// Kubelet fetch failures already counted in the metrics.
+    kubelet_failures_counted: u64,
 }
 
 /// The runtime's answer about one container id.
@@ -296,18 +308,48 @@ impl Agent {
         let config_fingerprint = config_path.as_deref().and_then(file_fingerprint);
         let (manifest_tx, manifest_rx) = tokio::sync::mpsc::unbounded_channel();
         let anchor = crate::clock::BootAnchor::now(&*clock);
-        let pod_source: Option<Arc<dyn PodSource>> =
-            pods::runtime::from_config(&cfg.containers).map(Arc::from);
-        match &pod_source {
-            Some(s) => log::info!("pod names from the {}", s.describe()),
-            None => log::info!(
-                "pod names: no container runtime ({}); events carry the cgroup's pod UID only",
+        let runtime: Option<Arc<dyn PodSource>> = pods::runtime::from_config(&cfg.containers).map(Arc::from);
+        if runtime.is_none() {
+            log::info!(
+                "pod names: no container runtime ({}); events carry the cgroup's pod UID only{}",
                 if cfg.containers.runtime == crate::config::RuntimeApi::Off {
                     "containers.runtime: off"
                 } else {
                     "no runtime socket found"
+                },
+                if cfg.containers.kubelet.is_some() {
+                    ", unless the kubelet names them"
+                } else {
+                    ""
                 }
-            ),
+            );
+        }
+        let runtime_names_pods = runtime.is_some();
+        let (kubelet, kubelet_error) = match &cfg.containers.kubelet {
+            None => (None, None),
+            Some(k) => match Kubelet::start(k, |name| std::env::var(name).ok()) {
+                Ok(k) => (Some(Arc::new(k)), None),
+                Err(e) => {
+                    log::warn!("kubelet pod list not used: {e}");
+                    (None, Some(e.to_string()))
+                }
+            },
+        };
+        let pod_source: Option<Arc<dyn PodSource>> = match &kubelet {
+            Some(k) => Some(Arc::new(WithKubelet {
+                // Without a runtime nothing else names the pod: the kubelet may take longer.
+                budget: if runtime.is_some() {
+                    cfg.containers.lookup_timeout / 2
+                } else {
+                    cfg.containers.lookup_timeout * 3 / 4
+                },
+                runtime,
+                kubelet: k.clone(),
+            })),
+            None => runtime,
+        };
+        if let Some(s) = &pod_source {
+            log::info!("pod names from the {}", s.describe());
         }
         let (pod_tx, pod_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Agent {
@@ -319,6 +361,10 @@ impl Agent {
             pod_source,
             pod_tx,
             pod_rx: Some(pod_rx),
+            kubelet,
+            kubelet_error,
+            runtime_names_pods,
+            kubelet_failures_counted: 0,
             guard,
             files: watched_set(&cfg),
             engine: Engine::new(cfg.clone()),
@@ -478,6 +524,11 @@ impl Agent {
                 .ok()
         });
         self.report_gap(sink);
+        if let Some(k) = &self.kubelet {
+            // The start-up report says whether the kubelet answers; a kubelet that does not
+            // answer within the lookup timeout is reported as such.
+            k.first_fetch(self.cfg.containers.lookup_timeout).await;
+        }
         let degraded = self.degraded();
         if !sink.reports_degraded() {
             for d in &degraded {
@@ -532,6 +583,7 @@ impl Agent {
         );
         self.metrics
             .set_capability("tp_btf_syscall_hook", matches!(probes.fast_path, Some(Ok(_))));
+        self.kubelet_metrics();
         self.metrics
             .set_watched(self.files.len(), self.files.total_bytes());
         for &id in crate::rules::ALL {
@@ -598,6 +650,7 @@ impl Agent {
                     self.metrics.set_kernel_counters(&stats.ringbuf_drops, &stats.events);
                     self.sweep_live(sink);
                     self.report_drops(sink);
+                    self.kubelet_metrics();
                     self.verify_own_maps(sink);
                     self.procs.reap();
                     let procs = &self.procs;
@@ -667,6 +720,7 @@ impl Agent {
     /// (with the later events of that container, in order) for the runtime's answer, so what it
     /// raises names the pod; other containers and host processes go on meanwhile.
     fn handle(&mut self, ev: Event, sink: &mut dyn Sink) {
+        let (ev_cgroup, ev_pid) = (ev.task.cgroup_id, ev.task.pid);
         if self.pod_source.is_some()
             && let Some(id) = self.procs.container_id(ev.task.cgroup_id, ev.task.pid)
         {
@@ -675,7 +729,8 @@ impl Agent {
                 Admit::Held => {}
                 Admit::Ask => {
                     let id = id.to_string();
-                    self.ask_runtime(id);
+                    let pod_uid = self.procs.container(ev_cgroup, ev_pid).1.pod_uid;
+                    self.ask_runtime(id, pod_uid);
                 }
                 Admit::Overflow(evs) => {
                     self.metrics.pod_lookup_unnamed(evs.len() as u64);
@@ -689,15 +744,16 @@ impl Agent {
         self.handle_now(ev, sink);
     }
 
-    /// Asks the runtime about a container, in a task: its answer comes back on `pod_rx`.
-    fn ask_runtime(&self, container_id: String) {
+    /// Asks the runtime (and the kubelet) about a container, in a task: its answer comes back
+    /// on `pod_rx`.
+    fn ask_runtime(&self, container_id: String, pod_uid: Option<String>) {
         let Some(source) = self.pod_source.clone() else {
             return;
         };
         let tx = self.pod_tx.clone();
         tokio::spawn(async move {
             let answer = source
-                .lookup(container_id.clone())
+                .lookup(container_id.clone(), pod_uid)
                 .await
                 .map_err(|e| format!("{e:#}"));
             let _ = tx.send((container_id, answer));
@@ -880,7 +936,46 @@ impl Agent {
         if let Some(g) = &self.guard {
             out.extend(g.degraded(&self.cfg.guard));
         }
+        out.extend(self.kubelet_degraded());
         out
+    }
+
+    /// `containers.kubelet` set, but the pod list not had: why, and what that loses.
+    fn kubelet_degraded(&self) -> Option<String> {
+        let why = match (&self.kubelet, &self.kubelet_error) {
+            (_, Some(e)) => format!("kubelet pod list not used ({e})"),
+            (Some(k), None) => {
+                let status = k.status();
+                match (status.attempts, status.error) {
+                    (_, Some(e)) => format!("kubelet pod list at {} unavailable ({e})", k.url()),
+                    (0, None) => format!(
+                        "kubelet pod list at {} did not answer within {:?}",
+                        k.url(),
+                        self.cfg.containers.lookup_timeout
+                    ),
+                    (_, None) => return None,
+                }
+            }
+            (None, None) => return None,
+        };
+        let loses = if self.runtime_names_pods {
+            "workloads are inferred from pod labels (which whoever creates a pod can set), not read from ownerReferences"
+        } else {
+            "no container runtime either: pods are not named, events carry the cgroup's pod UID only"
+        };
+        Some(format!("{why}: {loses}"))
+    }
+
+    /// The kubelet's fetches into the metrics: failures counted, `llmwatch_capability` 1 while
+    /// its last fetch succeeded.
+    fn kubelet_metrics(&mut self) {
+        let Some(k) = &self.kubelet else { return };
+        let status = k.status();
+        self.metrics
+            .kubelet_failures(status.failures.saturating_sub(self.kubelet_failures_counted));
+        self.kubelet_failures_counted = self.kubelet_failures_counted.max(status.failures);
+        self.metrics
+            .set_capability("kubelet_pods", status.attempts > 0 && status.error.is_none());
     }
 
     /// agent.tamper when the kernel's watched set is not what the agent wrote (then restored).
@@ -1152,6 +1247,9 @@ impl Agent {
                     || new.containers.runtime_socket != self.cfg.containers.runtime_socket
                 {
                     restart_needed.push("containers.runtime / containers.runtime_socket");
+                }
+                if new.containers.kubelet != self.cfg.containers.kubelet {
+                    restart_needed.push("containers.kubelet");
                 }
                 self.collector
                     .set_inference_ports(&self.cfg.inference_ports, &new.inference_ports);

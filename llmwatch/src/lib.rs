@@ -14,6 +14,7 @@ pub mod config;
 pub mod enrich;
 pub mod events;
 pub mod guard;
+pub mod http_client;
 pub mod json_path;
 pub mod metrics;
 pub mod probes;

@@ -455,6 +455,8 @@ pub fn is_weight_incident(v: &Value) -> bool {
 
 /// One HTTP request a receiver got.
 pub struct Request {
+    /// The request line's target (`/pods`).
+    pub target: String,
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -469,59 +471,169 @@ impl Request {
     }
 }
 
+/// Reads HTTP/1.1 requests (keep-alive, Content-Length bodies) from `stream` until it closes;
+/// `answer` gets each with the stream to write its response on, and says whether to go on.
+fn serve_http<S: std::io::Read + std::io::Write>(
+    stream: S,
+    mut answer: impl FnMut(Request, &mut S) -> std::io::Result<bool>,
+) {
+    use std::io::Read as _;
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end().to_string();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = Request {
+            target,
+            headers,
+            body,
+        };
+        if !matches!(answer(req, r.get_mut()), Ok(true)) {
+            return;
+        }
+    }
+}
+
+/// Writes one HTTP/1.1 response with a JSON (or empty) body.
+fn respond(w: &mut impl std::io::Write, code: u16, body: &[u8]) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "Status",
+    };
+    write!(
+        w,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    w.write_all(body)?;
+    w.flush()
+}
+
 /// Accepts connections on `listener` (HTTP/1.1, keep-alive, Content-Length bodies), answers
 /// every request 200 and passes it on.
 pub fn http_receiver(listener: std::net::TcpListener) -> Receiver<Request> {
-    use std::io::{Read as _, Write as _};
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { break };
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end().to_string();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .map(|(_, v)| v.parse().unwrap())
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                        .is_err()
-                    {
-                        return;
-                    }
-                    if tx.send(Request { headers, body }).is_err() {
-                        return;
-                    }
-                }
+                serve_http(conn, |req, w| {
+                    respond(w, 200, b"")?;
+                    Ok(tx.send(req).is_ok())
+                })
             });
         }
     });
     rx
+}
+
+/// An HTTPS server on 127.0.0.1 (rustls, the certificate chain and key from PEM files):
+/// `answer` gives each request's status and body; every request is passed on after its answer.
+pub fn https_server(
+    cert_chain: &Path,
+    key: &Path,
+    answer: impl Fn(&Request) -> (u16, Vec<u8>) + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Receiver<Request>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_chain)
+        .unwrap_or_else(|e| panic!("{}: {e}", cert_chain.display()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let config = std::sync::Arc::new(config);
+    let answer = std::sync::Arc::new(answer);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let (tx, answer) = (tx.clone(), answer.clone());
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            std::thread::spawn(move || {
+                serve_http(rustls::StreamOwned::new(tls, conn), |req, w| {
+                    let (code, body) = answer(&req);
+                    respond(w, code, &body)?;
+                    Ok(tx.send(req).is_ok())
+                })
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A CA and a serving certificate for 127.0.0.1 signed by it (ECDSA P-256, two days), made with
+/// the openssl command in `dir`: (CA PEM, certificate PEM, key PEM).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("openssl.cnf"),
+        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = llmwatch-test-ca\n\
+         [ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+         [leaf]\nbasicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &str| {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(&format!(
+        "req -x509 -config openssl.cnf -extensions ca -days 2 {ec} -keyout ca.key -out ca.pem"
+    ));
+    openssl(&format!(
+        "req -new -config openssl.cnf -subj /CN=127.0.0.1 {ec} -keyout node.key -out node.csr"
+    ));
+    openssl(
+        "x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile openssl.cnf -extensions leaf -out node.pem",
+    );
+    (dir.join("ca.pem"), dir.join("node.pem"), dir.join("node.key"))
 }
 
 /// A TCP listener on 127.0.0.1 that accepts one connection and counts what it receives.

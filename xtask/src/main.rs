@@ -448,7 +448,8 @@ fn ensure_test_tools() -> anyhow::Result<()> {
     // real tools: OpenBSD netcat (`nc -N`, the sender in the exfiltration scenarios), fio (its
     // io_uring engine reads a model), a real Alertmanager that tests/alertmanager.rs posts
     // incidents to and reads back, and a real containerd that tests/pods.rs runs kubelet-labelled
-    // containers in (a busybox-static root: no image, no registry).
+    // containers in (a busybox-static root: no image, no registry); openssl makes the simulated
+    // kubelet's certificates there.
     let tools = [
         (
             "prometheus",
@@ -476,6 +477,11 @@ fn ensure_test_tools() -> anyhow::Result<()> {
             "busybox-static",
             "the containers' root filesystem",
             deb("busybox-static"),
+        ),
+        (
+            "openssl",
+            "the test CA and certificate of the simulated kubelet (tests/pods.rs)",
+            have("openssl", "version"),
         ),
     ];
     let missing: Vec<&str> = tools.iter().filter(|t| !t.2).map(|t| t.0).collect();

@@ -189,6 +189,9 @@ pub struct ContainersConfig {
     /// How long a new container's events wait for the runtime's answer before they are judged
     /// without pod names.
     pub lookup_timeout: Duration,
+    /// The kubelet's pod list (`containers.kubelet`), the source of ownerReferences; `None`
+    /// (the default): not asked.
+    pub kubelet: Option<KubeletConfig>,
 }
 
 impl Default for ContainersConfig {
@@ -199,7 +202,111 @@ impl Default for ContainersConfig {
             pod_labels: DEFAULT_POD_LABELS.iter().map(|s| s.to_string()).collect(),
             refresh_interval: Duration::from_secs(30),
             lookup_timeout: Duration::from_secs(2),
+            kubelet: None,
         }
+    }
+}
+
+/// The kubelet's authenticated API (`containers.kubelet`): its `/pods` list names each pod's
+/// owner (ownerReferences), which no container runtime holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeletConfig {
+    /// The kubelet's base URL, `https://host:port` (`/pods` is appended). `${NAME}` stands for
+    /// the environment variable NAME, read when the agent starts (the DaemonSet sets the node's
+    /// IP in one from the downward API).
+    pub url: String,
+    /// The bearer token, read again before every request (bound service-account tokens rotate).
+    pub token_file: PathBuf,
+    /// PEM CA bundle the kubelet's serving certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Accept any serving certificate (kubelets whose certificate is self-signed and whose CA
+    /// is not at hand). The token still goes only to `url`.
+    pub insecure_skip_verify: bool,
+    /// How often the pod list is fetched even without a miss.
+    pub refresh: Duration,
+}
+
+/// Where a pod's service-account token and the cluster CA are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// `containers.kubelet.url` when not set: the kubelet's authenticated port on the node's IP, which
+/// the DaemonSet passes in NODE_IP (the read-only port 10255 is off on current clusters).
+pub const DEFAULT_KUBELET_URL: &str = "https://${NODE_IP}:10250";
+
+impl Default for KubeletConfig {
+    fn default() -> Self {
+        KubeletConfig {
+            url: DEFAULT_KUBELET_URL.into(),
+            token_file: PathBuf::from(SERVICE_ACCOUNT_DIR).join("token"),
+            ca_file: PathBuf::from(SERVICE_ACCOUNT_DIR).join("ca.crt"),
+            insecure_skip_verify: false,
+            refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+impl KubeletConfig {
+    /// The URL of the pod list, with each `${NAME}` replaced by `env(NAME)`. Errors name the
+    /// variable that is not set or the part of the URL that is wrong.
+    pub fn pods_url(&self, env: impl Fn(&str) -> Option<String>) -> Result<url::Url, String> {
+        let mut expanded = String::new();
+        let mut rest = self.url.as_str();
+        while let Some(at) = rest.find("${") {
+            expanded.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("{:?}: \"${{\" without its closing \"}}\"", self.url))?;
+            let name = &after[..end];
+            let name_ok = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(format!(
+                    "{:?}: ${{{name}}} is not an environment variable name",
+                    self.url
+                ));
+            }
+            match env(name).filter(|v| !v.is_empty()) {
+                Some(v) => expanded.push_str(&v),
+                None => {
+                    return Err(format!(
+                        "{:?} names ${{{name}}}, which is not set in the agent's environment",
+                        self.url
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        expanded.push_str(rest);
+        let bad = |why: &str| format!("{:?}: {why}", self.url);
+        let mut url = url::Url::parse(&expanded).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        if url.scheme() != "https" {
+            return Err(bad(
+                "must be https:// (the kubelet's authenticated port, 10250; the bearer token never goes over plain HTTP)",
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not carry a user or password (the token file authenticates)",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("must not have a query or fragment"));
+        }
+        if !matches!(url.path(), "" | "/") {
+            return Err(bad(&format!(
+                "is the kubelet's base URL, without a path (the agent asks {}/pods); got path {:?}",
+                url.origin().ascii_serialization(),
+                url.path()
+            )));
+        }
+        url.set_path("/pods");
+        Ok(url)
     }
 }
 

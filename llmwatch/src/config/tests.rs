@@ -773,10 +773,90 @@ fn containers_section_parses_and_names_bad_values() {
         labels.iter().any(|p| p.message.contains("Team.Example/x")),
         "{labels:#?}"
     );
+    let url = &at(&ps, "containers.kubelet.url").message;
+    assert!(url.contains("\"x\"") && url.contains("not a URL"), "{url}");
+}
+
+#[test]
+fn the_kubelet_is_off_unless_asked_for_and_its_keys_name_bad_values() {
+    assert_eq!(Config::default().containers.kubelet, None);
+    assert_eq!(
+        parse("containers:\n  kubelet: false\n")
+            .unwrap()
+            .containers
+            .kubelet,
+        None
+    );
+    assert_eq!(
+        parse("containers:\n  kubelet: true\n")
+            .unwrap()
+            .containers
+            .kubelet,
+        Some(KubeletConfig::default())
+    );
+    let k = KubeletConfig::default();
+    assert_eq!(k.url, "https://${NODE_IP}:10250");
+    assert_eq!(
+        k.token_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    assert_eq!(
+        k.ca_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    );
+    assert!(!k.insecure_skip_verify);
+    let c = parse(
+        "containers:\n  kubelet:\n    url: https://${NODE_NAME}:10250\n    \
+         token_file: /var/run/secrets/llmwatch/token\n    ca_file: /etc/kubelet-ca.crt\n    \
+         refresh: 5m\n",
+    )
+    .unwrap();
+    let k = c.containers.kubelet.unwrap();
+    assert_eq!(
+        k.url, "https://${NODE_NAME}:10250",
+        "expanded at start, not at load"
+    );
+    assert_eq!(k.token_file, PathBuf::from("/var/run/secrets/llmwatch/token"));
+    assert_eq!(k.ca_file, PathBuf::from("/etc/kubelet-ca.crt"));
+    assert_eq!(k.refresh, Duration::from_secs(300));
+    let ps = problems(
+        "containers:\n  kubelet:\n    url: http://10.0.0.1:10255\n    token_file: token\n    \
+         insecure_skip_verify: maybe\n    refresh: 0s\n    port: 10250\n",
+    );
     assert!(
-        at(&ps, "containers.kubelet").message.contains("kubelet"),
+        m_of(&ps, "containers.kubelet.url").contains("http://10.0.0.1:10255"),
         "{ps:#?}"
     );
+    assert!(
+        m_of(&ps, "containers.kubelet.token_file").contains("\"token\""),
+        "{ps:#?}"
+    );
+    assert!(
+        m_of(&ps, "containers.kubelet.insecure_skip_verify").contains("maybe"),
+        "{ps:#?}"
+    );
+    assert!(m_of(&ps, "containers.kubelet.refresh").contains("0s"), "{ps:#?}");
+    assert!(
+        m_of(&ps, "containers.kubelet.port").contains("unknown key"),
+        "{ps:#?}"
+    );
+    let ps = problems("containers:\n  kubelet: sometimes\n");
+    assert!(m_of(&ps, "containers.kubelet").contains("sometimes"), "{ps:#?}");
+    // A CA that would not be used is said, not refused.
+    let c = parse("containers:\n  kubelet: {insecure_skip_verify: true, ca_file: /etc/kubelet-ca.crt}\n")
+        .unwrap();
+    assert!(c.containers.kubelet.unwrap().insecure_skip_verify);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.path == "containers.kubelet.ca_file" && w.message.contains("not used")),
+        "{:#?}",
+        c.warnings
+    );
+}
+
+fn m_of(ps: &[Problem], path: &str) -> String {
+    at(ps, path).message.clone()
 }
 
 #[test]

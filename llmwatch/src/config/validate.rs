@@ -17,6 +17,7 @@ use crate::rules::RuleId;
 
 mod assets;
 mod guard;
+mod kubelet;
 
 const TOP: &[&str] = &[
     "host",
@@ -45,6 +46,7 @@ const CONTAINERS: &[&str] = &[
     "pod_labels",
     "refresh_interval",
     "lookup_timeout",
+    "kubelet",
 ];
 const METRICS: &[&str] = &["addr"];
 const WEBHOOK: &[&str] = &["url", "headers", "secret_file", "secret_env", "timeout", "preset"];
@@ -100,6 +102,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("incidents", super::incidents::KEYS),
     ("assets[]", assets::ASSET),
     ("containers", CONTAINERS),
+    ("containers.kubelet", kubelet::KEYS),
     ("guard", super::guard::KEYS),
     ("guard.egress_budget", super::guard::EGRESS_KEYS),
     ("guard.open_deny", super::guard::OPEN_KEYS),
@@ -539,6 +542,9 @@ impl Checker {
             positive_duration,
             &mut c.lookup_timeout,
         );
+        if let Some(n) = f.get("kubelet") {
+            self.kubelet(n, &mut c.kubelet);
+        }
     }
 
     fn webhooks(&mut self, node: &Node, cfg: &mut Config) {

@@ -91,7 +91,8 @@ pub struct Metrics {
     /// `llmwatch_hook_attached{hook}`: 1 when the hook is attached, 0 when not.
     pub hook_attached: IntGaugeVec,
     /// `llmwatch_capability{capability}`: 1 when the host provides it (kernel_btf, tracefs,
-    /// tp_btf_syscall_hook), 0 when the agent runs without it.
+    /// tp_btf_syscall_hook; kubelet_pods while the kubelet's pod list answers), 0 when the
+    /// agent runs without it.
     pub capability: IntGaugeVec,
     /// `llmwatch_data_path{what, path}`: 1 for the path chosen for reads, sends, mmap touches
     /// and io_uring on this kernel (see `probes::DataPaths`).
@@ -133,6 +134,8 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     /// `llmwatch_pod_unnamed_events_total`.
     pub pod_unnamed_events: IntCounter,
+    /// `llmwatch_kubelet_fetch_failures_total`: fetches of the kubelet's pod list that failed.
+    pub kubelet_fetch_failures: IntCounter,
     /// `llmwatch_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
     /// Container label values handed out so far (at most [`MAX_CONTAINERS`]).
@@ -314,6 +317,13 @@ impl Metrics {
         .expect("valid counter");
         r.register(Box::new(pod_unnamed_events.clone()))
             .expect("unique metric");
+        let kubelet_fetch_failures = IntCounter::new(
+            "llmwatch_kubelet_fetch_failures_total",
+            "Fetches of the kubelet's pod list (containers.kubelet) that failed: unreachable, refused (401/403), or not a pod list. While it fails, owners are inferred from pod labels.",
+        )
+        .expect("valid counter");
+        r.register(Box::new(kubelet_fetch_failures.clone()))
+            .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "llmwatch_build_info",
@@ -381,6 +391,7 @@ impl Metrics {
             config_reloads,
             decode_errors,
             pod_unnamed_events,
+            kubelet_fetch_failures,
             build_info,
             containers: Mutex::new(HashSet::new()),
             cumulative: Mutex::new(HashMap::new()),
@@ -566,6 +577,10 @@ impl Metrics {
 
     pub fn pod_lookup_unnamed(&self, events: u64) {
         self.pod_unnamed_events.inc_by(events);
+    }
+
+    pub fn kubelet_failures(&self, failures: u64) {
+        self.kubelet_fetch_failures.inc_by(failures);
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
 const EXPORTED: &[(&str, &str)] = &[
     ("llmwatch_events_total", "counter"),
     ("llmwatch_pod_unnamed_events_total", "counter"),
+    ("llmwatch_kubelet_fetch_failures_total", "counter"),
     ("llmwatch_kernel_ringbuf_drops_total", "counter"),
     ("llmwatch_kernel_events_total", "counter"),
     ("llmwatch_hook_attached", "gauge"),

@@ -12,15 +12,14 @@ use sha2::Sha256;
 use url::Url;
 
 use super::{DeliveryError, Preset, Secret, WebhookTarget};
-use crate::alerts::human_bytes;
+use crate::{
+    alerts::human_bytes,
+    http_client::{self, describe, excerpt},
+};
 
-pub(crate) const USER_AGENT: &str = concat!("llmwatch/", env!("CARGO_PKG_VERSION"));
 pub const SIGNATURE_HEADER: &str = "X-Llmwatch-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Llmwatch-Timestamp";
 pub const ALERT_ID_HEADER: &str = "X-Llmwatch-Alert-Id";
-
-/// How much of a refusing receiver's body is logged.
-const EXCERPT_CHARS: usize = 200;
 
 /// `sha256=<hex HMAC-SHA256 of body>`: the value of `X-Llmwatch-Signature`.
 pub fn signature(secret: &Secret, body: &[u8]) -> String {
@@ -122,22 +121,13 @@ impl Sender {
             }
             headers.append(name, value);
         }
-        let mut client = reqwest::Client::builder();
-        let loopback = match t.url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
+        // HTTP(S)_PROXY is honored, except for this host's own loopback.
+        let route = if http_client::is_loopback(&t.url) {
+            http_client::Route::Direct
+        } else {
+            http_client::Route::ProxyAllowed
         };
-        if loopback {
-            // HTTP(S)_PROXY is honored, except for this host's own loopback.
-            client = client.no_proxy();
-        }
-        let client = client
-            .timeout(t.timeout)
-            .connect_timeout(t.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
+        let client = http_client::builder(t.timeout, route)
             .build()
             .map_err(|e| bad(format!("HTTP client: {}", describe(e))))?;
         Ok(Sender {
@@ -252,47 +242,6 @@ impl Sender {
             Attempt::Failed { why }
         }
     }
-}
-
-/// The start of a response body, one line, for logs.
-async fn excerpt(mut resp: reqwest::Response) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < 4 * EXCERPT_CHARS {
-        match resp.chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            _ => break,
-        }
-    }
-    let s = String::from_utf8_lossy(&buf);
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(EXCERPT_CHARS)
-        .collect();
-    s.trim().to_string()
-}
-
-/// A reqwest error as text, with its causes but without the URL.
-fn describe(e: reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let e = e.without_url();
-    let mut out = what.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.ends_with(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date.

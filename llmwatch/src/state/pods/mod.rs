@@ -11,6 +11,10 @@
 //! [`PodDirectory`] caches the answers by container id. The agent asks ([`runtime`]) once per
 //! new container, asynchronously; until the answer comes (or `lookup_timeout` passes) the
 //! agent holds that container's events back, so what they raise carries the names.
+//!
+//! The kubelet's pod list ([`kubelet`], optional) adds what no runtime holds: the pod's
+//! ownerReferences, so the owning workload is read rather than inferred.
+pub mod kubelet;
 pub mod runtime;
 
 use std::{
@@ -30,9 +34,11 @@ pub struct Workload {
     /// "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job".
     pub kind: String,
     pub name: String,
-    /// What the name was read from. The runtime holds no ownerReferences (only the API server
-    /// and the kubelet do), so every workload here is inferred from labels the controllers
-    /// set and the pod's generated name: "label <key>" or "label <key> and the pod name".
+    /// What the name was read from: "kubelet" (the pod's controller ownerReference in the
+    /// kubelet's pod list), "kubelet+replicaset-name" (a Deployment, from the name of the
+    /// ReplicaSet that owns the pod), or, without the kubelet (the runtime holds no
+    /// ownerReferences), inferred from labels the controllers set and the pod's generated
+    /// name: "label <key>" or "label <key> and the pod name".
     pub from: String,
 }
 
@@ -51,7 +57,8 @@ pub struct PodIdentity {
     /// selector names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// "containerd" or "cri": which API answered.
+    /// Which APIs answered: "containerd" or "cri", with "+kubelet" when the kubelet's pod list
+    /// named the owner; "kubelet" when it named the pod alone (no runtime).
     pub source: String,
 }
 
@@ -64,7 +71,19 @@ pub struct RuntimePod {
     pub container: String,
     /// All of the pod's labels (the sandbox's, the kubelet's `io.kubernetes.*` left out).
     pub labels: BTreeMap<String, String>,
+    pub owner: Owner,
     pub source: &'static str,
+}
+
+/// Where a pod's owner comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Owner {
+    /// Not known: inferred from the labels ([`infer_workload`]).
+    #[default]
+    Infer,
+    /// The kubelet's ownerReferences; `None`: the pod has none (bare or static), so no
+    /// workload, whatever its labels claim.
+    Kubelet(Option<Workload>),
 }
 
 /// The labels the kubelet sets on every container it creates through the CRI.
@@ -85,6 +104,7 @@ impl RuntimePod {
             // The sandbox (pause) container has no container name label.
             container: get(LABEL_CONTAINER_NAME).unwrap_or_else(|| "POD".into()),
             labels: BTreeMap::new(),
+            owner: Owner::Infer,
             source,
         })
     }
@@ -105,7 +125,10 @@ impl RuntimePod {
             pod: self.pod.clone(),
             pod_uid: self.pod_uid.clone(),
             container: self.container.clone(),
-            workload: infer_workload(&self.pod, &self.labels),
+            workload: match &self.owner {
+                Owner::Infer => infer_workload(&self.pod, &self.labels),
+                Owner::Kubelet(w) => w.clone(),
+            },
             labels: self
                 .labels
                 .iter()

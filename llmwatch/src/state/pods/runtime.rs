@@ -30,11 +30,12 @@ pub enum SourceError {
 
 pub type Lookup = Pin<Box<dyn Future<Output = Result<Option<RuntimePod>, SourceError>> + Send>>;
 
-/// A runtime that can name the pod of a container id. `Ok(None)`: the runtime does not know the
-/// container, or it is not a Kubernetes one.
+/// A source that can name the pod of a container id (`pod_uid`: the one the container's cgroup
+/// path names, if any). `Ok(None)`: the source does not know the container, or it is not a
+/// Kubernetes one.
 pub trait PodSource: Send + Sync {
-    fn lookup(&self, container_id: String) -> Lookup;
-    /// "containerd" or "cri", and the socket: for the start-up report.
+    fn lookup(&self, container_id: String, pod_uid: Option<String>) -> Lookup;
+    /// Which API and where: for the start-up report.
     fn describe(&self) -> String;
 }
 
@@ -229,7 +230,7 @@ impl Containerd {
 }
 
 impl PodSource for Containerd {
-    fn lookup(&self, container_id: String) -> Lookup {
+    fn lookup(&self, container_id: String, _pod_uid: Option<String>) -> Lookup {
         Box::pin(Self::lookup_in(self.channel.clone(), container_id))
     }
     fn describe(&self) -> String {
@@ -349,7 +350,7 @@ impl Cri {
 }
 
 impl PodSource for Cri {
-    fn lookup(&self, container_id: String) -> Lookup {
+    fn lookup(&self, container_id: String, _pod_uid: Option<String>) -> Lookup {
         Box::pin(Self::lookup_in(self.channel.clone(), container_id))
     }
     fn describe(&self) -> String {
