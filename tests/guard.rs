@@ -195,21 +195,44 @@ fn monitor_blocks_nothing_and_reports_what_it_would_have_blocked() {
     assert_eq!(alert["severity"], "high", "{alert:#}");
 }
 
+/// What `exempt_setup` made: the directory, the model, the server's and the reader's
+/// executables, the agent.
+struct Exempt {
+    _dir: TempDir,
+    path: std::path::PathBuf,
+    server: std::path::PathBuf,
+    reader: std::path::PathBuf,
+    agent: Agent,
+}
+
 /// A config with a server pinned by its executable (a copy of python under its own name: an
-/// interpreter's own path pins nothing) and a trusted reader, plus `guard`.
-fn exempt_setup(tag: &str, guard: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf, Agent) {
+/// interpreter's own path pins nothing) and a trusted reader pinned by its executable, plus
+/// `guard`. The reader is a copy of sha256sum in the test's directory: in the VM /usr is an
+/// overlay whose layers are on different file systems, where the kernel sees an executable
+/// by another identity than stat gives (the agent warns; such a reader is exempt only once
+/// its exec is seen), and the test is about exemption, not that setup.
+fn exempt_setup(tag: &str, guard: &str) -> Exempt {
     let dir = TempDir::new(tag);
     let models = dir.path().join("models");
     std::fs::create_dir(&models).unwrap();
     let path = model(&models, 8 * MIB);
     let server = dir.path().join("llmserve");
     std::fs::copy("/usr/bin/python3.11", &server).unwrap();
+    let reader = dir.path().join("sha256sum");
+    std::fs::copy("/usr/bin/sha256sum", &reader).unwrap();
     let yaml = format!(
-        "servers:\n  - name: llmserve\n    exe: [{s}]\nreaders:\n  - name: checksum\n    exe: [/usr/bin/sha256sum]\n{guard}",
-        s = server.display()
+        "servers:\n  - name: llmserve\n    exe: [{s}]\nreaders:\n  - name: checksum\n    exe: [{r}]\n{guard}",
+        s = server.display(),
+        r = reader.display()
     );
     let agent = agent(dir.path(), &yaml);
-    (dir, path, server, agent)
+    Exempt {
+        _dir: dir,
+        path,
+        server,
+        reader,
+        agent,
+    }
 }
 
 /// The server reads the whole model and sends it to its client; true when all of it arrived.
@@ -225,12 +248,21 @@ fn server_sends(server: &Path, path: &Path) -> bool {
 
 #[test]
 fn servers_trusted_readers_and_header_reads_are_unaffected_by_the_egress_budget() {
-    let (_dir, path, server, mut agent) =
-        exempt_setup("guard-exempt", "guard:\n  egress_budget:\n    mode: enforce\n");
+    let Exempt {
+        path,
+        server,
+        reader,
+        mut agent,
+        _dir: _keep,
+    } = exempt_setup("guard-exempt", "guard:\n  egress_budget:\n    mode: enforce\n");
     assert!(server_sends(&server, &path), "the server was stopped");
     // A trusted reader reads it and sends its digest.
     let (dport, dsink) = tcp_sink();
-    let (dtree, status) = run(&format!("sha256sum {} | nc -N 127.0.0.1 {dport}", path.display()));
+    let (dtree, status) = run(&format!(
+        "{} {} | nc -N 127.0.0.1 {dport}",
+        reader.display(),
+        path.display()
+    ));
     assert!(status.success(), "{status:?}");
     assert!(dsink.join().unwrap() > 64);
     // A header read followed by a small send.
@@ -257,8 +289,13 @@ fn servers_trusted_readers_and_header_reads_are_unaffected_by_the_egress_budget(
 
 #[test]
 fn open_deny_refuses_everyone_but_servers_and_trusted_readers_where_bpf_lsm_loads() {
-    let (_dir, path, server, mut agent) =
-        exempt_setup("guard-open", "guard:\n  open_deny:\n    mode: enforce\n");
+    let Exempt {
+        path,
+        server,
+        reader,
+        mut agent,
+        _dir: _keep,
+    } = exempt_setup("guard-open", "guard:\n  open_deny:\n    mode: enforce\n");
     if !hook_attached(&agent, "lsm/file_open") {
         eprintln!(
             "open deny NOT tested on this kernel: BPF-LSM file_open did not attach (the agent says so)"
@@ -295,7 +332,7 @@ fn open_deny_refuses_everyone_but_servers_and_trusted_readers_where_bpf_lsm_load
         .output()
         .unwrap();
     assert!(!out.status.success(), "dd opened the file through another name");
-    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    let out = Command::new(&reader).arg(&path).output().unwrap();
     assert!(out.status.success(), "the trusted reader was refused: {out:?}");
     assert!(server_sends(&server, &path), "the server was refused");
 }

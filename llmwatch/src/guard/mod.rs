@@ -6,7 +6,7 @@
 //! The decisions are the kernel's (`llmwatch-ebpf/src/guard.rs`): at loopback speed a tree
 //! sends its budget long before the agent could read an event. Nothing is pinned: the programs
 //! and maps live as long as the agent's file descriptors (fails open).
-use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::AsFd as _};
+use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf,
@@ -73,6 +73,8 @@ pub struct Guard {
     nets_in_kernel: Vec<(u32, NetKey)>,
     nets_port_in_kernel: Vec<(u32, PortNetKey)>,
     exes_in_kernel: Vec<FileId>,
+    /// Executables already warned about (`unseen_identity`): once per path, not per reload.
+    warned_exes: std::collections::HashSet<String>,
     /// BPF-LSM socket hooks attached (the send is refused before it leaves).
     pub lsm_socket: bool,
     /// BPF-LSM file_open attached (open deny can refuse).
@@ -191,6 +193,7 @@ impl Guard {
             nets_in_kernel: Vec::new(),
             nets_port_in_kernel: Vec::new(),
             exes_in_kernel: Vec::new(),
+            warned_exes: Default::default(),
             lsm_socket,
             lsm_open: attached[2],
             cgroup_connect,
@@ -328,6 +331,15 @@ impl Guard {
             let Ok(meta) = std::fs::metadata(pat.as_str()) else {
                 continue;
             };
+            if let Some(why) = unseen_identity(Path::new(pat.as_str()), &meta)
+                && self.warned_exes.insert(pat.as_str().to_string())
+            {
+                log::warn!(
+                    "guard: {pat} {why}: the kernel sees it by another identity than stat gives, so it is \
+                     exempt only once the agent has seen its exec (by pid, tens of ms after it \
+                     starts); in enforce mode its first open of a protected file can be refused"
+                );
+            }
             let id = file_id(&meta);
             if self.exempt_exes.insert(id, 1, 0).is_ok() {
                 self.exes_in_kernel.push(id);
@@ -352,6 +364,33 @@ impl Guard {
             let _ = self.exempt.remove(&pid);
         }
     }
+}
+
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// Why the kernel's identity of executable `path` (its `struct file`'s inode: the overlay's
+/// device and inode number) differs from what `stat` gives, if it does. An overlay whose
+/// layers are on different file systems without `xino` reports a lower file's own device
+/// (or a per-layer pseudo device); its directories still report the overlay's. Overlays on
+/// one file system (Docker's overlay2 on ext4/xfs) or with xino report the overlay's device
+/// for files too and need nothing. No alias is added for the mismatching case: there, inode
+/// numbers of different layers may collide, and a file in a writable upper layer with the
+/// same number would be exempt.
+fn unseen_identity(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `fs` a writable statfs the call fills.
+    if unsafe { libc::statfs(c.as_ptr(), fs.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statfs returned 0, so it filled `fs`.
+    let fs = unsafe { fs.assume_init() };
+    if fs.f_type as i64 != OVERLAYFS_SUPER_MAGIC {
+        return None;
+    }
+    let dir = std::fs::metadata(path.parent()?).ok()?;
+    (dir.dev() != meta.dev()).then_some("is on an overlay whose layers are on different file systems (no xino)")
 }
 
 /// The kernel's identity of a file from its metadata (`s_dev` in the kernel's encoding).
