@@ -42,11 +42,9 @@ const VIRTME_NG_VERSION: &str = "1.42";
 /// for the initramfs virtme-ng builds to load the 9p and virtio modules; file, which virtme-ng
 /// reads the kernel version with.
 const DEBIAN_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "file"];
-/// Suites run when none are named: the ones that exercise the kernel programs.
-// `guard` is not in the default matrix: on 6.1 its enforcement does not block yet (the LSM
-// refusals let `cat | nc` through, and with the guard on the io_uring program exceeds the
-// verifier's combined stack limit there); `--suite guard` runs it. See the README's kernel table.
-pub const DEFAULT_SUITES: &[&str] = &["kernel_hooks", "follow", "touch", "sends", "alerts"];
+/// Suites run when none are named: the ones that exercise the kernel programs (`guard`: the
+/// BPF-LSM refusals, which only this kernel loads).
+pub const DEFAULT_SUITES: &[&str] = &["kernel_hooks", "follow", "touch", "sends", "alerts", "guard"];
 /// Prefix of the lines the guest writes to its console for the host to show live.
 const GUEST_LINE: &str = "guest| ";
 /// The guest script's first line (after `say`'s "vm-test: "), which marks the end of the boot.
