@@ -19,6 +19,7 @@ use llmwatch_e2e::{Agent, TempDir, Value, is, own_tree, secs, tcp_sink, write_sa
 /// what one read of its stdin returned, at most 16 KiB; a pipe holds 64 KiB, the most any
 /// single write out of it can carry, which is the bound asserted.
 const ONE_SEND: u64 = 64 << 10;
+const FDTOOL: &str = env!("CARGO_BIN_EXE_fdtool");
 const MIB: u64 = 1 << 20;
 
 fn model(dir: &Path, size: u64) -> std::path::PathBuf {
@@ -335,4 +336,80 @@ fn open_deny_refuses_everyone_but_servers_and_trusted_readers_where_bpf_lsm_load
     let out = Command::new(&reader).arg(&path).output().unwrap();
     assert!(out.status.success(), "the trusted reader was refused: {out:?}");
     assert!(server_sends(&server, &path), "the server was refused");
+}
+
+/// The obvious way around a send hook that judges after the fact: one `sendfile` of the whole
+/// model (Python's `socket.sendfile`), a single syscall that moves 32 MiB in the kernel. It
+/// must be stopped inside the call, not after it: at most the budget plus a pipe's worth per
+/// splice round gets out.
+#[test]
+fn enforce_stops_one_sendfile_of_the_whole_model_inside_the_call() {
+    let dir = TempDir::new("guard-sendfile");
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    let size = 32 * MIB;
+    let path = model(&dir.path().join("models"), size);
+    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let (port, sink) = tcp_sink();
+    let (_, status) = run(&format!(
+        "python3 -c 'import socket,sys; s=socket.create_connection((\"127.0.0.1\",{port})); s.sendfile(open(sys.argv[1],\"rb\"))' {}",
+        path.display()
+    ));
+    let got = sink.join().unwrap();
+    let over = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
+        .expect("the guard reports the tree over its budget");
+    let budget = over["budget"].as_u64().unwrap();
+    eprintln!("guard: sendfile: sink got {got} of {size} bytes; budget {budget}; sender {status:?}");
+    assert!(!status.success(), "the sender finished its sendfile: {status:?}");
+    assert!(
+        got <= budget + 4 * ONE_SEND,
+        "sink got {got} > budget {budget} + a few splice rounds"
+    );
+}
+
+/// Another way around a check per send: many sends in one syscall. `sendmmsg` of 64 messages of
+/// 32 KiB, each below the budget, 2 MiB a call: the budget must hold across the messages of
+/// one call, not only between calls.
+#[test]
+fn enforce_stops_a_sendmmsg_batch_of_small_messages() {
+    let dir = TempDir::new("guard-sendmmsg");
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    let size = 32 * MIB;
+    let path = model(&dir.path().join("models"), size);
+    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let (port, sink) = tcp_sink();
+    let mut child = own_tree(&format!("exec {FDTOOL} sendmmsg {} 127.0.0.1 {port}", path.display()))
+        .spawn()
+        .unwrap();
+    let over = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
+        .expect("the guard reports the tree over its budget");
+    let budget = over["budget"].as_u64().unwrap();
+    // A refused sender may wait for its peer (see the cat | nc test): stopped once refused.
+    let _ = agent.wait_for(secs(20), |v| {
+        guard_event(port)(v) && (v["action"] == "send_refused" || v["action"] == "killed")
+    });
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let got = sink.join().unwrap();
+    eprintln!("guard: sendmmsg: sink got {got} of {size} bytes; budget {budget}; sender {status:?}");
+    if hook_attached(&agent, "lsm/socket_sendmsg") {
+        // Each message is judged before it leaves, with the ones before it counted.
+        assert!(
+            got <= budget + ONE_SEND,
+            "sink got {got} > budget {budget} + one message"
+        );
+    } else {
+        // The send hook judges a syscall after it returned: the call that crossed the budget
+        // got out whole (here 64 x 32 KiB), and the sender is killed before its next one.
+        eprintln!(
+            "guard: NOT bounded by the budget on this kernel (no BPF-LSM): one sendmmsg call \
+             got out before the SIGKILL ({got} bytes); the next was never made"
+        );
+        assert!(!status.success(), "the sender was not stopped: {status:?}");
+        assert!(
+            got <= budget + 64 * (32 << 10),
+            "sink got {got}: more than the budget and the one call that crossed it"
+        );
+    }
 }

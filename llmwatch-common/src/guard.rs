@@ -14,6 +14,19 @@ pub mod names {
     pub const GUARD_NETS: &str = "GUARD_NETS";
     pub const GUARD_NETS_PORT: &str = "GUARD_NETS_PORT";
     pub const GUARD_EXEMPT_EXES: &str = "GUARD_EXEMPT_EXES";
+    pub const GUARD_COUNTED_AT: &str = "GUARD_COUNTED_AT";
+}
+
+/// Where the guard counts a tree's sends (bits of `GUARD_COUNTED_AT[0]`, set by the agent once
+/// the hook is attached). A hook that sees a send before it leaves counts it there, so the
+/// budget holds across the messages of one sendmmsg, the SQEs of one io_uring submission and
+/// the pages of one sendfile; the after-the-fact send hooks then leave those bytes alone.
+pub mod counted_at {
+    /// BPF-LSM `socket_sendmsg` counts every send through `sock_sendmsg` (all of them but
+    /// sendfile/splice on kernels with `sendpage`, before 6.5).
+    pub const LSM_SENDMSG: u32 = 1;
+    /// fentry on `kernel_sendpage` counts sendfile/splice into sockets (kernels before 6.5).
+    pub const SENDPAGE: u32 = 2;
 }
 
 /// Bits of [`GuardSettings::enabled`] and of `GUARD_FILES` values (which guard rules enforce
@@ -132,6 +145,7 @@ pub mod hook {
     pub const CGROUP_CONNECT: u32 = 4;
     pub const LSM_FILE_OPEN: u32 = 5;
     pub const SEND_SYSCALL: u32 = 6;
+    pub const SENDPAGE: u32 = 7;
 }
 
 /// Record kind of [`GuardEvent`] (after the `event::kind` values).

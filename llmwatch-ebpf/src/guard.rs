@@ -22,11 +22,13 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_send_signal,
     macros::map,
-    maps::{HashMap, LruHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, LruHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use llmwatch_common::{
     event::FileId,
-    guard::{self as g, GuardEvent, GuardSettings, GuardTree, NetKey, PortNetKey, action, bits, hook},
+    guard::{
+        self as g, GuardEvent, GuardSettings, GuardTree, NetKey, PortNetKey, action, bits, counted_at, hook,
+    },
     maps::ProcFileKey,
 };
 
@@ -47,6 +49,16 @@ const REFUSED_BATCH: u32 = 64;
 pub static GUARD: GuardSettings = GuardSettings::off();
 
 static EMPTY_TREE: GuardTree = GuardTree::EMPTY;
+
+/// [`counted_at`] bits: which hooks count sends before they leave (set by the agent after it
+/// attached them; until then the after-the-fact hooks count too, which only errs strict).
+#[map(name = "GUARD_COUNTED_AT")]
+static GUARD_COUNTED_AT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn counted_at(bit: u32) -> bool {
+    GUARD_COUNTED_AT.get(0).is_some_and(|v| *v & bit != 0)
+}
 
 /// Process (tgid) -> root tgid of the tree it is accounted in.
 #[map(name = "GUARD_TREE_OF")]
@@ -495,12 +507,25 @@ fn refused(root: u32, t: *mut GuardTree, act: u32, hook_id: u32, d: &Dest) {
 /// (each rounded up to 32, an empty one as 32), under 128 bytes for what the guard calls.
 /// So the work is split into leaf functions called one after another from here, never one
 /// from another: the deepest chain is the dispatch plus the largest of them.
+///
+/// `page`: the bytes went through `sendpage` (sendfile/splice into a socket before 6.5), which
+/// BPF-LSM `socket_sendmsg` does not see. Bytes a hook counted before they left
+/// ([`counted_at`]) are not counted again here.
 #[inline(always)]
-pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32) {
+pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32, page: bool) {
     if !enabled(bits::EGRESS) {
         return;
     }
-    let d = Dest::new(addr, family, port);
+    if counted_at(if page { counted_at::SENDPAGE } else { counted_at::LSM_SENDMSG }) {
+        return;
+    }
+    judge_sent(&Dest::new(addr, family, port), bytes, hook_id);
+}
+
+/// Counts `bytes` to `d` for the current process's tree and acts past the budget.
+#[inline(always)]
+fn judge_sent(d: &Dest, bytes: u64, hook_id: u32) {
+    let d = *d;
     let root = llmwatch_guard_judged(d.hi, d.lo, d.family_port());
     if root <= 0 {
         return;
@@ -625,6 +650,12 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
     };
     let size = if size > 0 { size as u64 } else { 0 };
     if tripped == 0 && sent + size <= budget(read_b) {
+        // Counted now, before it leaves: the next message of the same sendmmsg, or the next
+        // SQE of the same io_uring submission, is judged with it (the send hooks after the
+        // fact leave these bytes alone, see `on_sent`). What the caller asked to send, not
+        // what went: a short send errs strict.
+        // SAFETY: `t` points at a live GUARD_TREES value.
+        kernel::atomic_add(unsafe { &raw mut (*t).sent }, size);
         return 0;
     }
     trip(root, t, hook::LSM_SOCKET_SENDMSG, &d);
@@ -633,6 +664,21 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
     }
     refused(root, t, action::SEND_REFUSED, hook::LSM_SOCKET_SENDMSG, &d);
     -EPERM
+}
+
+/// `kernel_sendpage` of `size` bytes on `sock` (see the program).
+#[inline(always)]
+pub fn sendpage(sock: u64, size: u64) {
+    if !enabled(bits::EGRESS) {
+        return;
+    }
+    let Some(sk) = read::<u64>(sock, off!(socket_sk)) else {
+        return;
+    };
+    let Some((addr, family, port)) = sock_dest(sk, 0) else {
+        return;
+    };
+    judge_sent(&Dest::new(&addr, family, port), size, hook::SENDPAGE);
 }
 
 /// BPF-LSM `socket_connect(sock, address, addrlen)` and the cgroup connect hooks: an
@@ -733,8 +779,8 @@ pub fn lsm_file_open(file: u64) -> i32 {
 
 pub mod programs {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, lsm},
-        programs::{LsmContext, SockAddrContext},
+        macros::{cgroup_sock_addr, fentry, lsm},
+        programs::{FEntryContext, LsmContext, SockAddrContext},
     };
 
     /// LSM hooks get the previous hook's verdict last; a refusal stands.
@@ -766,6 +812,17 @@ pub mod programs {
             return prev;
         }
         super::lsm_file_open(file)
+    }
+
+    /// fentry on `kernel_sendpage(sock, page, offset, size, flags)` (kernels before 6.5):
+    /// sendfile/splice into a socket, which BPF-LSM `socket_sendmsg` does not see, counted
+    /// per chunk before it is sent; past the budget the sender is killed, and the splice loop
+    /// stops at its next chunk (it checks for a pending signal), not at the end of the call.
+    #[fentry(function = "kernel_sendpage")]
+    pub fn llmwatch_guard_sendpage(ctx: FEntryContext) -> i32 {
+        let (sock, size): (u64, u64) = (ctx.arg(0), ctx.arg(3));
+        super::sendpage(sock, size);
+        0
     }
 
     /// cgroup connect4/connect6 (attached at the root cgroup): 0 refuses (EPERM), 1 allows.

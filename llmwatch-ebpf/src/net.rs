@@ -145,7 +145,7 @@ pub fn on_sock_send(sk: u64, ret: i32) {
         return;
     };
     let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
-    account_send(dest, protocol, ret as u64);
+    account_send(dest, protocol, ret as u64, false);
 }
 
 const S_IFSOCK: u16 = 0o140000;
@@ -195,7 +195,9 @@ pub fn on_send_syscall(regs: u64, sysno: u64, ret: i64) {
         sendmmsg(sk, sock_type, kernel::regs_arg(regs, 1), ret as u64, all);
         return;
     }
-    sent(sk, sock_type, uaddr, ret as u64, all);
+    // sendfile and splice into a socket go through `sendpage` before 6.5 (see guard::on_sent).
+    let page = sysno == nr::SENDFILE || sysno == nr::SPLICE;
+    sent(sk, sock_type, uaddr, ret as u64, all, page);
 }
 
 /// Messages of one sendmmsg looked at.
@@ -211,7 +213,7 @@ fn sendmmsg(sk: u64, sock_type: u16, msgvec: u64, count: u64, all: bool) {
         let len = kernel::read_user::<u32>(m + 56).unwrap_or(0) as u64;
         let uaddr = kernel::read_user::<u64>(m).unwrap_or(0);
         if len > 0 {
-            sent(sk, sock_type, uaddr, len, all);
+            sent(sk, sock_type, uaddr, len, all, false);
         }
         i += 1;
     }
@@ -220,11 +222,11 @@ fn sendmmsg(sk: u64, sock_type: u16, msgvec: u64, count: u64, all: bool) {
 /// `bytes` went out of socket `sk`: to its peer when connected (counted here only with
 /// `all`), else to the address the caller passed.
 #[inline(always)]
-fn sent(sk: u64, sock_type: u16, uaddr: u64, bytes: u64, all: bool) {
+fn sent(sk: u64, sock_type: u16, uaddr: u64, bytes: u64, all: bool, page: bool) {
     if let Some(dest) = sk_dest(sk) {
         if all {
             let protocol: u16 = read(sk, off!(sk_protocol)).unwrap_or(0);
-            account_send(dest, protocol, bytes);
+            account_send(dest, protocol, bytes, page);
         }
         return;
     }
@@ -236,7 +238,7 @@ fn sent(sk: u64, sock_type: u16, uaddr: u64, bytes: u64, all: bool) {
     } else {
         IPPROTO_TCP
     };
-    account_send(dest, protocol, bytes);
+    account_send(dest, protocol, bytes, page);
 }
 
 /// An io_uring send or write of `bytes` completed on `file` (counted here only where the
@@ -247,12 +249,12 @@ pub fn sent_on_file(file: u64, bytes: u64) {
         return;
     }
     if let Some((sk, sock_type)) = kernel::file_sock(file) {
-        sent(sk, sock_type, 0, bytes, true);
+        sent(sk, sock_type, 0, bytes, true, false);
     }
 }
 
 #[inline(always)]
-fn account_send(dest: Dest, protocol: u16, bytes: u64) {
+fn account_send(dest: Dest, protocol: u16, bytes: u64, page: bool) {
     let (pid, _) = kernel::current_pid_tgid();
     if pid == agent_pid() {
         return;
@@ -262,7 +264,7 @@ fn account_send(dest: Dest, protocol: u16, bytes: u64) {
     } else {
         llmwatch_common::guard::hook::SEND_TRACEPOINT
     };
-    crate::guard::on_sent(&dest.addr, dest.family, dest.port, bytes, guard_hook);
+    crate::guard::on_sent(&dest.addr, dest.family, dest.port, bytes, guard_hook, page);
     let key = SendKey {
         addr: dest.addr,
         pid,

@@ -599,6 +599,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 hook::LSM_SOCKET_SENDMSG => "lsm/socket_sendmsg",
                 hook::LSM_FILE_OPEN => "lsm/file_open",
                 hook::CGROUP_CONNECT => "cgroup/connect",
+                hook::SENDPAGE => "fentry/kernel_sendpage",
                 _ => "unknown",
             };
             let has_dest = e.family != 0;

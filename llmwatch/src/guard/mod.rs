@@ -10,12 +10,12 @@ use std::{collections::HashMap as StdHashMap, net::IpAddr, os::fd::AsFd as _, pa
 
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr, FEntry, Lsm},
 };
 use llmwatch_common::{
     event::FileId,
-    guard::{GuardSettings, NetKey, PortNetKey, bits, names},
+    guard::{GuardSettings, NetKey, PortNetKey, bits, counted_at, names},
 };
 
 use crate::{
@@ -106,6 +106,19 @@ fn attach_lsm(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &aya::Btf) -> Res
     Ok(())
 }
 
+fn attach_fentry(ebpf: &mut Ebpf, program: &str, function: &str, btf: &aya::Btf) -> Result<(), String> {
+    let p: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    p.load(function, btf)
+        .map_err(|e| format!("load {program}: {}", describe(&e)))?;
+    p.attach()
+        .map_err(|e| format!("attach {program}: {}", describe(&e)))?;
+    Ok(())
+}
+
 fn attach_cgroup(ebpf: &mut Ebpf, program: &str) -> Result<(), String> {
     let p: &mut CgroupSockAddr = ebpf
         .program_mut(program)
@@ -181,8 +194,35 @@ impl Guard {
                 });
             }
         }
+        // Before 6.5, sendfile/splice into a socket go through `sendpage`, which the LSM hook
+        // does not see: counted per chunk before they leave where fentry loads.
+        let mut sendpage = false;
+        if let Ok(btf) = &btf
+            && btf.id_by_type_name_kind("kernel_sendpage", aya_obj::btf::BtfKind::Func).is_ok()
+        {
+            let r = attach_fentry(probes.ebpf_mut(), "llmwatch_guard_sendpage", "kernel_sendpage", btf);
+            sendpage = r.is_ok();
+            statuses.push(HookStatus {
+                program: "llmwatch_guard_sendpage",
+                hook: "fentry/kernel_sendpage",
+                purpose: "guard: count sendfile/splice into sockets before they leave (sendpage, which BPF-LSM does not see)",
+                required: false,
+                attached: r.is_ok(),
+                error: r.err(),
+                instead: Some(
+                    "sendfile/splice past the budget are stopped by SIGKILL where the syscall returns (one call can carry the whole file)"
+                        .into(),
+                ),
+            });
+        }
         probes.hooks.extend(statuses);
         let ebpf = probes.ebpf_mut();
+        let counted = (if attached[0] { counted_at::LSM_SENDMSG } else { 0 })
+            | (if sendpage { counted_at::SENDPAGE } else { 0 });
+        let mut counted_map: Array<MapData, u32> = take(ebpf, names::GUARD_COUNTED_AT)?;
+        counted_map
+            .set(0, counted, 0)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", names::GUARD_COUNTED_AT))?;
         let mut g = Guard {
             exempt: take(ebpf, names::GUARD_EXEMPT)?,
             exempt_exes: take(ebpf, names::GUARD_EXEMPT_EXES)?,
