@@ -390,7 +390,8 @@ fn unseen_identity(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str
         return None;
     }
     let dir = std::fs::metadata(path.parent()?).ok()?;
-    (dir.dev() != meta.dev()).then_some("is on an overlay whose layers are on different file systems (no xino)")
+    (dir.dev() != meta.dev())
+        .then_some("is on an overlay whose layers are on different file systems (no xino)")
 }
 
 /// The kernel's identity of a file from its metadata (`s_dev` in the kernel's encoding).
