@@ -320,16 +320,11 @@ fn a_pods_incident_carries_its_namespace_and_pod_and_is_resolved_when_the_contai
         "thief-7d4b9c8f6-x2k9q",
         &["app=thief", "pod-template-hash=7d4b9c8f6"],
     );
-    let mut container = pod
-        .ctr_run(
-            "shell",
-            models.path(),
-            &["/bin/sh", "-c", "/bin/cat /models/model.safetensors; read _"],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut container = pod.start(
+        "shell",
+        models.path(),
+        &["/bin/sh", "-c", "/bin/cat /models/model.safetensors; read _"],
+    );
     let opened = agent
         .wait_for(secs(20), |v| {
             is_weight_incident(v) && v["status"] == "opened" && v["pod"] == pod.name
@@ -399,11 +394,10 @@ fn a_pods_incident_carries_its_namespace_and_pod_and_is_resolved_when_the_contai
 
     // The container exits (`ctr run --rm` removes it): the incident and the alert are resolved.
     assert!(
-        container.try_wait().unwrap().is_none(),
-        "the container ended before its stdin was closed"
+        container.running(),
+        "the container ended before the test ended it"
     );
-    container.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let status = container.wait().unwrap();
+    let status = container.end();
     assert!(status.success(), "ctr run: {status}");
     resolved_on_exit(&mut agent, &notifications, &am, alert);
 }

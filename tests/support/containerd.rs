@@ -222,10 +222,22 @@ impl<'a> Pod<'a> {
         );
     }
 
+    /// Starts `command` in a new container of the pod (the models directory at /models) with
+    /// its stdin a pipe from the test: a command that reads it (`read _`) lives until the test
+    /// ends it.
+    pub fn start(&self, container: &str, models: &Path, command: &[&str]) -> Attached {
+        let child = self
+            .ctr_run(container, models, command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting ctr run");
+        Attached { child }
+    }
+
     /// `ctr run --rm` of `command` in a new container of the pod (the models directory at
-    /// /models), attached: the container's stdin, stdout and stderr are the command's. For a
-    /// container the test ends itself (spawn it, then close its stdin).
-    pub fn ctr_run(&self, container: &str, models: &Path, command: &[&str]) -> Command {
+    /// /models), attached: the container's stdin, stdout and stderr are the command's.
+    fn ctr_run(&self, container: &str, models: &Path, command: &[&str]) -> Command {
         let id = self.container_id(container);
         let cgroup = format!("/kubepods/besteffort/pod{}/{id}", self.uid);
         let mount = format!("type=bind,src={},dst=/models,options=rbind:ro", models.display());
@@ -245,5 +257,49 @@ impl<'a> Pod<'a> {
         args.extend([self.containerd.rootfs.to_str().unwrap(), id.as_str()]);
         args.extend(command);
         self.containerd.ctr(&args)
+    }
+}
+
+/// A container `ctr run --rm` runs attached, its stdin a pipe from the test. Ended on drop as
+/// by [`Attached::end`] (a test that failed leaves no container, and no shim waiting for a
+/// containerd that is gone), killed if it has not exited 10 s (scaled) after that.
+pub struct Attached {
+    child: Child,
+}
+
+impl Attached {
+    /// Whether the container is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Writes a line to the container's stdin and closes it, then waits for `ctr run --rm` to
+    /// have removed the container: its exit status (the container's).
+    pub fn end(mut self) -> std::process::ExitStatus {
+        self.close_and_wait()
+    }
+
+    fn close_and_wait(&mut self) -> std::process::ExitStatus {
+        use std::io::Write as _;
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        let deadline = Instant::now() + secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.close_and_wait();
     }
 }
