@@ -2,17 +2,22 @@
 //! loopback: a real `cat model | nc` through the real agent is one alert there, under labels
 //! that stay the same while the incident grows (the lower-severity ones it escalated from are
 //! resolved), and it is resolved when the tree exits: Alertmanager itself says so to its own
-//! webhook receiver.
+//! webhook receiver. The alert of a container of a real containerd, labelled the way the
+//! kubelet labels it, carries the pod's `namespace` and `pod` labels and is resolved when the
+//! container exits.
 use std::{
     io::Write as _,
     net::TcpListener,
     process::{Command, Stdio},
+    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
 use llmwatch_e2e::{
-    Agent, TempDir, Value, debian_tool, http_get, http_receiver, is_incident, is_weight_incident, own_tree,
-    secs, tcp_sink, write_safetensors,
+    Agent, Request, TempDir, Value,
+    containerd::{Containerd, Pod},
+    debian_tool, http_get, http_receiver, is_incident, is_weight_incident, own_tree, secs, tcp_sink,
+    write_safetensors,
 };
 
 fn free_port() -> u16 {
@@ -64,6 +69,48 @@ impl Alertmanager {
         am
     }
 
+    /// Alertmanager in `dir`, and the notifications it sends its webhook receiver.
+    fn with_receiver(bin: &str, dir: &std::path::Path) -> (Alertmanager, Receiver<Request>) {
+        let notify = TcpListener::bind("127.0.0.1:0").unwrap();
+        let notify_port = notify.local_addr().unwrap().port();
+        let notifications = http_receiver(notify);
+        (Alertmanager::start(bin, dir, notify_port), notifications)
+    }
+
+    /// The agent's configuration in `dir`: the alertmanager preset posting here, incidents
+    /// open until their processes exit (not idle within a test), and `extra` sections.
+    fn agent_config(&self, dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+        let cfg = dir.join("llmwatch.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "webhooks:\n  - url: http://{}/api/v2/alerts\n    preset: alertmanager\n    timeout: 2s\n\
+                 spool:\n  dir: {}\nincidents:\n  idle: 10m\n{extra}",
+                self.addr,
+                dir.join("spool").display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    /// The active alerts of incident `id` once one at `severity` is among them.
+    fn active_at(&self, id: &str, severity: &str) -> Vec<Value> {
+        let deadline = Instant::now() + secs(20);
+        loop {
+            let active = self.alerts_of(id);
+            if active.iter().any(|a| a["labels"]["severity"] == severity) {
+                return active;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not in Alertmanager at {severity}: {active:#?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -89,7 +136,7 @@ impl Drop for Alertmanager {
 /// The first alert of incident `id` at `severity` in `status` that Alertmanager notified its
 /// receiver of (notifications about other incidents are skipped).
 fn notified(
-    notifications: &std::sync::mpsc::Receiver<llmwatch_e2e::Request>,
+    notifications: &Receiver<Request>,
     am: &Alertmanager,
     id: &str,
     severity: &str,
@@ -128,21 +175,8 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
     let model = dir.path().join("model.safetensors");
     let size: u64 = 3 * 1024 * 1024 + 777;
     write_safetensors(&model, size as usize);
-    let notify = TcpListener::bind("127.0.0.1:0").unwrap();
-    let notify_port = notify.local_addr().unwrap().port();
-    let notifications = http_receiver(notify);
-    let am = Alertmanager::start(bin, cfgdir.path(), notify_port);
-    let cfg = cfgdir.path().join("llmwatch.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "webhooks:\n  - url: http://{}/api/v2/alerts\n    preset: alertmanager\n    timeout: 2s\n\
-             spool:\n  dir: {}\nincidents:\n  idle: 10m\n",
-            am.addr,
-            cfgdir.path().join("spool").display()
-        ),
-    )
-    .unwrap();
+    let (am, notifications) = Alertmanager::with_receiver(bin, cfgdir.path());
+    let cfg = am.agent_config(cfgdir.path(), "");
     let mut agent = Agent::watching(&[dir.path()], &["--config", cfg.to_str().unwrap()]);
 
     // The tree stays alive (its shell waits for a line) until the alert has been looked at.
@@ -175,19 +209,7 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
     let host = critical["host"].as_str().unwrap().to_string();
 
     // In Alertmanager: one active alert for the incident, at its current severity.
-    let deadline = Instant::now() + secs(20);
-    let active = loop {
-        let active = am.alerts_of(&id);
-        if active.iter().any(|a| a["labels"]["severity"] == "critical") {
-            break active;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not in Alertmanager: {active:#?}\n{}",
-            am.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let active = am.active_at(&id, "critical");
     assert_eq!(
         active.len(),
         1,
@@ -231,15 +253,25 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
     // The tree exits: the agent resolves the incident, Alertmanager resolves the alert.
     tree.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(tree.wait().unwrap().success());
+    resolved_on_exit(&mut agent, &notifications, &am, alert);
+}
+
+/// The agent resolves the incident of `alert` (an active alert in Alertmanager) because its
+/// processes exited, and Alertmanager notifies it resolved, under the labels it fired with,
+/// ended when the incident was, and lists it as active no more.
+fn resolved_on_exit(agent: &mut Agent, notifications: &Receiver<Request>, am: &Alertmanager, alert: &Value) {
+    let labels = &alert["labels"];
+    let id = labels["incident_id"].as_str().unwrap();
     let done = agent
         .wait_for(secs(20), |v| {
-            is_incident(v) && v["incident_id"] == id.as_str() && v["status"] == "resolved"
+            is_incident(v) && v["incident_id"] == id && v["status"] == "resolved"
         })
         .unwrap_or_else(|| panic!("the incident was not resolved: {:#?}", agent.seen));
-    assert_eq!(done["resolved_by"], "exited");
-    let resolved = notified(&notifications, &am, &id, "critical", "resolved");
+    assert_eq!(done["resolved_by"], "exited", "{done}");
+    let severity = labels["severity"].as_str().unwrap();
+    let resolved = notified(notifications, am, id, severity, "resolved");
     assert_eq!(
-        resolved["labels"], alert["labels"],
+        &resolved["labels"], labels,
         "resolved under the labels it fired with"
     );
     // Ended when the incident was (Alertmanager keeps milliseconds, the agent nanoseconds).
@@ -250,8 +282,122 @@ fn an_incident_is_one_alertmanager_alert_resolved_when_its_tree_exits() {
         "{resolved} {done}"
     );
     assert!(
-        am.alerts_of(&id).is_empty(),
+        am.alerts_of(id).is_empty(),
         "still active: {:#?}",
-        am.alerts_of(&id)
+        am.alerts_of(id)
     );
+}
+
+/// A pod's incident in Alertmanager. A container of a real containerd, started the way the
+/// kubelet starts one (its labels, a kubelet-style cgroup, the models bind-mounted), reads a
+/// watched model. The preset's alert, read back through Alertmanager's API, has exactly the
+/// stable labels, the pod's `namespace` and `pod` among them as the runtime named them; the
+/// reader's pid, the file's path and the bytes read are annotations only. When the container
+/// exits the agent resolves the incident (`exited`) and Alertmanager the alert, under the same
+/// labels, ended when the incident was.
+#[test]
+fn a_pods_incident_carries_its_namespace_and_pod_and_is_resolved_when_the_container_exits() {
+    let Some(bin) = debian_tool("prometheus-alertmanager", "prometheus-alertmanager") else {
+        return;
+    };
+    let Some(containerd) = Containerd::start_if_installed() else {
+        return;
+    };
+    let models = TempDir::new("am-pod-models");
+    let model = models.path().join("model.safetensors");
+    let size = 256 * 1024;
+    write_safetensors(&model, size);
+    let cfgdir = TempDir::new("am-pod-cfg");
+    let (am, notifications) = Alertmanager::with_receiver(bin, cfgdir.path());
+    let cfg = am.agent_config(cfgdir.path(), &format!("containers:\n{}", containerd.config()));
+    let mut agent = Agent::watching(&[models.path()], &["--config", cfg.to_str().unwrap()]);
+
+    // The container reads the model, then waits for its stdin to close: it lives until the
+    // alert has been looked at.
+    let pod = Pod::create(
+        &containerd,
+        "ml-team",
+        "thief-7d4b9c8f6-x2k9q",
+        &["app=thief", "pod-template-hash=7d4b9c8f6"],
+    );
+    let mut container = pod.start(
+        "shell",
+        models.path(),
+        &["/bin/sh", "-c", "/bin/cat /models/model.safetensors; read _"],
+    );
+    let opened = agent
+        .wait_for(secs(20), |v| {
+            is_weight_incident(v) && v["status"] == "opened" && v["pod"] == pod.name
+        })
+        .unwrap_or_else(|| panic!("no incident naming the pod: {:#?}", agent.seen));
+    let id = opened["incident_id"].as_str().unwrap().to_string();
+    assert_eq!(opened["namespace"], "ml-team", "{opened}");
+    // The reader's exit is the marker: every hit of its reads is judged before it, so the
+    // incident's last message before it has its final severity.
+    let exit = agent
+        .wait_for(secs(20), |v| {
+            v["kind"] == "proc_exit"
+                && v["process"]["comm"] == "cat"
+                && v["process"]["kubernetes"]["pod"] == pod.name
+        })
+        .unwrap_or_else(|| panic!("no exit of the container's cat: {:#?}", agent.seen));
+    let reader = exit["process"]["pid"].as_u64().unwrap();
+    let last = agent
+        .seen
+        .iter()
+        .rev()
+        .find(|v| is_incident(v) && v["incident_id"] == id.as_str())
+        .unwrap_or(&opened);
+    let severity = last["severity"].as_str().unwrap().to_string();
+    let host = opened["host"].as_str().unwrap().to_string();
+
+    let active = am.active_at(&id, &severity);
+    assert_eq!(
+        active.len(),
+        1,
+        "one alert at the incident's severity: {active:#?}"
+    );
+    let alert = &active[0];
+    // Exactly these: no pid, path or byte count (each would make every incident a new series)...
+    assert_eq!(
+        alert["labels"],
+        serde_json::json!({
+            "alertname": opened["rule"],
+            "severity": severity,
+            "host": host,
+            "instance": host,
+            "job": "llmwatch",
+            "incident_id": id,
+            "namespace": "ml-team",
+            "pod": pod.name,
+        }),
+        "labels: the opening rule, severity, host, incident, and the pod as the runtime named it"
+    );
+    // ... they are annotations.
+    let ann = &alert["annotations"];
+    let noted = |key: &str| ann[key].as_str().unwrap_or_default();
+    assert!(
+        noted("process").starts_with(&format!("cat (pid {reader},")),
+        "{ann}"
+    );
+    assert_eq!(
+        (noted("files"), noted("bytes_read"), noted("container")),
+        (
+            format!("{} (read 256.0 KiB of 256.0 KiB)", model.display()).as_str(),
+            size.to_string().as_str(),
+            format!("ml-team/{} container shell (Deployment thief)", pod.name).as_str(),
+        ),
+        "{ann}"
+    );
+    let fired = notified(&notifications, &am, &id, &severity, "firing");
+    assert_eq!(fired["labels"], alert["labels"]);
+
+    // The container exits (`ctr run --rm` removes it): the incident and the alert are resolved.
+    assert!(
+        container.running(),
+        "the container ended before the test ended it"
+    );
+    let status = container.end();
+    assert!(status.success(), "ctr run: {status}");
+    resolved_on_exit(&mut agent, &notifications, &am, alert);
 }

@@ -135,7 +135,13 @@ fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
         // for its peer, which waits for nc's end of stream. Nothing more gets out of it (the
         // sink's count below says so); it is stopped here the way an operator would.
         let nc = act["task"]["pid"].as_u64().unwrap().to_string();
-        assert!(Command::new("kill").args(["-KILL", &nc]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &nc])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let got = sink.join().unwrap();
     eprintln!(

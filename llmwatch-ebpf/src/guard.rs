@@ -436,7 +436,8 @@ pub extern "C" fn llmwatch_guard_report(root: u32, what: u64, hi: u64, lo: u64, 
 
 #[inline(always)]
 fn report_egress(root: u32, act: u32, hook_id: u32, enforced: bool, count: u32, d: &Dest) {
-    let what = act as u64 & 0xff | (hook_id as u64 & 0xff) << 8 | (enforced as u64) << 16 | (count as u64) << 32;
+    let what =
+        act as u64 & 0xff | (hook_id as u64 & 0xff) << 8 | (enforced as u64) << 16 | (count as u64) << 32;
     llmwatch_guard_report(root, what, d.hi, d.lo, d.family_port());
 }
 

@@ -13,6 +13,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod containerd;
+
 /// The agent binary: `LLMWATCH_BIN` (set by `cargo xtask test`) or the workspace's debug build.
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("LLMWATCH_BIN") {
@@ -325,6 +327,21 @@ pub fn debian_tool(name: &str, package: &str) -> Option<&'static str> {
         panic!("{name} not installed: apt-get install {package} (cargo xtask test installs it)");
     }
     eprintln!("skipped: {name} not installed (apt-get install {package})");
+    None
+}
+
+/// A file from a Debian package the tests use for real, by its path (containerd, runc,
+/// busybox-static, openssl): required in CI (`cargo xtask test` installs the package and sets
+/// LLMWATCH_REQUIRE_PROMTOOL=1), skipped with a line otherwise.
+pub fn debian_file(path: &str, package: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("LLMWATCH_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
+        panic!("{path} not installed: apt-get install {package} (cargo xtask test installs it)");
+    }
+    eprintln!("skipped: {path} not installed (apt-get install {package})");
     None
 }
 

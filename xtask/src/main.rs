@@ -447,9 +447,9 @@ fn ensure_test_tools() -> anyhow::Result<()> {
     // (package, what the tests use it for, whether it is installed). The end-to-end tests drive
     // real tools: OpenBSD netcat (`nc -N`, the sender in the exfiltration scenarios), fio (its
     // io_uring engine reads a model), a real Alertmanager that tests/alertmanager.rs posts
-    // incidents to and reads back, and a real containerd that tests/pods.rs runs kubelet-labelled
-    // containers in (a busybox-static root: no image, no registry); openssl makes the simulated
-    // kubelet's certificates there.
+    // incidents to and reads back, and a real containerd that tests/pods.rs and
+    // tests/alertmanager.rs run kubelet-labelled containers in (a busybox-static root: no image,
+    // no registry); openssl makes the simulated kubelet's certificates in tests/pods.rs.
     let tools = [
         (
             "prometheus",
@@ -469,7 +469,7 @@ fn ensure_test_tools() -> anyhow::Result<()> {
         ("fio", "io_uring reads of a model", have("fio", "-h")),
         (
             "containerd",
-            "the runtime that names pods (tests/pods.rs)",
+            "the runtime that names pods (tests/pods.rs, tests/alertmanager.rs)",
             deb("containerd"),
         ),
         ("runc", "containerd's OCI runtime", deb("runc")),

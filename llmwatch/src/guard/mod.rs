@@ -406,8 +406,6 @@ impl Guard {
     }
 }
 
-const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-
 /// Why the kernel's identity of executable `path` (its `struct file`'s inode: the overlay's
 /// device and inode number) differs from what `stat` gives, if it does. An overlay whose
 /// layers are on different file systems without `xino` reports a lower file's own device
@@ -426,11 +424,13 @@ fn unseen_identity(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str
     }
     // SAFETY: statfs returned 0, so it filled `fs`.
     let fs = unsafe { fs.assume_init() };
-    if fs.f_type as i64 != OVERLAYFS_SUPER_MAGIC {
+    // libc's constant has `f_type`'s type on each target (c_long here, c_uint on s390x).
+    if fs.f_type != libc::OVERLAYFS_SUPER_MAGIC {
         return None;
     }
     let dir = std::fs::metadata(path.parent()?).ok()?;
-    (dir.dev() != meta.dev()).then_some("is on an overlay whose layers are on different file systems (no xino)")
+    (dir.dev() != meta.dev())
+        .then_some("is on an overlay whose layers are on different file systems (no xino)")
 }
 
 /// The kernel's identity of a file from its metadata (`s_dev` in the kernel's encoding).
