@@ -384,9 +384,12 @@ fn enforce_stops_a_sendmmsg_batch_of_small_messages() {
     let path = model(&dir.path().join("models"), size);
     let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
     let (port, sink) = tcp_sink();
-    let mut child = own_tree(&format!("exec {FDTOOL} sendmmsg {} 127.0.0.1 {port}", path.display()))
-        .spawn()
-        .unwrap();
+    let mut child = own_tree(&format!(
+        "exec {FDTOOL} sendmmsg {} 127.0.0.1 {port}",
+        path.display()
+    ))
+    .spawn()
+    .unwrap();
     let over = agent
         .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
         .expect("the guard reports the tree over its budget");

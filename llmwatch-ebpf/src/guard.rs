@@ -517,7 +517,11 @@ pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32
     if !enabled(bits::EGRESS) {
         return;
     }
-    if counted_at(if page { counted_at::SENDPAGE } else { counted_at::LSM_SENDMSG }) {
+    if counted_at(if page {
+        counted_at::SENDPAGE
+    } else {
+        counted_at::LSM_SENDMSG
+    }) {
         return;
     }
     judge_sent(&Dest::new(addr, family, port), bytes, hook_id);

@@ -313,7 +313,10 @@ fn main() {
                 if n <= 0 {
                     fail("sendmmsg");
                 }
-                sent += msgs[..n as usize].iter().map(|m| m.msg_len as usize).sum::<usize>();
+                sent += msgs[..n as usize]
+                    .iter()
+                    .map(|m| m.msg_len as usize)
+                    .sum::<usize>();
             }
             say("sent", sent);
         }

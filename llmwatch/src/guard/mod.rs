@@ -198,9 +198,16 @@ impl Guard {
         // does not see: counted per chunk before they leave where fentry loads.
         let mut sendpage = false;
         if let Ok(btf) = &btf
-            && btf.id_by_type_name_kind("kernel_sendpage", aya_obj::btf::BtfKind::Func).is_ok()
+            && btf
+                .id_by_type_name_kind("kernel_sendpage", aya_obj::btf::BtfKind::Func)
+                .is_ok()
         {
-            let r = attach_fentry(probes.ebpf_mut(), "llmwatch_guard_sendpage", "kernel_sendpage", btf);
+            let r = attach_fentry(
+                probes.ebpf_mut(),
+                "llmwatch_guard_sendpage",
+                "kernel_sendpage",
+                btf,
+            );
             sendpage = r.is_ok();
             statuses.push(HookStatus {
                 program: "llmwatch_guard_sendpage",
