@@ -365,7 +365,17 @@ fn enforce_stops_one_sendfile_of_the_whole_model_inside_the_call() {
         .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
         .expect("the guard reports the tree over its budget");
     let budget = over["budget"].as_u64().unwrap();
-    eprintln!("guard: sendfile: sink got {got} of {size} bytes; budget {budget}; sender {status:?}");
+    let killed = agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "killed")
+        .expect("the sender is killed");
+    eprintln!(
+        "guard: sendfile: sink got {got} of {size} bytes; budget {budget}; sender {status:?}; killed by {}",
+        killed["hook"]
+    );
+    if hook_attached(&agent, "fentry/kernel_sendpage") {
+        // Before 6.5 the pages go through sendpage, which only this hook sees mid-call.
+        assert_eq!(killed["hook"], "fentry/kernel_sendpage", "{killed:#}");
+    }
     assert!(!status.success(), "the sender finished its sendfile: {status:?}");
     assert!(
         got <= budget + 4 * ONE_SEND,
