@@ -530,7 +530,6 @@ pub fn on_sent(addr: &[u8; 16], family: u16, port: u16, bytes: u64, hook_id: u32
 /// Counts `bytes` to `d` for the current process's tree and acts past the budget.
 #[inline(always)]
 fn judge_sent(d: &Dest, bytes: u64, hook_id: u32) {
-    let d = *d;
     let root = llmwatch_guard_judged(d.hi, d.lo, d.family_port());
     if root <= 0 {
         return;
@@ -539,10 +538,10 @@ fn judge_sent(d: &Dest, bytes: u64, hook_id: u32) {
     let r = llmwatch_guard_account(root, bytes);
     if r & SENT_TRIPPED != 0 {
         let enforced = r & SENT_ENFORCED != 0;
-        report_egress(root, action::EGRESS_OVER_BUDGET, hook_id, enforced, 0, &d);
+        report_egress(root, action::EGRESS_OVER_BUDGET, hook_id, enforced, 0, d);
     }
     if r & SENT_KILLED != 0 {
-        report_egress(root, action::KILLED, hook_id, true, 1, &d);
+        report_egress(root, action::KILLED, hook_id, true, 1, d);
     }
 }
 
