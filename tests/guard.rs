@@ -28,6 +28,24 @@ fn model(dir: &Path, size: u64) -> std::path::PathBuf {
     path
 }
 
+/// A test directory with a `size`-byte model under models/, and an agent watching it with
+/// config `yaml`.
+fn guarded(tag: &str, size: u64, yaml: &str) -> (TempDir, std::path::PathBuf, Agent) {
+    let dir = TempDir::new(tag);
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let path = model(&models, size);
+    let agent = agent(dir.path(), yaml);
+    (dir, path, agent)
+}
+
+/// The guard's report that the tree sending to `port` went over its budget.
+fn over_budget(agent: &mut Agent, port: u16) -> Value {
+    agent
+        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
+        .expect("the guard reports the tree over its budget")
+}
+
 fn agent(dir: &Path, yaml: &str) -> Agent {
     let cfg = dir.join("llmwatch.yaml");
     std::fs::write(&cfg, yaml).unwrap();
@@ -94,11 +112,12 @@ fn sink_until_done() -> (u16, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
 
 #[test]
 fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
-    let dir = TempDir::new("guard-enforce");
-    std::fs::create_dir(dir.path().join("models")).unwrap();
     let size = 32 * MIB;
-    let path = model(&dir.path().join("models"), size);
-    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let (_dir, path, mut agent) = guarded(
+        "guard-enforce",
+        size,
+        "guard:\n  egress_budget:\n    mode: enforce\n",
+    );
     let lsm = hook_attached(&agent, "lsm/socket_sendmsg");
     eprintln!(
         "guard: stopping by {}",
@@ -118,9 +137,7 @@ fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
     );
     let mut child = own_tree(&script).spawn().unwrap();
     let tree = child.id();
-    let over = agent
-        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
-        .expect("the guard reports the tree over its budget");
+    let over = over_budget(&mut agent, port);
     assert_eq!(over["enforced"], true, "{over:#}");
     let budget = over["budget"].as_u64().unwrap();
     let read = over["read"].as_u64().unwrap();
@@ -179,18 +196,13 @@ fn enforce_stops_cat_piped_to_nc_after_the_budget_and_a_second_try_too() {
 
 #[test]
 fn monitor_blocks_nothing_and_reports_what_it_would_have_blocked() {
-    let dir = TempDir::new("guard-monitor");
-    std::fs::create_dir(dir.path().join("models")).unwrap();
     let size = 8 * MIB;
-    let path = model(&dir.path().join("models"), size);
-    let mut agent = agent(dir.path(), "guard:\n  mode: monitor\n");
+    let (_dir, path, mut agent) = guarded("guard-monitor", size, "guard:\n  mode: monitor\n");
     let (port, sink) = tcp_sink();
     let (_, status) = run(&format!("cat {} | nc -N 127.0.0.1 {port}", path.display()));
     assert!(status.success(), "{status:?}");
     assert_eq!(sink.join().unwrap(), size, "monitor mode blocked something");
-    let over = agent
-        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
-        .expect("monitor mode reports the tree over its budget");
+    let over = over_budget(&mut agent, port);
     assert_eq!(over["enforced"], false, "{over:#}");
     let alert = agent
         .wait_for(secs(20), |v| {
@@ -350,20 +362,19 @@ fn open_deny_refuses_everyone_but_servers_and_trusted_readers_where_bpf_lsm_load
 /// splice round gets out.
 #[test]
 fn enforce_stops_one_sendfile_of_the_whole_model_inside_the_call() {
-    let dir = TempDir::new("guard-sendfile");
-    std::fs::create_dir(dir.path().join("models")).unwrap();
     let size = 32 * MIB;
-    let path = model(&dir.path().join("models"), size);
-    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let (_dir, path, mut agent) = guarded(
+        "guard-sendfile",
+        size,
+        "guard:\n  egress_budget:\n    mode: enforce\n",
+    );
     let (port, sink) = tcp_sink();
     let (_, status) = run(&format!(
         "python3 -c 'import socket,sys; s=socket.create_connection((\"127.0.0.1\",{port})); s.sendfile(open(sys.argv[1],\"rb\"))' {}",
         path.display()
     ));
     let got = sink.join().unwrap();
-    let over = agent
-        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
-        .expect("the guard reports the tree over its budget");
+    let over = over_budget(&mut agent, port);
     let budget = over["budget"].as_u64().unwrap();
     let killed = agent
         .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "killed")
@@ -388,11 +399,12 @@ fn enforce_stops_one_sendfile_of_the_whole_model_inside_the_call() {
 /// one call, not only between calls.
 #[test]
 fn enforce_stops_a_sendmmsg_batch_of_small_messages() {
-    let dir = TempDir::new("guard-sendmmsg");
-    std::fs::create_dir(dir.path().join("models")).unwrap();
     let size = 32 * MIB;
-    let path = model(&dir.path().join("models"), size);
-    let mut agent = agent(dir.path(), "guard:\n  egress_budget:\n    mode: enforce\n");
+    let (_dir, path, mut agent) = guarded(
+        "guard-sendmmsg",
+        size,
+        "guard:\n  egress_budget:\n    mode: enforce\n",
+    );
     let (port, sink) = tcp_sink();
     let mut child = own_tree(&format!(
         "exec {FDTOOL} sendmmsg {} 127.0.0.1 {port}",
@@ -400,9 +412,7 @@ fn enforce_stops_a_sendmmsg_batch_of_small_messages() {
     ))
     .spawn()
     .unwrap();
-    let over = agent
-        .wait_for(secs(20), |v| guard_event(port)(v) && v["action"] == "over_budget")
-        .expect("the guard reports the tree over its budget");
+    let over = over_budget(&mut agent, port);
     let budget = over["budget"].as_u64().unwrap();
     // A refused sender may wait for its peer (see the cat | nc test): stopped once refused.
     let _ = agent.wait_for(secs(20), |v| {
