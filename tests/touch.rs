@@ -37,9 +37,13 @@ fn a_header_lookup_through_mmap_is_not_a_bulk_read() {
     let pid = tool.pid();
     tool.finish();
     let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
-    // Mapped whole, touched a page or a fault-around window of it.
+    // Mapped whole, touched a page: the kernel maps a fault-around window of small pages or,
+    // where the page cache holds the file in 2 MiB folios and the mapping is PMD-aligned (ext4
+    // on 6.18 after a fresh write: one 8-byte read shows `Rss: 2048 kB` in smaps), one PMD.
+    // Either is far below the 64 MiB a bulk read would touch.
+    const ONE_PMD: u64 = 2 << 20;
     assert!(
-        touched <= 1 << 20,
+        touched <= ONE_PMD,
         "a header read touched {touched} bytes: {touches:#?}"
     );
     let mmap = agent
@@ -96,22 +100,35 @@ fn touch_all(opts: &[&str]) {
 /// what the kernel counted of its faults is all there is. That count is a lower bound (a
 /// fault that maps a whole large folio or a 2 MiB PMD counts as one page or not at all, see
 /// `collector::mappings`); here it must show the process touching, never more than the file.
+///
+/// The agent also samples smaps on the poll tick after it sees the mapping, and when that
+/// sample lands while the process is still alive it sees more than the kernel counted and is
+/// reported instead (measured on 6.18 with ext4 large folios: about one run in three). Such a
+/// run does not exercise the kernel's count, so the mapper is run again, up to `TRIES` times;
+/// the test fails unless one run is reported by its faults.
 #[test]
 fn a_mapper_that_exits_at_once_is_seen_touching_by_its_faults() {
+    const TRIES: usize = 8;
     let (dir, path, ino) = model("touch-quick");
     let mut agent = Agent::watching(&[dir.path()], &[]);
-    let mut tool = Tool::spawn(FDTOOL, &["mmap-all", path.to_str().unwrap()]);
-    tool.expect("touched");
-    let pid = tool.pid();
-    tool.finish();
-    let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
-    let paths = &agent.ready["data_paths"];
-    assert!(touched > 0, "not seen touching (paths: {paths}): {touches:#?}");
-    assert!(touched <= SIZE, "{touched}");
-    assert!(
-        touches.iter().any(|v| v["source"] == "faults"),
-        "the kernel's fault count reported it: {touches:#?}"
-    );
+    let paths = agent.ready["data_paths"].clone();
+    for attempt in 1..=TRIES {
+        let mut tool = Tool::spawn(FDTOOL, &["mmap-all", path.to_str().unwrap()]);
+        tool.expect("touched");
+        let pid = tool.pid();
+        tool.finish();
+        let (touched, touches) = bytes_until_exit(&mut agent, pid, touch_of(ino, pid));
+        assert!(touched > 0, "not seen touching (paths: {paths}): {touches:#?}");
+        assert!(touched <= SIZE, "{touched}");
+        if touches.iter().any(|v| v["source"] == "faults") {
+            return;
+        }
+        eprintln!(
+            "run {attempt}: an smaps sample saw the mapper alive ({touched} bytes) before the \
+             kernel's count; running it again"
+        );
+    }
+    panic!("in {TRIES} runs the kernel's fault count never reported the mapper (paths: {paths})");
 }
 
 #[test]
