@@ -48,8 +48,9 @@ mod uring;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{btf_tracepoint, kprobe, raw_tracepoint},
-        programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
+        EbpfContext as _,
+        macros::{btf_tracepoint, fexit, kprobe, raw_tracepoint},
+        programs::{BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext},
     };
     use llmwatch_common::syscalls as nr;
 
@@ -242,6 +243,27 @@ mod programs {
     pub fn llmwatch_filemap_fault(ctx: RawTracePointContext) -> i32 {
         let index: u64 = ctx.arg(1);
         crate::touch::on_pages(ctx.arg(0), index, index);
+        0
+    }
+
+    /// Pages as mapped (the fast path, see `touch`): `set_pte_range(vmf, folio, page, nr,
+    /// addr)`, 6.6+.
+    #[fexit(function = "set_pte_range")]
+    pub fn llmwatch_fx_set_pte_range(ctx: FExitContext) -> i32 {
+        crate::touch::on_ptes_set(ctx.arg(0), ctx.arg(3));
+        0
+    }
+
+    /// `do_set_pmd(vmf, [folio,] page)`: its arguments changed in 6.8, so the return value
+    /// comes from the helper rather than from an argument position.
+    #[fexit(function = "do_set_pmd")]
+    pub fn llmwatch_fx_do_set_pmd(ctx: FExitContext) -> i32 {
+        let mut ret: u64 = u64::MAX;
+        // SAFETY: the helper writes the traced function's return value into our own `ret`.
+        let got = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ret(ctx.as_ptr(), &mut ret) };
+        if got == 0 {
+            crate::touch::on_pmd_set(ctx.arg(0), ret);
+        }
         0
     }
 

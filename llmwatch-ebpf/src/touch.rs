@@ -6,7 +6,20 @@
 //! page is faulted in. They are recent (6.18 has them, 6.1 does not); where they are missing,
 //! kprobes on `filemap_map_pages` / `filemap_fault` see the same calls, and where those are
 //! refused too the agent has only its `/proc/PID/smaps` samples. A fault that maps a whole
-//! large folio or a 2 MiB PMD is counted as one page or not at all: a lower bound.
+//! large folio or a 2 MiB PMD is counted as one page or not at all: a lower bound. Large folios
+//! are the page cache's norm on new kernels (XFS since 5.18, ext4 since 6.16, tmpfs with
+//! `huge=`), and since 6.18 fault-around maps whole folios while the tracepoint still reports
+//! its 64 KiB window: one 64 MiB model touched end to end counts about 2 MiB there.
+//!
+//! Where fentry/fexit load (the fast path), fexit programs on the functions that install the
+//! page-table entries count the pages as mapped instead: `set_pte_range(vmf, folio, page, nr,
+//! addr)` (6.6+) and `do_set_pmd` (a whole PMD). Every file-backed fault that maps pages goes
+//! through one of them, whatever the folio size, so the count is exact; the tracepoints and
+//! kprobes are then not attached (they would count the same pages twice). Before 6.6 the PTE
+//! function was `do_set_pte`, called once per page: a trampoline per page of every process's
+//! file faults costs more than the kprobes' one call per fault, and fault-around there maps
+//! only its window, which the kprobes count exactly; so those kernels keep the kprobes and add
+//! `do_set_pmd` alone (a PMD fault then counts its window too: at most 16 pages over).
 use llmwatch_common::{
     event::{FileId, FileTouchEvent, kind},
     maps::{ProcFileKey, TouchStats, stat},
@@ -52,44 +65,85 @@ fn vmf_mapping(vmf: u64) -> Option<u64> {
     read(file, off!(file_mapping))
 }
 
+/// Pages in one PMD mapping: 2 MiB of 4 KiB pages (the fast path is x86_64 only).
+const PMD_PAGES: u64 = 512;
+
+/// fexit on `set_pte_range(vmf, folio, page, nr, addr)` (6.6+): `nr` pages of one folio mapped.
 #[inline(always)]
-pub fn on_pages(mapping: u64, first: u64, last: u64) {
+pub fn on_ptes_set(vmf: u64, nr: u64) {
+    on_mapped(vmf, nr & 0xffff_ffff);
+}
+
+/// fexit on `do_set_pmd(vmf, ...)`: `ret` 0 when it mapped a whole PMD (else the fault falls
+/// back to page-sized entries, counted by `on_ptes_set`).
+#[inline(always)]
+pub fn on_pmd_set(vmf: u64, ret: u64) {
+    if ret == 0 {
+        on_mapped(vmf, PMD_PAGES);
+    }
+}
+
+/// `pages` just mapped by a fault in `vmf->vma`, a file-backed mapping.
+#[inline(always)]
+fn on_mapped(vmf: u64, pages: u64) {
+    if pages == 0 {
+        return;
+    }
+    let Some(mapping) = vmf_mapping(vmf) else {
+        return;
+    };
+    let Some((pid, file, _)) = watched_holder_file(mapping) else {
+        return;
+    };
+    count(pid, file, pages);
+}
+
+/// The holder (the current process) and watched file behind `mapping`, with the file's size.
+#[inline(always)]
+fn watched_holder_file(mapping: u64) -> Option<(u32, FileId, u64)> {
     // Only a holder can have a mapping of a watched file (mapping needs a descriptor; a
     // child inherits the holder mark with the mapping).
-    if !holders::current_may_hold() || last < first {
-        return;
+    if !holders::current_may_hold() || mapping == 0 {
+        return None;
     }
     let (pid, _) = kernel::current_pid_tgid();
     if !holders::is_holder(pid) {
-        return;
+        return None;
     }
-    let Some(inode) = read::<u64>(mapping, off!(mapping_host)) else {
-        return;
-    };
-    let Some(ino) = read::<u64>(inode, off!(inode_ino)) else {
-        return;
-    };
-    let Some(sb) = read::<u64>(inode, off!(inode_sb)) else {
-        return;
-    };
-    let Some(dev) = read::<u32>(sb, off!(sb_dev)) else {
-        return;
-    };
+    let inode = read::<u64>(mapping, off!(mapping_host))?;
+    let ino = read::<u64>(inode, off!(inode_ino))?;
+    let sb = read::<u64>(inode, off!(inode_sb))?;
+    let dev = read::<u32>(sb, off!(sb_dev))?;
     let file = FileId { dev, _pad: 0, ino };
     // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { WATCHED_FILES.get(&file) }.is_none() {
-        return;
-    }
-    // Never past the end of the file (the kprobe sees the range before the kernel clips it).
+    unsafe { WATCHED_FILES.get(&file) }?;
     let size: u64 = read(inode, off!(inode_size)).unwrap_or(0);
     if size == 0 {
+        return None;
+    }
+    Some((pid, file, size))
+}
+
+#[inline(always)]
+pub fn on_pages(mapping: u64, first: u64, last: u64) {
+    if last < first {
         return;
     }
+    let Some((pid, file, size)) = watched_holder_file(mapping) else {
+        return;
+    };
+    // Never past the end of the file (the kprobe sees the range before the kernel clips it).
     let last = last.min((size - 1) >> PAGE_SHIFT);
     if last < first {
         return;
     }
-    let pages = last - first + 1;
+    count(pid, file, last - first + 1);
+}
+
+/// Adds `pages` to what `pid` touched of `file`; reports the first touch at once, then every
+/// `read_report` bytes.
+#[inline(always)]
+fn count(pid: u32, file: FileId, pages: u64) {
     let key = ProcFileKey { file, pid, _pad: 0 };
     let report_pages = settings_read_report() >> PAGE_SHIFT;
     let (total, reported) = match TOUCHES.get_ptr_mut(&key) {

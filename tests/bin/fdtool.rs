@@ -100,6 +100,33 @@ fn touch_every_page(m: &[u8]) -> u64 {
     sum
 }
 
+/// Bytes of the mapping starting at `start` that are mapped with PMDs (`FilePmdMapped` and
+/// `ShmemPmdMapped` of its smaps entry).
+fn pmd_mapped(start: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_else(|_| fail("smaps"));
+    let header = format!("{start:x}-");
+    let mut inside = false;
+    let mut kib = 0u64;
+    for line in smaps.lines() {
+        if line
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            inside = line.starts_with(&header);
+            continue;
+        }
+        if inside && (line.starts_with("FilePmdMapped:") || line.starts_with("ShmemPmdMapped:")) {
+            kib += line
+                .split_ascii_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib * 1024
+}
+
 fn tcp(host: &str, port: &str) -> std::net::TcpStream {
     std::net::TcpStream::connect(format!("{host}:{port}")).unwrap_or_else(|_| fail("connect"))
 }
@@ -198,11 +225,15 @@ fn main() {
             let header = std::str::from_utf8(&m[8..8 + n.min(m.len() - 8)]).unwrap_or("");
             say("header_bytes", header.len());
         }
-        // Map the file and touch every page; wait (so a test can sample) then exit.
+        // Map the file and touch every page; wait (so a test can sample) then exit. With
+        // `report-pmd`, also say how much of the mapping the kernel mapped with PMDs.
         "mmap-all" => {
             let fd = open_ro(a(1));
             let m = mapping(fd, file_len(fd));
             say("touched", touch_every_page(m));
+            if args.iter().any(|a| a == "report-pmd") {
+                say("pmd_mapped", pmd_mapped(m.as_ptr() as usize));
+            }
             if args.get(2).map(String::as_str) == Some("wait") {
                 wait_line();
             }

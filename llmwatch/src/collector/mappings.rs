@@ -1,16 +1,17 @@
 //! Weight files mapped into processes, and how much of each mapping they touched.
 //!
 //! A mapping's length is what a process *could* read; what it read is the pages it faulted
-//! in. The kernel counts faults where it has the filemap tracepoints (`FileTouch` records);
-//! here `/proc/PID/smaps` is sampled (resident pages of the mappings of each watched file)
-//! every flush interval for processes that map one, and every poll tick (100 ms) during
-//! the first seconds after a process maps one, which also covers kernels without the
-//! tracepoints and mappings made before the agent started. A process is judged on the larger
-//! of the two, never more than the file's size.
+//! in. The kernel counts them (`FileTouch` records: page-table fexit programs on the fast path,
+//! else the filemap tracepoints or kprobes); here `/proc/PID/smaps` is sampled (resident pages of
+//! the mappings of each watched file) every flush interval for processes that map one, and every
+//! poll tick (100 ms) during the first seconds after a process maps one, which also covers
+//! kernels without the tracepoints and mappings made before the agent started. A process is
+//! judged on the larger of the two, never more than the file's size.
 //!
-//! The kernel's counts are a lower bound: a fault that maps a whole large folio (or a 2 MiB
-//! PMD) of the page cache is traced as one page or not at all, so a process that maps,
-//! touches and exits between two samples can be seen touching less than it did.
+//! Off the fast path the kernel's counts are a lower bound: a PMD mapping is not traced, and a
+//! fault that maps a whole large folio is traced as its fault-around window or one page, so a
+//! process that maps, touches and exits between two samples can be seen touching less than it
+//! did (`llmwatch-ebpf/src/touch.rs`).
 use foldhash::{HashMap, HashMapExt as _};
 
 use crate::events::FileKey;

@@ -98,6 +98,66 @@ pub const SYSCALL_FEXITS: &[(&str, &str)] = &[
 /// in BTF (else this is not an x86_64 kernel with the usual syscall wrappers).
 const ESSENTIAL: [&str; 3] = ["__x64_sys_read", "__x64_sys_openat", "__x64_sys_close"];
 
+/// The page-table functions whose fexit programs count the pages of a mapping as they are
+/// mapped (`llmwatch-ebpf/src/touch.rs`): (program, kernel function). `set_pte_range` (6.6+)
+/// maps PTEs, `do_set_pmd` (with transparent huge pages) a PMD.
+pub const FAULT_FEXITS: [(&str, &str); 2] = [
+    ("llmwatch_fx_set_pte_range", "set_pte_range"),
+    ("llmwatch_fx_do_set_pmd", "do_set_pmd"),
+];
+
+/// What `attach_fault_hooks` attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultHooks {
+    /// Every page as mapped: `set_pte_range`, and `do_set_pmd` where the kernel has it; the
+    /// filemap tracepoints and kprobes are not used.
+    PageTables { pmd: bool },
+    /// `do_set_pmd` alone (a kernel before 6.6, whose PTE function runs once per page): PMDs
+    /// as mapped, PTE faults still from the filemap tracepoints or kprobes.
+    PmdOnly,
+}
+
+impl FaultHooks {
+    pub fn hook_name(self) -> &'static str {
+        match self {
+            FaultHooks::PageTables { pmd: true } => "fexit/set_pte_range + fexit/do_set_pmd",
+            FaultHooks::PageTables { pmd: false } => "fexit/set_pte_range",
+            FaultHooks::PmdOnly => "fexit/do_set_pmd",
+        }
+    }
+}
+
+/// Loads and attaches the page-table fexit programs this kernel has functions for. All or
+/// none, as for the syscall programs: returns what was attached, or why nothing was.
+pub fn attach_fault_hooks(ebpf: &mut Ebpf, btf: &Btf) -> Result<FaultHooks, String> {
+    let mut hooked: Vec<&'static str> = Vec::new();
+    let mut tried = || -> Result<(), String> {
+        for (program, function) in FAULT_FEXITS {
+            if attach_one(ebpf, btf, program, function)? {
+                hooked.push(function);
+            }
+        }
+        Ok(())
+    };
+    let result = tried().and_then(|()| {
+        let pmd = hooked.contains(&"do_set_pmd");
+        match (hooked.contains(&"set_pte_range"), pmd) {
+            (true, _) => Ok(FaultHooks::PageTables { pmd }),
+            (false, true) => Ok(FaultHooks::PmdOnly),
+            (false, false) => Err("neither set_pte_range nor do_set_pmd in this kernel's BTF".into()),
+        }
+    });
+    if result.is_err() {
+        for (program, _) in FAULT_FEXITS {
+            let prog: Option<&mut FExit> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
+            if let Some(p) = prog {
+                let _ = p.unload();
+            }
+        }
+    }
+    result
+}
+
 /// What `attach` did.
 #[derive(Debug, Default, Clone)]
 pub struct Attached {

@@ -199,6 +199,10 @@ const SOCK_SEND_LENGTH: &str = "sock_send_length";
 const IO_URING_COMPLETE: &str = "io_uring_complete";
 const FILEMAP_TRACEPOINTS: [&str; 2] = ["mm_filemap_map_pages", "mm_filemap_fault"];
 
+/// `data_paths.mmap_touch` where fexit on the page-table functions counts every page mapped.
+const PAGE_TABLE_TOUCH: &str =
+    "page-table fexit (set_pte_range, do_set_pmd: pages as mapped) + /proc/PID/smaps samples";
+
 /// Choices the command line can force, to compare paths and to test the fallbacks on a kernel
 /// that has the better ones.
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +246,9 @@ pub struct Probes {
     /// Syscall functions the fast path found missing from this kernel's BTF (their syscalls do
     /// not exist here); empty on the tracepoint path.
     pub fast_absent: Vec<&'static str>,
+    /// Page-table functions whose fexit programs count the pages of mappings (fast path), in
+    /// place of the filemap tracepoints or kprobes; None where those count.
+    pub touch_fexits: Option<fast::FaultHooks>,
     /// This agent's own BPF objects, ("prog" | "map" | "link", id) -> name: another process
     /// taking a handle to one of them is how its maps get changed or its ring buffer read.
     pub own_objects: std::collections::HashMap<(&'static str, u32), String>,
@@ -306,6 +313,7 @@ impl Probes {
                 hook_path_fallback: None,
             },
             fast_absent: Vec::new(),
+            touch_fexits: None,
             own_objects: Default::default(),
             btf_error,
             paths,
@@ -314,10 +322,11 @@ impl Probes {
         if probes.btf_error.is_some() && prefer_tp_btf {
             probes.fast_path = Some(Err("no kernel BTF (tp_btf needs it)".into()));
         }
-        probes.attach_fast(opts.prefer_fentry, btf_path);
+        probes.attach_fast(opts.prefer_fentry, !opts.smaps_touch_only, btf_path);
         probes.attach_all(prefer_tp_btf && probes.btf_error.is_none(), btf_path);
         if !opts.smaps_touch_only {
             probes.attach_fault_kprobes();
+            probes.note_pmd_only_hook();
         }
         probes.own_objects = own_objects(&probes.ebpf);
         if !probes.hooks.iter().any(|h| h.required && h.attached) {
@@ -333,7 +342,7 @@ impl Probes {
     }
 
     fn attach_all(&mut self, prefer_tp_btf: bool, btf_path: &std::path::Path) {
-        for &(program, tp, purpose, required) in HOOKS {
+        for &(program, tp, mut purpose, required) in HOOKS {
             let hook = tp_hook_name(tp);
             // The ≤ 6.2 layout passes `res` as an argument: only the request fields are needed.
             let cqe_needed = self.paths.io_uring == URING_CQE;
@@ -350,7 +359,18 @@ impl Probes {
                 .iter()
                 .find(|(name, _)| *name == tp)
                 .map(|(_, why)| why.as_str());
-            let result = if program == "llmwatch_sys_exit" && self.hook.hook_path == fast::HookPath::Fentry {
+            let page_tables = matches!(self.touch_fexits, Some(fast::FaultHooks::PageTables { .. }));
+            let result = if page_tables && program.starts_with("llmwatch_filemap_") {
+                // The page-table fexit programs count every page these would (`attach_fast`);
+                // both tracepoints are one hook there.
+                if program == "llmwatch_filemap_fault" {
+                    continue;
+                }
+                hook = self.touch_fexits.map_or("?", fast::FaultHooks::hook_name);
+                program = "llmwatch_fx_set_pte_range/do_set_pmd";
+                purpose = "pages of weight files touched through mappings (as mapped: any folio size, PMDs)";
+                Ok(())
+            } else if program == "llmwatch_sys_exit" && self.hook.hook_path == fast::HookPath::Fentry {
                 // The per-syscall programs carry what `sys_exit` would (`attach_fast`).
                 hook = fast::HOOK_NAME;
                 program = "llmwatch_fx_*";
@@ -401,7 +421,11 @@ impl Probes {
 
     /// The fast path: per-syscall fexit programs instead of `sys_exit`, all or none; on any
     /// refusal the tracepoint path, with why in `hook.hook_path_fallback`.
-    fn attach_fast(&mut self, prefer_fentry: bool, btf_path: &std::path::Path) {
+    ///
+    /// With the fast path, and unless `touch_fexits` is false (`--mmap-touch smaps`), the pages
+    /// of mappings are counted by fexit on the page-table functions instead of the filemap
+    /// tracepoints or kprobes (`fast::attach_fault_hooks`; exact for large folios and PMDs).
+    fn attach_fast(&mut self, prefer_fentry: bool, touch_fexits: bool, btf_path: &std::path::Path) {
         let tried = if !prefer_fentry {
             Err("not tried (--syscall-hook tracepoint|raw)".to_string())
         } else if self.btf_error.is_some() {
@@ -409,10 +433,28 @@ impl Probes {
         } else {
             aya::Btf::parse_file(btf_path, aya::Endianness::default())
                 .map_err(|e| format!("kernel BTF {}: {e}", btf_path.display()))
-                .and_then(|btf| fast::attach(&mut self.ebpf, &btf, "llmwatch"))
+                .and_then(|btf| fast::attach(&mut self.ebpf, &btf, "llmwatch").map(|done| (done, btf)))
         };
         match tried {
-            Ok(done) => {
+            Ok((done, btf)) => {
+                let need = ["vmf_vma", "vma_file", "file_mapping"];
+                let missing_offset = self.missing_offsets.iter().find(|o| need.contains(o));
+                match missing_offset {
+                    _ if !touch_fexits => {}
+                    Some(o) => log::info!("page-table fexit hooks not used: {o} not in this kernel's BTF"),
+                    None => match fast::attach_fault_hooks(&mut self.ebpf, &btf) {
+                        Ok(hooks) => {
+                            log::info!("pages of mappings counted as mapped: {}", hooks.hook_name());
+                            if let fast::FaultHooks::PageTables { .. } = hooks {
+                                self.paths.mmap_touch = PAGE_TABLE_TOUCH;
+                            }
+                            self.touch_fexits = Some(hooks);
+                        }
+                        Err(e) => log::info!(
+                            "page-table fexit hooks not used ({e}); filemap tracepoints or kprobes count faults"
+                        ),
+                    },
+                }
                 log::info!(
                     "fast path: fexit on {} syscall functions{}",
                     done.functions.len(),
@@ -458,6 +500,33 @@ impl Probes {
         }
     }
 
+    /// On a kernel whose only page-table hook is `do_set_pmd` (`fast::FaultHooks::PmdOnly`):
+    /// list it beside the tracepoints or kprobes that count the PTE faults, and say so in
+    /// `data_paths.mmap_touch`.
+    fn note_pmd_only_hook(&mut self) {
+        if self.touch_fexits != Some(fast::FaultHooks::PmdOnly) {
+            return;
+        }
+        self.hooks.push(HookStatus {
+            program: "llmwatch_fx_do_set_pmd",
+            hook: fast::FaultHooks::PmdOnly.hook_name(),
+            purpose: "pages of weight files mapped as 2 MiB PMDs (which the fault hooks do not see)",
+            required: false,
+            attached: true,
+            error: None,
+            instead: None,
+        });
+        self.paths.mmap_touch = match self.paths.mmap_touch {
+            "filemap kprobes + /proc/PID/smaps samples" => {
+                "filemap kprobes + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
+            }
+            "filemap fault tracepoints + /proc/PID/smaps samples" => {
+                "filemap fault tracepoints + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
+            }
+            _ => "fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples",
+        };
+    }
+
     /// Where the filemap fault tracepoints are missing, kprobes on the two functions that fire
     /// them count the same faults (6.1 allows kprobes). Both or neither: half the faults would
     /// be a count that looks complete and is not.
@@ -467,7 +536,8 @@ impl Probes {
             .iter()
             .filter(|h| h.program.starts_with("llmwatch_filemap_"))
             .all(|h| h.attached);
-        if traced || self.btf_error.is_some() {
+        let page_tables = matches!(self.touch_fexits, Some(fast::FaultHooks::PageTables { .. }));
+        if traced || self.btf_error.is_some() || page_tables {
             return;
         }
         let need = ["vmf_vma", "vmf_pgoff", "vma_file", "file_mapping"];
