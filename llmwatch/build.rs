@@ -35,6 +35,13 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The workspace's release profile links the agent with fat LTO (see Cargo.toml). The kernel
+    // object is built as before, without it: bpf-linker links the crate graph itself, and a
+    // different object would need its verifier runs on every supported kernel again. aya-build's
+    // cargo inherits this process's environment, where a profile setting beats the manifest's.
+    // SAFETY: the build script has started no thread, so nothing reads the environment while
+    // it changes.
+    unsafe { std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "false") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
