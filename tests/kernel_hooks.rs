@@ -175,7 +175,7 @@ fn read_paths(extra: &[&str]) {
         .iter()
         .filter(|h| h["attached"] == true)
         .filter_map(|h| h["hook"].as_str())
-        .filter(|h| h.ends_with("/sys_exit") || h.starts_with("fexit/"))
+        .filter(|h| h.ends_with("/sys_exit") || h.starts_with("fexit/__x64_sys_"))
         .collect();
     eprintln!(
         "read paths through hook path {} ({syscall_hooks:?})",

@@ -525,6 +525,8 @@ impl Probes {
             }
             _ => "fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples",
         };
+        // The missing filemap tracepoints' `instead` names this path too.
+        self.note_fallbacks();
     }
 
     /// Where the filemap fault tracepoints are missing, kprobes on the two functions that fire
