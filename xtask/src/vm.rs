@@ -314,13 +314,33 @@ fn ensure_vm_tools(cache: &Path, timings: &mut Timings) -> anyhow::Result<PathBu
              build virtme-ng's initramfs; file reads the kernel version; python3-venv holds virtme-ng)",
             missing.join(", ")
         );
-        apt_get_update();
+        let backports = qemu_from_backports()?;
+        let apt = |args: &[&str]| {
+            let mut cmd = Command::new("apt-get");
+            if let Some(b) = &backports {
+                cmd.arg("-o")
+                    .arg(format!("Dir::Etc::SourceParts={}", b.source_parts.display()));
+            }
+            cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            cmd
+        };
+        let updated = apt(&["update", "-qq"]).status().is_ok_and(|s| s.success());
+        if !updated {
+            eprintln!("vm-test: warning: apt-get update failed; using the package lists as they are");
+        }
+        let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends", "--no-remove"]);
+        if let Some(b) = &backports {
+            println!(
+                "vm-test: this host's qemu-utils is {} (from {}): qemu-system-x86 comes from there \
+                 too (the suite's qemu-system-common would break it)",
+                b.installed, b.suite
+            );
+            install.args(["-t", &b.suite]);
+        }
         check(
-            Command::new("apt-get")
-                // Never trade a package the host has for these: fail and say so instead.
-                .args(["install", "-y", "-qq", "--no-install-recommends", "--no-remove"])
+            // Never trade a package the host has for these: fail and say so instead.
+            install
                 .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .context("running apt-get (as root)")?,
             &format!("apt-get install {}", missing.join(" ")),
@@ -366,6 +386,69 @@ fn ensure_vm_tools(cache: &Path, timings: &mut Timings) -> anyhow::Result<PathBu
 
 /// Refreshes apt's package lists; a failure is reported, and the install or download that
 /// follows says what is missing.
+/// Where the host's qemu-utils came from a backports suite (Debian 12 images ship qemu-img
+/// 10 from bookworm-backports), the suite's own qemu-system-x86 (7.2) depends on a
+/// qemu-system-common that this qemu-utils declares it breaks: installing it would remove
+/// qemu-utils. The backports suite then serves qemu-system-x86 too, through a source-parts
+/// directory of our own (the host's sources plus that suite), so no host file changes.
+struct Backports {
+    suite: String,
+    installed: String,
+    source_parts: PathBuf,
+}
+
+fn qemu_from_backports() -> anyhow::Result<Option<Backports>> {
+    let Some(installed) = output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "qemu-utils"]))
+        .map(|v| v.trim().to_string())
+        .filter(|v| v.contains("~bpo"))
+    else {
+        return Ok(None);
+    };
+    let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let Some(codename) = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+    else {
+        bail!(
+            "vm-test: qemu-utils {installed} is from backports, but /etc/os-release names no VERSION_CODENAME"
+        );
+    };
+    let suite = format!("{codename}-backports");
+    let source_parts = std::env::temp_dir().join("llmwatch-vm-test-apt-sources");
+    let _ = fs::remove_dir_all(&source_parts);
+    fs::create_dir_all(&source_parts).with_context(|| format!("creating {}", source_parts.display()))?;
+    let mut has_backports = false;
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.ends_with(".list") || name.ends_with(".sources")) {
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            has_backports |= text.contains(&suite);
+            fs::copy(&path, source_parts.join(&name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    if !has_backports {
+        fs::write(
+            source_parts.join("llmwatch-vm-test-backports.sources"),
+            format!(
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        )?;
+    }
+    Ok(Some(Backports {
+        suite,
+        installed,
+        source_parts,
+    }))
+}
+
 fn apt_get_update() {
     let ok = Command::new("apt-get")
         .args(["update", "-qq"])
