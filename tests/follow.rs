@@ -139,6 +139,47 @@ fn a_descriptor_passed_over_a_unix_socket_is_read_by_the_receiver() {
     assert_eq!(got["origin"], "received", "{got}");
 }
 
+/// The syscall hooks parse the first 8 descriptors of a message: a weight file passed ninth,
+/// behind eight of /dev/null, is what a reader of README "Limits" tries. Where `fd_install` is
+/// hooked (the fast path) every descriptor is seen as the kernel installs it, and the receiver
+/// is followed whole; elsewhere the test says so.
+#[test]
+fn a_descriptor_passed_ninth_in_one_message_is_followed_where_fd_install_is_hooked() {
+    let (dir, path, size, ino) = model("scm-rights-ninth");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let how = agent.ready["data_paths"]["descriptors"]
+        .as_str()
+        .expect("agent_ready.data_paths.descriptors")
+        .to_string();
+    let sock = dir.path().join("pass.sock");
+    let sock = sock.to_str().unwrap();
+    let mut receiver = Tool::spawn(FDTOOL, &["recv-read", sock]);
+    receiver.expect("listening");
+    let mut sender = Tool::spawn(FDTOOL, &["send-fd", sock, path.to_str().unwrap(), "8"]);
+    sender.expect("sent");
+    sender.finish();
+    assert_eq!(receiver.expect("fds"), "9");
+    assert_eq!(receiver.expect("read"), size.to_string());
+    let rpid = receiver.pid();
+    receiver.finish();
+    let (bytes, reads) = bytes_until_exit(&mut agent, rpid, |v| read_of(ino)(v) && v["task"]["pid"] == rpid);
+    if !how.starts_with("fentry/fd_install") {
+        println!(
+            "NOT followed on this kernel ({how}): the receiver read {size} bytes of the ninth \
+             descriptor, the agent counted {bytes}"
+        );
+        return;
+    }
+    assert_eq!(bytes, size, "{reads:#?}");
+    let got = agent
+        .collect_for(secs(0), |v| is(v, "file_open", rpid))
+        .into_iter()
+        .next()
+        .expect("the receiver's file_open");
+    assert_eq!(got["origin"], "received", "{got}");
+    assert_eq!(got["syscall"], "recvmsg", "{got}");
+}
+
 #[test]
 fn a_descriptor_taken_with_pidfd_getfd_is_read_by_the_taker() {
     let (dir, path, size, ino) = model("pidfd");

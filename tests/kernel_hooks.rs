@@ -984,6 +984,16 @@ fn the_fast_path_is_chosen_exactly_where_fentry_loads() {
                 .starts_with("per-syscall fexit"),
             "{ready:#}"
         );
+        // Every descriptor installed is seen with its file (`fd_install`), not only those the
+        // syscall hooks parse.
+        assert!(attached.contains(&"fentry/fd_install"), "{attached:?}");
+        assert!(
+            ready["data_paths"]["descriptors"]
+                .as_str()
+                .unwrap()
+                .starts_with("fentry/fd_install"),
+            "{ready:#}"
+        );
     } else {
         assert_eq!(ready["hook_path"], "tracepoint", "{ready:#}");
         let why = ready["hook_path_fallback"].as_str().unwrap_or("");
@@ -1060,7 +1070,7 @@ fn check_reports_each_program_type() {
     );
     // Which path each kind of data takes here, and the same choice as the agent makes.
     let paths = &report["data_paths"];
-    for what in ["reads", "sends", "mmap_touch", "io_uring"] {
+    for what in ["reads", "sends", "mmap_touch", "io_uring", "descriptors"] {
         assert!(paths[what].as_str().is_some_and(|p| !p.is_empty()), "{paths}");
     }
     let hooks = report["hooks"].as_array().unwrap();

@@ -74,8 +74,13 @@ pub mod open_origin {
     pub const RECEIVED: u32 = 2;
     /// Taken from another process with pidfd_getfd.
     pub const PIDFD_GETFD: u32 = 3;
-    /// Opened through io_uring (IORING_OP_OPENAT/OPENAT2).
+    /// Got through io_uring: opened (IORING_OP_OPENAT/OPENAT2), or, where `fd_install` is
+    /// hooked, received by an io_uring recvmsg.
     pub const IO_URING: u32 = 4;
+    /// Installed by the kernel some other way (seccomp's SECCOMP_IOCTL_NOTIF_ADDFD, binder,
+    /// ...): only seen where `fd_install` is hooked (the fast path); `syscall` is the call the
+    /// process was in.
+    pub const INSTALLED: u32 = 5;
 }
 
 /// A process got a descriptor of a watched file: opened it, or (see `origin`) inherited,

@@ -45,6 +45,9 @@ pub const COPY_FILE_RANGE: u64 = 326;
 pub const PREADV2: u64 = 327;
 pub const PWRITEV2: u64 = 328;
 pub const CLOSE_RANGE: u64 = 436;
+pub const IO_URING_SETUP: u64 = 425;
+pub const IO_URING_ENTER: u64 = 426;
+pub const IO_URING_REGISTER: u64 = 427;
 pub const OPENAT2: u64 = 437;
 pub const PIDFD_GETFD: u64 = 438;
 
@@ -97,6 +100,9 @@ pub fn name(nr: u64) -> &'static str {
         PREADV2 => "preadv2",
         PWRITEV2 => "pwritev2",
         CLOSE_RANGE => "close_range",
+        IO_URING_SETUP => "io_uring_setup",
+        IO_URING_ENTER => "io_uring_enter",
+        IO_URING_REGISTER => "io_uring_register",
         OPENAT2 => "openat2",
         PIDFD_GETFD => "pidfd_getfd",
         _ => "other",

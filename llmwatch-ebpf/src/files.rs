@@ -99,6 +99,16 @@ fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, 
         return false;
     }
     let key = FdKey { pid, fd: fd as u32 };
+    // Seen already for this struct file: where `fd_install` is hooked it sees the descriptor
+    // first, and the syscall's own exit (open, recvmsg, pidfd_getfd, io_uring) is the second
+    // sight of the same descriptor, not a second open.
+    // SAFETY: a copy of two fields out of a live map value.
+    if let Some(t) = unsafe { TRACKED_FDS.get(&key) }
+        && t.file_ptr == file
+        && t.file == id
+    {
+        return true;
+    }
     let value = TrackedFd {
         file: id,
         file_ptr: file,
@@ -141,6 +151,41 @@ fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, 
     }
     emit::submit(entry, kind::FILE_OPEN);
     tracked
+}
+
+/// fentry on `fd_install(fd, file)` (the fast path): every descriptor the kernel puts into the
+/// current process's table, however it came (an open, SCM_RIGHTS in any control message or
+/// position, pidfd_getfd, io_uring, seccomp's addfd, binder), with its `struct file`, so no
+/// syscall's arguments have to be parsed to find it. A watched file's descriptor is tracked and
+/// the process becomes a holder; the syscall exits that also track descriptors see it tracked.
+/// `dup`/`fcntl(F_DUPFD)` copies are left to `on_dup`, which carries the count over.
+#[inline(always)]
+pub fn on_fd_install(fd: u64, file: u64) {
+    let Some(inode) = kernel::file_inode(file) else {
+        return;
+    };
+    if inode.mode & S_IFMT != S_IFREG {
+        return;
+    }
+    let id = FileId {
+        dev: inode.dev,
+        _pad: 0,
+        ino: inode.ino,
+    };
+    // SAFETY: a lookup whose value is only tested for presence.
+    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
+        return;
+    }
+    let sysno = kernel::current_syscall().unwrap_or(u64::MAX);
+    let origin = match sysno {
+        nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => return,
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT | nr::OPEN_BY_HANDLE_AT => open_origin::OPENED,
+        nr::RECVMSG | nr::RECVMMSG => open_origin::RECEIVED,
+        nr::PIDFD_GETFD => open_origin::PIDFD_GETFD,
+        nr::IO_URING_SETUP | nr::IO_URING_ENTER | nr::IO_URING_REGISTER => open_origin::IO_URING,
+        _ => open_origin::INSTALLED,
+    };
+    track(fd as i64, file, &inode, id, sysno, origin);
 }
 
 /// open/openat/openat2/creat/open_by_handle_at returned: classify the new descriptor once.

@@ -72,6 +72,18 @@ pub fn regs_syscall(regs: u64) -> Option<u64> {
     read::<u64>(regs, off!(regs_orig_ax))
 }
 
+/// The syscall the current task is in, for a hook inside the kernel rather than on a syscall:
+/// `orig_ax` of its user registers (an io_uring worker thread carries the registers of the
+/// `io_uring_enter`/`io_uring_setup` that created it). Tracing programs only (the helpers take
+/// and give BTF pointers).
+#[inline(always)]
+pub fn current_syscall() -> Option<u64> {
+    // SAFETY: the current task as a trusted BTF pointer, handed straight to the helper that
+    // returns its user-mode registers; both helpers take no memory from us.
+    let regs = unsafe { helper::bpf_task_pt_regs(helper::bpf_get_current_task_btf()) };
+    regs_syscall(regs as u64)
+}
+
 /// Syscall argument `n` (0-based, x86_64 order: di, si, dx, r10, r8, r9). The registers are not
 /// clobbered between entry and `sys_exit`, so the arguments are still there.
 #[inline(always)]

@@ -49,8 +49,8 @@ mod uring;
 mod programs {
     use aya_ebpf::{
         EbpfContext as _,
-        macros::{btf_tracepoint, fexit, kprobe, raw_tracepoint},
-        programs::{BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext},
+        macros::{btf_tracepoint, fentry, fexit, kprobe, raw_tracepoint},
+        programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext},
     };
     use llmwatch_common::syscalls as nr;
 
@@ -235,14 +235,23 @@ mod programs {
 
     #[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
     pub fn llmwatch_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
-        crate::touch::on_pages(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+        crate::touch::on_traced_pages(ctx.arg(0), ctx.arg(1), ctx.arg(2));
         0
     }
 
     #[raw_tracepoint(tracepoint = "mm_filemap_fault")]
     pub fn llmwatch_filemap_fault(ctx: RawTracePointContext) -> i32 {
         let index: u64 = ctx.arg(1);
-        crate::touch::on_pages(ctx.arg(0), index, index);
+        crate::touch::on_traced_pages(ctx.arg(0), index, index);
+        0
+    }
+
+    /// Every descriptor installed, with its file (the fast path, see `files::on_fd_install`):
+    /// `fd_install(unsigned int fd, struct file *file)`.
+    #[fentry(function = "fd_install")]
+    pub fn llmwatch_fe_fd_install(ctx: FEntryContext) -> i32 {
+        let fd: u64 = ctx.arg(0);
+        files::on_fd_install(fd & 0xffff_ffff, ctx.arg(1));
         0
     }
 

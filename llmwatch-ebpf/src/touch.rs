@@ -54,7 +54,9 @@ pub fn on_fault_call(vmf: u64) {
     on_pages(mapping, index, index);
 }
 
-/// `vmf->vma->vm_file->f_mapping`.
+/// `vmf->vma->vm_file->f_mapping`, for a process that may hold a watched file: only a holder
+/// can have a mapping of one (mapping needs a descriptor; a child inherits the holder mark
+/// with the mapping), so everyone else stops at one array load.
 #[inline(always)]
 fn vmf_mapping(vmf: u64) -> Option<u64> {
     if !holders::current_may_hold() {
@@ -99,11 +101,10 @@ fn on_mapped(vmf: u64, pages: u64) {
 }
 
 /// The holder (the current process) and watched file behind `mapping`, with the file's size.
+/// Callers have checked `holders::current_may_hold` (`vmf_mapping`, `on_traced_pages`).
 #[inline(always)]
 fn watched_holder_file(mapping: u64) -> Option<(u32, FileId, u64)> {
-    // Only a holder can have a mapping of a watched file (mapping needs a descriptor; a
-    // child inherits the holder mark with the mapping).
-    if !holders::current_may_hold() || mapping == 0 {
+    if mapping == 0 {
         return None;
     }
     let (pid, _) = kernel::current_pid_tgid();
@@ -124,8 +125,16 @@ fn watched_holder_file(mapping: u64) -> Option<(u32, FileId, u64)> {
     Some((pid, file, size))
 }
 
+/// The filemap tracepoints: pages `first..=last` of `mapping` faulted in.
 #[inline(always)]
-pub fn on_pages(mapping: u64, first: u64, last: u64) {
+pub fn on_traced_pages(mapping: u64, first: u64, last: u64) {
+    if holders::current_may_hold() {
+        on_pages(mapping, first, last);
+    }
+}
+
+#[inline(always)]
+fn on_pages(mapping: u64, first: u64, last: u64) {
     if last < first {
         return;
     }

@@ -238,20 +238,29 @@ fn main() {
                 wait_line();
             }
         }
-        // Listen on unix socket PATH, receive one descriptor (SCM_RIGHTS), read it all.
+        // Listen on unix socket PATH, receive one message of descriptors (SCM_RIGHTS), read the
+        // last one all.
         "recv-read" => {
             let listener = UnixListener::bind(a(1)).unwrap_or_else(|_| fail("bind"));
             say("listening", a(1));
             let (stream, _) = listener.accept().unwrap_or_else(|_| fail("accept"));
-            let fd = recv_fd(&stream);
+            let fds = recv_fds(&stream);
+            let fd = *fds.last().unwrap_or_else(|| fail("no descriptor"));
+            say("fds", fds.len());
             say("fd", fd);
             say("read", read_all(fd));
         }
-        // Open FILE and pass the descriptor to the unix socket at PATH.
+        // Open FILE and pass the descriptor to the unix socket at PATH, after PADDING (default
+        // 0) descriptors of /dev/null in the same SCM_RIGHTS message.
         "send-fd" => {
+            let padding: usize = args
+                .get(3)
+                .map_or(0, |n| n.parse().unwrap_or_else(|_| fail("padding")));
+            let mut fds: Vec<RawFd> = (0..padding).map(|_| open_ro("/dev/null")).collect();
             let fd = open_ro(a(2));
+            fds.push(fd);
             let stream = UnixStream::connect(a(1)).unwrap_or_else(|_| fail("connect"));
-            send_fd(&stream, fd);
+            send_fds(&stream, &fds);
             say("sent", fd);
         }
         // Take descriptor FD of process PID (pidfd_getfd) and read it all.
@@ -387,14 +396,21 @@ fn main() {
     }
 }
 
-fn send_fd(stream: &UnixStream, fd: RawFd) {
+/// Most descriptors one message carries here (the kernel's SCM_MAX_FD is 253).
+const MAX_FDS: usize = 64;
+
+fn send_fds(stream: &UnixStream, fds: &[RawFd]) {
+    if fds.len() > MAX_FDS {
+        fail("too many descriptors");
+    }
     let mut data = [b'x'];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: 1,
     };
+    let bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
     let mut control = vec![0u8; space];
     // SAFETY: a zeroed msghdr pointing at our iovec and control buffer.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -402,13 +418,13 @@ fn send_fd(stream: &UnixStream, fd: RawFd) {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space;
-    // SAFETY: the control buffer has room for one cmsghdr with one fd (CMSG_SPACE above).
+    // SAFETY: the control buffer has room for one cmsghdr with `fds` (CMSG_SPACE above).
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes as usize);
     }
     // SAFETY: `msg` and what it points to are valid for the call.
     if unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) } != 1 {
@@ -416,14 +432,14 @@ fn send_fd(stream: &UnixStream, fd: RawFd) {
     }
 }
 
-fn recv_fd(stream: &UnixStream) -> RawFd {
+fn recv_fds(stream: &UnixStream) -> Vec<RawFd> {
     let mut data = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: 1,
     };
     // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut control = vec![0u8; space];
     // SAFETY: a zeroed msghdr pointing at our iovec and control buffer.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -435,12 +451,15 @@ fn recv_fd(stream: &UnixStream) -> RawFd {
     if unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) } != 1 {
         fail("recvmsg");
     }
-    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length.
+    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length, and the
+    // header's length says how many descriptors follow it.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
             fail("no SCM_RIGHTS");
         }
-        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
+        let n = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        (0..n).map(|i| std::ptr::read_unaligned(data.add(i))).collect()
     }
 }

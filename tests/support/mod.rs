@@ -659,7 +659,25 @@ pub fn tcp_sink() -> (u16, std::thread::JoinHandle<u64>) {
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
         use std::io::Read as _;
-        let (mut s, _) = listener.accept().unwrap();
+        // A sender that never came (a tool missing, a refused connect) fails the test instead
+        // of hanging it.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + secs(60);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "nothing connected to the sink on port {port} within 60 s (is `nc` installed? \
+                         `cargo xtask test` installs it)"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept on the sink: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
         let mut total = 0u64;
         let mut buf = vec![0u8; 1 << 16];
         loop {

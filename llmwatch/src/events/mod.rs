@@ -323,6 +323,7 @@ pub fn origin_name(origin: u32) -> &'static str {
         raw::open_origin::RECEIVED => "received",
         raw::open_origin::PIDFD_GETFD => "pidfd_getfd",
         raw::open_origin::IO_URING => "io_uring",
+        raw::open_origin::INSTALLED => "installed",
         _ => "unknown",
     }
 }

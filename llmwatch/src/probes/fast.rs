@@ -10,7 +10,7 @@
 //! close_range before 5.9, ...), and is skipped and listed.
 use aya::{
     Btf, BtfError, Ebpf,
-    programs::{FExit, ProgramError},
+    programs::{FEntry, FExit, ProgramError},
 };
 
 /// Which hooks carry the syscall-level data (opens, reads, mmaps, changes, connects, sends at
@@ -106,6 +106,27 @@ pub const FAULT_FEXITS: [(&str, &str); 2] = [
     ("llmwatch_fx_do_set_pmd", "do_set_pmd"),
 ];
 
+/// (program, kernel function) of the fentry program that sees every descriptor installed
+/// (`llmwatch-ebpf/src/files.rs`, `on_fd_install`).
+pub const FD_INSTALL: (&str, &str) = ("llmwatch_fe_fd_install", "fd_install");
+
+/// Loads and attaches the `fd_install` program.
+pub fn attach_fd_install(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let (program, function) = FD_INSTALL;
+    let prog: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{program}: {e}"))?;
+    prog.load(function, btf)
+        .map_err(|e| format!("load {program} on {function}: {}", super::describe(&e)))?;
+    if let Err(e) = prog.attach() {
+        let _ = prog.unload();
+        return Err(format!("attach {program} to {function}: {}", super::describe(&e)));
+    }
+    Ok(())
+}
+
 /// What `attach_fault_hooks` attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultHooks {
@@ -148,12 +169,7 @@ pub fn attach_fault_hooks(ebpf: &mut Ebpf, btf: &Btf) -> Result<FaultHooks, Stri
         }
     });
     if result.is_err() {
-        for (program, _) in FAULT_FEXITS {
-            let prog: Option<&mut FExit> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
-            if let Some(p) = prog {
-                let _ = p.unload();
-            }
-        }
+        unload_fexits(ebpf, FAULT_FEXITS.iter().map(|(program, _)| program.to_string()));
     }
     result
 }
@@ -210,10 +226,18 @@ fn attach_one(ebpf: &mut Ebpf, btf: &Btf, program: &str, function: &str) -> Resu
 
 /// Detaches and unloads every `<prefix>_fx_*` program (those never loaded are left alone).
 fn unload(ebpf: &mut Ebpf, prefix: &str) {
-    for &(suffix, _) in SYSCALL_FEXITS {
-        let prog: Option<&mut FExit> = ebpf
-            .program_mut(&format!("{prefix}_fx_{suffix}"))
-            .and_then(|p| p.try_into().ok());
+    unload_fexits(
+        ebpf,
+        SYSCALL_FEXITS
+            .iter()
+            .map(|(suffix, _)| format!("{prefix}_fx_{suffix}")),
+    );
+}
+
+/// Detaches and unloads the named fexit programs (those never loaded are left alone).
+fn unload_fexits(ebpf: &mut Ebpf, programs: impl Iterator<Item = String>) {
+    for program in programs {
+        let prog: Option<&mut FExit> = ebpf.program_mut(&program).and_then(|p| p.try_into().ok());
         if let Some(p) = prog {
             let _ = p.unload();
         }

@@ -175,23 +175,83 @@ pub struct DataPaths {
     pub reads: &'static str,
     /// Bytes sent: `sock_send_length` where the kernel has it, else the syscall exit hook.
     pub sends: &'static str,
-    /// Bytes touched through mappings: the filemap fault tracepoints, else /proc/PID/smaps
-    /// samples only.
+    /// Bytes touched through mappings: `touch`'s name (`TouchCounter::path`).
     pub mmap_touch: &'static str,
+    /// What counts the pages of mappings; set with `set_touch`, which names it in `mmap_touch`.
+    #[serde(skip)]
+    pub touch: TouchCounter,
     /// io_uring: completions, with the tracepoint layout of this kernel.
     pub io_uring: &'static str,
+    /// How a process's descriptors of watched files are found: `fd_install` where fentry
+    /// loads (every one, with its file), else the syscalls that hand them out.
+    pub descriptors: &'static str,
 }
 
 impl DataPaths {
-    pub fn pairs(&self) -> [(&'static str, &'static str); 4] {
+    pub fn pairs(&self) -> [(&'static str, &'static str); 5] {
         [
             ("reads", self.reads),
             ("sends", self.sends),
             ("mmap_touch", self.mmap_touch),
             ("io_uring", self.io_uring),
+            ("descriptors", self.descriptors),
         ]
     }
 }
+
+impl DataPaths {
+    /// `touch` counts the pages of mappings; `pmd_fexit`: fexit on `do_set_pmd` counts PMDs
+    /// beside it (the fast path on a kernel before 6.6).
+    fn set_touch(&mut self, touch: TouchCounter, pmd_fexit: bool) {
+        self.touch = touch;
+        self.mmap_touch = touch.path(pmd_fexit);
+    }
+}
+
+/// What counts the pages of weight files touched through mappings, besides the smaps samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TouchCounter {
+    /// `mm_filemap_map_pages`/`mm_filemap_fault`.
+    Tracepoints,
+    /// kprobes on the functions that fire them, where the tracepoints are missing.
+    Kprobes,
+    /// fexit on `set_pte_range`/`do_set_pmd`: pages as mapped (`fast::FaultHooks::PageTables`).
+    PageTables,
+    /// Nothing in the kernel: the samples only.
+    Smaps,
+    /// The samples only, by `--mmap-touch smaps`.
+    SmapsForced,
+}
+
+impl TouchCounter {
+    /// `data_paths.mmap_touch`.
+    pub fn path(self, pmd_fexit: bool) -> &'static str {
+        match (self, pmd_fexit) {
+            (TouchCounter::PageTables, _) => PAGE_TABLE_TOUCH,
+            (TouchCounter::Tracepoints, false) => "filemap fault tracepoints + /proc/PID/smaps samples",
+            (TouchCounter::Tracepoints, true) => {
+                "filemap fault tracepoints + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
+            }
+            (TouchCounter::Kprobes, false) => "filemap kprobes + /proc/PID/smaps samples",
+            (TouchCounter::Kprobes, true) => {
+                "filemap kprobes + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
+            }
+            (TouchCounter::Smaps | TouchCounter::SmapsForced, true) => {
+                "fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
+            }
+            (TouchCounter::Smaps, false) => "/proc/PID/smaps samples",
+            (TouchCounter::SmapsForced, false) => "/proc/PID/smaps samples (forced)",
+        }
+    }
+}
+
+/// `data_paths.descriptors` on the tracepoint path (and where `fd_install` is refused): the
+/// syscall exits that hand descriptors out, with the limits README "Limits" lists.
+pub const SYSCALL_DESCRIPTORS: &str = "syscall exits: opens, first use of inherited ones, SCM_RIGHTS \
+     (first 2 control messages, 8 descriptors each), pidfd_getfd, io_uring opens";
+/// `data_paths.descriptors` where `fentry/fd_install` is attached.
+pub const FD_INSTALL_DESCRIPTORS: &str = "fentry/fd_install: every descriptor installed, with its file (opens, SCM_RIGHTS in any position, \
+     pidfd_getfd, io_uring, seccomp addfd), first use of inherited ones";
 
 /// Tracepoints the kernel may lack: the agent asks BTF before attaching, so what is missing
 /// is said plainly instead of as an attach error.
@@ -446,7 +506,7 @@ impl Probes {
                         Ok(hooks) => {
                             log::info!("pages of mappings counted as mapped: {}", hooks.hook_name());
                             if let fast::FaultHooks::PageTables { .. } = hooks {
-                                self.paths.mmap_touch = PAGE_TABLE_TOUCH;
+                                self.paths.set_touch(TouchCounter::PageTables, false);
                             }
                             self.touch_fexits = Some(hooks);
                         }
@@ -468,6 +528,7 @@ impl Probes {
                         )
                     }
                 );
+                self.attach_fd_install(&btf);
                 self.hook.hook_path = fast::HookPath::Fentry;
                 self.fast_absent = done.absent;
                 self.paths.reads =
@@ -485,6 +546,27 @@ impl Probes {
                 self.hook.hook_path_fallback = Some(why);
             }
         }
+    }
+
+    /// With the fast path: `fentry/fd_install`, which sees every descriptor the kernel gives a
+    /// process (`files::on_fd_install` in the kernel crate). Refused, the syscall exits find
+    /// them as on the tracepoint path, and the hook list says so.
+    fn attach_fd_install(&mut self, btf: &aya::Btf) {
+        let result = fast::attach_fd_install(&mut self.ebpf, btf);
+        match &result {
+            Ok(()) => self.paths.descriptors = FD_INSTALL_DESCRIPTORS,
+            Err(e) => log::info!("fentry/fd_install not used ({e}); descriptors found at syscall exits"),
+        }
+        self.hooks.push(HookStatus {
+            program: fast::FD_INSTALL.0,
+            hook: "fentry/fd_install",
+            purpose: "descriptors of weight files given some way the syscall hooks do not parse \
+                      (SCM_RIGHTS past the first 8, io_uring recvmsg, seccomp addfd)",
+            required: false,
+            attached: result.is_ok(),
+            instead: result.is_err().then(|| SYSCALL_DESCRIPTORS.to_string()),
+            error: result.err(),
+        });
     }
 
     /// Hooks that are missing but whose data another path brings: say which.
@@ -516,15 +598,7 @@ impl Probes {
             error: None,
             instead: None,
         });
-        self.paths.mmap_touch = match self.paths.mmap_touch {
-            "filemap kprobes + /proc/PID/smaps samples" => {
-                "filemap kprobes + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
-            }
-            "filemap fault tracepoints + /proc/PID/smaps samples" => {
-                "filemap fault tracepoints + fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples"
-            }
-            _ => "fexit/do_set_pmd (PMDs) + /proc/PID/smaps samples",
-        };
+        self.paths.set_touch(self.paths.touch, true);
         // The missing filemap tracepoints' `instead` names this path too.
         self.note_fallbacks();
     }
@@ -562,7 +636,7 @@ impl Probes {
             });
         }
         if all {
-            self.paths.mmap_touch = "filemap kprobes + /proc/PID/smaps samples";
+            self.paths.set_touch(TouchCounter::Kprobes, false);
             self.note_fallbacks();
         } else {
             // One attached without the other: detach it (dropping the link) by unloading.
@@ -672,13 +746,13 @@ fn choose_paths(
         ));
         "syscall exit hook + io_uring completions"
     };
-    let mmap_touch = if opts.smaps_touch_only {
+    let touch = if opts.smaps_touch_only {
         for tp in FILEMAP_TRACEPOINTS {
             missing.push((tp, "not used (--mmap-touch smaps)".into()));
         }
-        "/proc/PID/smaps samples (forced)"
+        TouchCounter::SmapsForced
     } else if FILEMAP_TRACEPOINTS.iter().all(|tp| has(tp)) {
-        "filemap fault tracepoints + /proc/PID/smaps samples"
+        TouchCounter::Tracepoints
     } else {
         for tp in FILEMAP_TRACEPOINTS {
             if !has(tp) {
@@ -691,7 +765,7 @@ fn choose_paths(
                 ));
             }
         }
-        "/proc/PID/smaps samples"
+        TouchCounter::Smaps
     };
     let io_uring = match btf.and_then(|b| b.tracepoint_arity(IO_URING_COMPLETE)) {
         Some(7) => URING_RES_ARG,
@@ -707,8 +781,10 @@ fn choose_paths(
     let paths = DataPaths {
         reads: "syscall exit hook (descriptors followed by struct file) + io_uring completions",
         sends,
-        mmap_touch,
+        mmap_touch: touch.path(false),
+        touch,
         io_uring,
+        descriptors: SYSCALL_DESCRIPTORS,
     };
     (paths, missing)
 }

@@ -133,7 +133,9 @@ fn the_start_up_summary_says_what_is_watched_chosen_and_lost() {
         reads: "syscall exit hook",
         sends: "syscall exit hook",
         mmap_touch: "/proc/PID/smaps samples",
+        touch: crate::probes::TouchCounter::Smaps,
         io_uring: "io_uring completions",
+        descriptors: "syscall exits",
     };
     let roots = [std::path::PathBuf::from("/models")];
     let degraded = ["no sock_send_length: bytes sent are counted at syscall exit".to_string()];
