@@ -484,9 +484,20 @@ fn ensure_kernel(kernels: &Path, asked: Option<&str>) -> anyhow::Result<GuestKer
         return Ok(k);
     }
     let mut available = apt_kernels();
+    // An asked-for kernel of another series (a backports 6.12, say) is looked up by name.
+    let by_name = || {
+        output(Command::new("apt-cache").args(["show", "--no-all-versions", &kernel_package(wanted)]))
+            .is_some_and(|s| s.contains("Package:"))
+    };
+    if asked.is_some() && !available.iter().any(|r| r == wanted) && by_name() {
+        available.push(wanted.to_string());
+    }
     if !available.iter().any(|r| r == wanted) {
         apt_get_update();
         available = apt_kernels();
+        if asked.is_some() && by_name() {
+            available.push(wanted.to_string());
+        }
     }
     let (release, choice) = if available.iter().any(|r| r == wanted) {
         (wanted.to_string(), choice.to_string())
