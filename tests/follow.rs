@@ -180,6 +180,43 @@ fn a_descriptor_passed_ninth_in_one_message_is_followed_where_fd_install_is_hook
     assert_eq!(got["syscall"], "recvmsg", "{got}");
 }
 
+/// SCM_RIGHTS received through io_uring (IORING_OP_RECVMSG) passes no syscall the hooks parse:
+/// followed where `fd_install` is hooked, and said otherwise.
+#[test]
+fn a_descriptor_received_through_io_uring_recvmsg_is_followed_where_fd_install_is_hooked() {
+    let (dir, path, size, ino) = model("uring-recvmsg");
+    let mut agent = Agent::watching(&[dir.path()], &[]);
+    let how = agent.ready["data_paths"]["descriptors"]
+        .as_str()
+        .expect("agent_ready.data_paths.descriptors")
+        .to_string();
+    let sock = dir.path().join("pass.sock");
+    let sock = sock.to_str().unwrap();
+    let mut receiver = Tool::spawn(FDTOOL, &["uring-recv-read", sock]);
+    receiver.expect("listening");
+    let mut sender = Tool::spawn(FDTOOL, &["send-fd", sock, path.to_str().unwrap()]);
+    sender.expect("sent");
+    sender.finish();
+    assert_eq!(receiver.expect("read"), size.to_string());
+    let rpid = receiver.pid();
+    receiver.finish();
+    let (bytes, reads) = bytes_until_exit(&mut agent, rpid, |v| read_of(ino)(v) && v["task"]["pid"] == rpid);
+    if !how.starts_with("fentry/fd_install") {
+        println!(
+            "NOT followed on this kernel ({how}): the receiver read {size} bytes of a descriptor \
+             received through io_uring, the agent counted {bytes}"
+        );
+        return;
+    }
+    assert_eq!(bytes, size, "{reads:#?}");
+    let got = agent
+        .collect_for(secs(0), |v| is(v, "file_open", rpid))
+        .into_iter()
+        .next()
+        .expect("the receiver's file_open");
+    assert_eq!(got["origin"], "io_uring", "{got}");
+}
+
 #[test]
 fn a_descriptor_taken_with_pidfd_getfd_is_read_by_the_taker() {
     let (dir, path, size, ino) = model("pidfd");

@@ -250,6 +250,26 @@ fn main() {
             say("fd", fd);
             say("read", read_all(fd));
         }
+        // As recv-read, the message received with io_uring (IORING_OP_RECVMSG).
+        "uring-recv-read" => {
+            let listener = UnixListener::bind(a(1)).unwrap_or_else(|_| fail("bind"));
+            say("listening", a(1));
+            let (stream, _) = listener.accept().unwrap_or_else(|_| fail("accept"));
+            let mut ring = io_uring::IoUring::new(4).unwrap_or_else(|_| fail("io_uring_setup"));
+            let fds = recv_fds_with(|msg| {
+                let sqe =
+                    io_uring::opcode::RecvMsg::new(io_uring::types::Fd(stream.as_raw_fd()), msg).build();
+                // SAFETY: `msg` and its buffers outlive the submission, which completes before
+                // this closure returns.
+                unsafe { ring.submission().push(&sqe).unwrap_or_else(|_| fail("sq full")) };
+                ring.submit_and_wait(1).unwrap_or_else(|_| fail("io_uring_enter"));
+                ring.completion().next().map_or(-1, |c| c.result() as isize)
+            });
+            let fd = *fds.last().unwrap_or_else(|| fail("no descriptor"));
+            say("fds", fds.len());
+            say("fd", fd);
+            say("read", read_all(fd));
+        }
         // Open FILE and pass the descriptor to the unix socket at PATH, after PADDING (default
         // 0) descriptors of /dev/null in the same SCM_RIGHTS message.
         "send-fd" => {
@@ -433,6 +453,15 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) {
 }
 
 fn recv_fds(stream: &UnixStream) -> Vec<RawFd> {
+    recv_fds_with(|msg| {
+        // SAFETY: `msg` and what it points to are valid for the call.
+        unsafe { libc::recvmsg(stream.as_raw_fd(), msg, 0) }
+    })
+}
+
+/// The descriptors of one SCM_RIGHTS message, received by `recv` (which returns the bytes of
+/// data received, or a negative value).
+fn recv_fds_with(mut recv: impl FnMut(*mut libc::msghdr) -> isize) -> Vec<RawFd> {
     let mut data = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
@@ -447,8 +476,7 @@ fn recv_fds(stream: &UnixStream) -> Vec<RawFd> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space;
-    // SAFETY: `msg` and what it points to are valid for the call.
-    if unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) } != 1 {
+    if recv(&mut msg) != 1 {
         fail("recvmsg");
     }
     // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length, and the
