@@ -451,10 +451,24 @@ impl Drop for Tool {
 /// nc"` alone would be rooted at the test binary (which outlives every test, and whose other
 /// tests' hits would fold into the same incident); the subshell puts the root at the `bash -c`,
 /// which exits when SCRIPT is done. (`exit` after SCRIPT: a subshell runs its last command by
-/// exec, which would make a one-command SCRIPT the subshell itself.)
+/// exec, which would make a one-command SCRIPT the subshell itself.) The `bash -c` also leads a
+/// session of its own, since the walk stops at a session leader: a SCRIPT that `exec`s its one
+/// command (the guard's sendmmsg test) would otherwise root its tree at the test binary, and
+/// an enforcing agent would then refuse the connects of every other test's tree (a parallel
+/// guard test's `nc` was refused so, and its agent saw no send at all).
 pub fn own_tree(script: &str) -> Command {
+    use std::os::unix::process::CommandExt as _;
     let mut c = Command::new("bash");
     c.arg("-c").arg(format!("({script}; exit $?)"));
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; the child calls
+    // it between fork and exec. A failure (never for a fresh child, which leads no group)
+    // leaves the child in the test's session, as before.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
     c
 }
 
