@@ -145,46 +145,40 @@ fn a_descriptor_passed_over_a_unix_socket_is_read_by_the_receiver() {
 /// is followed whole; elsewhere the test says so.
 #[test]
 fn a_descriptor_passed_ninth_in_one_message_is_followed_where_fd_install_is_hooked() {
-    let (dir, path, size, ino) = model("scm-rights-ninth");
-    let mut agent = Agent::watching(&[dir.path()], &[]);
-    let how = agent.ready["data_paths"]["descriptors"]
-        .as_str()
-        .expect("agent_ready.data_paths.descriptors")
-        .to_string();
-    let sock = dir.path().join("pass.sock");
-    let sock = sock.to_str().unwrap();
-    let mut receiver = Tool::spawn(FDTOOL, &["recv-read", sock]);
-    receiver.expect("listening");
-    let mut sender = Tool::spawn(FDTOOL, &["send-fd", sock, path.to_str().unwrap(), "8"]);
-    sender.expect("sent");
-    sender.finish();
-    assert_eq!(receiver.expect("fds"), "9");
-    assert_eq!(receiver.expect("read"), size.to_string());
-    let rpid = receiver.pid();
-    receiver.finish();
-    let (bytes, reads) = bytes_until_exit(&mut agent, rpid, |v| read_of(ino)(v) && v["task"]["pid"] == rpid);
-    if !how.starts_with("fentry/fd_install") {
-        println!(
-            "NOT followed on this kernel ({how}): the receiver read {size} bytes of the ninth \
-             descriptor, the agent counted {bytes}"
-        );
-        return;
-    }
-    assert_eq!(bytes, size, "{reads:#?}");
-    let got = agent
-        .collect_for(secs(0), |v| is(v, "file_open", rpid))
-        .into_iter()
-        .next()
-        .expect("the receiver's file_open");
-    assert_eq!(got["origin"], "received", "{got}");
-    assert_eq!(got["syscall"], "recvmsg", "{got}");
+    received_where_fd_install_is_hooked(
+        "scm-rights-ninth",
+        "recv-read",
+        "8",
+        ("received", "recvmsg"),
+        "the ninth descriptor",
+    );
 }
 
 /// SCM_RIGHTS received through io_uring (IORING_OP_RECVMSG) passes no syscall the hooks parse:
 /// followed where `fd_install` is hooked, and said otherwise.
 #[test]
 fn a_descriptor_received_through_io_uring_recvmsg_is_followed_where_fd_install_is_hooked() {
-    let (dir, path, size, ino) = model("uring-recvmsg");
+    received_where_fd_install_is_hooked(
+        "uring-recvmsg",
+        "uring-recv-read",
+        "0",
+        ("io_uring", "io_uring"),
+        "a descriptor received through io_uring",
+    );
+}
+
+/// A model passed over a unix socket (after `padding` descriptors of /dev/null in the same
+/// message) to fdtool's `receiver` command, which reads it all: counted whole, its `file_open`
+/// with `(origin, syscall)`, where `fd_install` is hooked; elsewhere printed as NOT followed
+/// with both figures.
+fn received_where_fd_install_is_hooked(
+    tag: &str,
+    receiver: &str,
+    padding: &str,
+    (origin, syscall): (&str, &str),
+    what: &str,
+) {
+    let (dir, path, size, ino) = model(tag);
     let mut agent = Agent::watching(&[dir.path()], &[]);
     let how = agent.ready["data_paths"]["descriptors"]
         .as_str()
@@ -192,19 +186,20 @@ fn a_descriptor_received_through_io_uring_recvmsg_is_followed_where_fd_install_i
         .to_string();
     let sock = dir.path().join("pass.sock");
     let sock = sock.to_str().unwrap();
-    let mut receiver = Tool::spawn(FDTOOL, &["uring-recv-read", sock]);
+    let mut receiver = Tool::spawn(FDTOOL, &[receiver, sock]);
     receiver.expect("listening");
-    let mut sender = Tool::spawn(FDTOOL, &["send-fd", sock, path.to_str().unwrap()]);
+    let mut sender = Tool::spawn(FDTOOL, &["send-fd", sock, path.to_str().unwrap(), padding]);
     sender.expect("sent");
     sender.finish();
+    let padding: usize = padding.parse().unwrap();
+    assert_eq!(receiver.expect("fds"), (padding + 1).to_string());
     assert_eq!(receiver.expect("read"), size.to_string());
     let rpid = receiver.pid();
     receiver.finish();
     let (bytes, reads) = bytes_until_exit(&mut agent, rpid, |v| read_of(ino)(v) && v["task"]["pid"] == rpid);
     if !how.starts_with("fentry/fd_install") {
         println!(
-            "NOT followed on this kernel ({how}): the receiver read {size} bytes of a descriptor \
-             received through io_uring, the agent counted {bytes}"
+            "NOT followed on this kernel ({how}): the receiver read {size} bytes of {what}, the agent counted {bytes}"
         );
         return;
     }
@@ -214,7 +209,11 @@ fn a_descriptor_received_through_io_uring_recvmsg_is_followed_where_fd_install_i
         .into_iter()
         .next()
         .expect("the receiver's file_open");
-    assert_eq!(got["origin"], "io_uring", "{got}");
+    assert_eq!(
+        (got["origin"].as_str(), got["syscall"].as_str()),
+        (Some(origin), Some(syscall)),
+        "{got}"
+    );
 }
 
 #[test]
