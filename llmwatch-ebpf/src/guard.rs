@@ -96,6 +96,20 @@ static GUARD_NETS_PORT: LpmTrie<PortNetKey, u8> = LpmTrie::with_max_entries(g::N
 #[map(name = "GUARD_OPENS_SEEN")]
 static GUARD_OPENS_SEEN: LruHashMap<ProcFileKey, u8> = LruHashMap::with_max_entries(4096, 0);
 
+/// The refusing verdict of the LSM programs, as a read-only global. Since 6.9 the verifier
+/// checks that an LSM program returns a value in [-4095, 0], and LLVM writes `if refuse {
+/// -EPERM } else { 0 }` as the negation of a 0/1 value, through which the verifier keeps no
+/// bounds (6.12 refused `lsm/file_open` so: "R0 has unknown scalar value"). A volatile load
+/// cannot be hoisted out of its branch, and on that branch the verifier knows the constant.
+#[unsafe(no_mangle)]
+static GUARD_EPERM: i32 = -EPERM;
+
+#[inline(always)]
+fn eperm() -> i32 {
+    // SAFETY: a plain load of a static (read-only global).
+    unsafe { core::ptr::read_volatile(&GUARD_EPERM) }
+}
+
 #[inline(always)]
 fn enabled(bit: u32) -> bool {
     // SAFETY: a plain load of a field of a static (read-only global, set before load).
@@ -667,7 +681,7 @@ pub fn lsm_sendmsg(sock: u64, msg: u64, size: i64) -> i32 {
         return 0;
     }
     refused(root, t, action::SEND_REFUSED, hook::LSM_SOCKET_SENDMSG, &d);
-    -EPERM
+    eperm()
 }
 
 /// `kernel_sendpage` of `size` bytes on `sock` (see the program).
@@ -708,7 +722,7 @@ pub fn lsm_connect(address: u64) -> i32 {
         return 0;
     };
     if connect_refused(&addr, family, port, hook::LSM_SOCKET_CONNECT) {
-        -EPERM
+        eperm()
     } else {
         0
     }
@@ -778,7 +792,7 @@ pub fn lsm_file_open(file: u64) -> i32 {
         let _ = GUARD_OPENS_SEEN.insert(&seen, &1, 0);
         report_open(&id, enforce);
     }
-    if enforce { -EPERM } else { 0 }
+    if enforce { eperm() } else { 0 }
 }
 
 pub mod programs {
