@@ -72,11 +72,18 @@ pub fn adopt(fd: u64, sysno: u64, origin: u32) -> bool {
     let Some(file) = kernel::fd_file(fd) else {
         return false;
     };
-    let Some(inode) = kernel::file_inode(file) else {
+    let Some((inode, id)) = watched_regular(file) else {
         return false;
     };
+    track(fd as i64, file, &inode, id, sysno, origin)
+}
+
+/// `file`'s inode and id when it is a watched regular file.
+#[inline(always)]
+pub fn watched_regular(file: u64) -> Option<(kernel::InodeInfo, FileId)> {
+    let inode = kernel::file_inode(file)?;
     if inode.mode & S_IFMT != S_IFREG {
-        return false;
+        return None;
     }
     let id = FileId {
         dev: inode.dev,
@@ -84,10 +91,8 @@ pub fn adopt(fd: u64, sysno: u64, origin: u32) -> bool {
         ino: inode.ino,
     };
     // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
-        return false;
-    }
-    track(fd as i64, file, &inode, id, sysno, origin)
+    unsafe { WATCHED_FILES.get(&id) }?;
+    Some((inode, id))
 }
 
 /// A descriptor of watched file `id` in the current process: track it, make the process a
@@ -161,21 +166,9 @@ fn track(fd: i64, file: u64, inode: &kernel::InodeInfo, id: FileId, sysno: u64, 
 /// `dup`/`fcntl(F_DUPFD)` copies are left to `on_dup`, which carries the count over.
 #[inline(always)]
 pub fn on_fd_install(fd: u64, file: u64) {
-    let Some(inode) = kernel::file_inode(file) else {
+    let Some((inode, id)) = watched_regular(file) else {
         return;
     };
-    if inode.mode & S_IFMT != S_IFREG {
-        return;
-    }
-    let id = FileId {
-        dev: inode.dev,
-        _pad: 0,
-        ino: inode.ino,
-    };
-    // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
-        return;
-    }
     let sysno = kernel::current_syscall().unwrap_or(u64::MAX);
     let origin = match sysno {
         nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => return,
@@ -636,16 +629,7 @@ fn received_rights(control: u64, controllen: u64) {
 /// Whether descriptor `fd` of the current process is a watched file.
 #[inline(always)]
 fn refers_to_watched(fd: u64) -> bool {
-    let Some(inode) = kernel::fd_file(fd).and_then(kernel::file_inode) else {
-        return false;
-    };
-    let id = FileId {
-        dev: inode.dev,
-        _pad: 0,
-        ino: inode.ino,
-    };
-    // SAFETY: a lookup whose value is only tested for presence.
-    inode.mode & S_IFMT == S_IFREG && unsafe { WATCHED_FILES.get(&id) }.is_some()
+    kernel::fd_file(fd).and_then(watched_regular).is_some()
 }
 
 #[inline(always)]

@@ -6,14 +6,14 @@
 //! the arguments its tracepoint has, so there is one entry program per layout and the agent
 //! attaches the one BTF says this kernel has.
 use llmwatch_common::{
-    event::{FileId, FileReadEvent, kind, open_origin, read_reason},
+    event::{FileReadEvent, kind, open_origin, read_reason},
     maps::{TrackedFd, UringKey, stat},
 };
 
 use crate::{
     emit, files, holders,
-    kernel::{self, S_IFMT, S_IFREG, off, read},
-    maps::{URING_READS, WATCHED_FILES, agent_pid, sends_at_syscalls, settings_read_report, stat_inc},
+    kernel::{self, off, read},
+    maps::{URING_READS, agent_pid, sends_at_syscalls, settings_read_report, stat_inc},
     net,
 };
 
@@ -97,21 +97,9 @@ pub fn on_complete(req: u64, res: Res) {
 /// like descriptor reads (every `read_report_bytes`; the agent sweeps the rest).
 #[inline(always)]
 fn on_read(file: u64, opcode: u8, bytes: u64) {
-    let Some(inode) = kernel::file_inode(file) else {
+    let Some((inode, id)) = files::watched_regular(file) else {
         return;
     };
-    if inode.mode & S_IFMT != S_IFREG {
-        return;
-    }
-    let id = FileId {
-        dev: inode.dev,
-        _pad: 0,
-        ino: inode.ino,
-    };
-    // SAFETY: a lookup whose value is only tested for presence.
-    if unsafe { WATCHED_FILES.get(&id) }.is_none() {
-        return;
-    }
     let (pid, _) = kernel::current_pid_tgid();
     if pid == agent_pid() {
         return;
